@@ -1,0 +1,224 @@
+"""GM-MoE experts and the gate, and the registry that YAMLs pick experts from.
+
+An expert maps ``(B, C, H, W) -> (B, C, H, W)`` and is built as ``Expert(channels, **kwargs)``.
+Register your own (e.g. for deraining) from any package::
+
+    from gmmoe_arch.archs.experts import EXPERT_REGISTRY
+
+    @EXPERT_REGISTRY.register()
+    class RainExpert(nn.Module):
+        def __init__(self, channels): ...
+
+and name it in the option YAML: ``network_g: {type: GMMoE, experts: [ColourExpert, RainExpert]}``.
+
+Class attribute ``released_name`` is the state-dict prefix the released network used for an expert
+at its released position (see :class:`gmmoe_arch.archs.gmmoe_arch.ExpertBlock`).
+"""
+import torch
+import torch.nn.functional as F
+from basicsr.utils.registry import Registry
+from torch import nn
+
+EXPERT_REGISTRY = Registry('expert')
+
+RELEASED_EXPERTS = ('ColourExpert', 'DetailExpert', 'FeatureExpert')
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over channels at each pixel of ``(B, C, H, W)`` (biased variance, affine)."""
+
+    def __init__(self, channels, eps=1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x):
+        mu = x.mean(1, keepdim=True)
+        var = (x - mu).pow(2).mean(1, keepdim=True)
+        y = (x - mu) / torch.sqrt(var + self.eps)
+        return self.weight.view(1, -1, 1, 1) * y + self.bias.view(1, -1, 1, 1)
+
+
+def simple_gate(x):
+    """``(B, 2C, H, W) -> (B, C, H, W)``: product of the two channel halves."""
+    a, b = x.chunk(2, dim=1)
+    return a * b
+
+
+def channel_mean_max(x):
+    """``(B, C, H, W) -> (B, 2, H, W)``: per-pixel mean and max over channels."""
+    return torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], dim=1)
+
+
+def pad_to_min_size(x, size):
+    """Replicate-pad ``x`` on the right/bottom so both spatial sides are at least ``size``."""
+    h, w = x.shape[-2:]
+    if h >= size and w >= size:
+        return x
+    return F.pad(x, (0, max(0, size - w), 0, max(0, size - h)), mode='replicate')
+
+
+@EXPERT_REGISTRY.register()
+class ColourExpert(nn.Module):
+    """Colour restoration expert (the paper's Net1, released ``Expert1``).
+
+    A pooled, low-resolution colour map (1x1 reduce to C/4, 3x3 stride-2 unpadded conv, 7x7/3
+    max-pool, three 3x3 convs) is resized back and, with a 1x1 skip, gates the input:
+    ``u * sigmoid(conv4(up(v) + conv_f(p)))``.
+
+    Small inputs: the released expert needs a map of at least 15 px (3x3/2 conv, then 7x7 pool).
+    Below that, the reduced map (under 3 px) and the conv output (under 7 px) are replicate-padded
+    to the sizes the layers need, so the pool takes the map's global maximum. Maps of 15 px or more
+    are untouched, so this only changes sizes where the released network fails.
+    """
+    released_name = 'Expert1'
+
+    def __init__(self, channels):
+        super().__init__()
+        f = max(1, channels // 4)
+        self.conv1 = nn.Conv2d(channels, f, 1)
+        self.conv_f = nn.Conv2d(f, f, 1)
+        self.conv_max = nn.Conv2d(f, f, 3, padding=1)
+        self.conv2 = nn.Conv2d(f, f, 3, stride=2)
+        self.conv3 = nn.Conv2d(f, f, 3, padding=1)
+        self.conv3_ = nn.Conv2d(f, f, 3, padding=1)
+        self.conv4 = nn.Conv2d(f, channels, 1)
+
+    def forward(self, u):
+        p = self.conv1(u)
+        q = self.conv2(pad_to_min_size(p, 3))
+        v = F.max_pool2d(pad_to_min_size(q, 7), kernel_size=7, stride=3)
+        v = F.relu(self.conv_max(v))
+        v = F.relu(self.conv3(v))
+        v = self.conv3_(v)
+        v = F.interpolate(v, size=u.shape[-2:], mode='bilinear', align_corners=False)
+        return u * torch.sigmoid(self.conv4(v + self.conv_f(p)))
+
+
+class ChannelAttention(nn.Module):
+    """Squeeze-and-excitation: ``z * sigmoid(MLP(avgpool(z)))``, reduction 16 (keys ``conv_du.*``)."""
+
+    def __init__(self, channels, reduction=16):
+        super().__init__()
+        hidden = max(1, channels // reduction)
+        self.conv_du = nn.Sequential(
+            nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1), nn.Sigmoid())
+
+    def forward(self, z):
+        return z * self.conv_du(z.mean((2, 3), keepdim=True))
+
+
+class SpatialAttention(nn.Module):
+    """``z * sigmoid(conv7x7([mean_c(z), max_c(z)]))`` (no bias)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 1, 7, padding=3, bias=False)
+
+    def forward(self, z):
+        return z * torch.sigmoid(self.conv1(channel_mean_max(z)))
+
+
+@EXPERT_REGISTRY.register()
+class DetailExpert(nn.Module):
+    """Detail enhancement expert (the paper's Net2, released ``Expert2``).
+
+    A small dense conv stack gives ``z`` with 2C channels; channel and spatial attention on ``z``
+    are summed, projected back by a 1x1 conv and added to the input.
+    """
+    released_name = 'Expert2'
+
+    def __init__(self, channels):
+        super().__init__()
+        c, h = channels, channels // 2
+        self.c1 = nn.Conv2d(c, c, 1)
+        self.c2 = nn.Conv2d(c, h, 3, padding=1)
+        self.c3 = nn.Conv2d(c, h, 3, padding=1)
+        self.c4 = nn.Conv2d(2 * c, c, 3, padding=1)
+        self.c5 = nn.Conv2d(h, h, 3, padding=1)
+        self.c6 = nn.Conv2d(2 * c, c, 1)
+        self.se = ChannelAttention(2 * c)
+        self.sa = SpatialAttention()
+
+    def forward(self, u):
+        y1 = F.relu(self.c1(u))
+        y2 = F.relu(self.c2(y1))
+        y3 = F.relu(self.c3(y1))
+        y4 = F.relu(self.c4(torch.cat([y1, y2, y3], dim=1)))
+        y5 = self.c5(y3)
+        z = torch.cat([y2, y5, y4], dim=1)
+        return u + self.c6(self.se(z) + self.sa(z))
+
+
+@EXPERT_REGISTRY.register()
+class FeatureExpert(nn.Module):
+    """High-level feature enhancement expert (the paper's Net3; inline in the released block).
+
+    NAFNet-like: LayerNorm, parallel 1x1/3x3/5x5 convs summed, 1x1 expand to 2C, 3x3 depthwise,
+    simple gate, simplified channel attention (``sca``), 1x1, residual scaled by ``beta``; then a
+    LayerNorm/1x1/simple-gate/1x1 feed-forward with residual scaled by ``gamma``. ``beta`` and
+    ``gamma`` start at zero, so a fresh expert is the identity.
+    """
+    released_name = ''
+
+    def __init__(self, channels):
+        super().__init__()
+        c = channels
+        self.norm1 = LayerNorm2d(c)
+        self.conv11 = nn.Conv2d(c, c, 1)
+        self.conv33 = nn.Conv2d(c, c, 3, padding=1)
+        self.conv55 = nn.Conv2d(c, c, 5, padding=2)
+        self.conv1 = nn.Conv2d(c, 2 * c, 1)
+        self.conv2 = nn.Conv2d(2 * c, 2 * c, 3, padding=1, groups=2 * c)
+        self.sca = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c, c, 1))
+        self.conv3 = nn.Conv2d(c, c, 1)
+        self.norm2 = LayerNorm2d(c)
+        self.conv4 = nn.Conv2d(c, 2 * c, 1)
+        self.conv5 = nn.Conv2d(c, c, 1)
+        self.beta = nn.Parameter(torch.zeros(1, c, 1, 1))
+        self.gamma = nn.Parameter(torch.zeros(1, c, 1, 1))
+
+    def forward(self, u):
+        n = self.norm1(u)
+        x = self.conv11(n) + self.conv33(n) + self.conv55(n)
+        x = simple_gate(self.conv2(self.conv1(x)))
+        x = self.conv3(x * self.sca(x))
+        y = u + self.beta * x
+        x = self.conv5(simple_gate(self.conv4(self.norm2(y))))
+        return y + self.gamma * x
+
+
+class Gate(nn.Module):
+    """Per-image softmax gate: ``(B, C, H, W) -> (B, n_experts)`` weights that sum to one.
+
+    Global average pool, Linear C -> C/4, ReLU, Linear C/4 -> n (no biases), softmax of the
+    logits divided by ``temperature`` (released: 3).
+    """
+
+    def __init__(self, channels, n_experts, temperature=3.0):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f'gate_temperature must be > 0, got {temperature}')
+        hidden = max(1, channels // 4)
+        self.mlp = nn.Sequential(nn.Linear(channels, hidden, bias=False), nn.ReLU(inplace=True),
+                                 nn.Linear(hidden, n_experts, bias=False))
+        self.temperature = float(temperature)
+
+    def forward(self, u):
+        return torch.softmax(self.mlp(u.mean((2, 3))) / self.temperature, dim=1)
+
+
+def build_expert(spec, channels):
+    """Build an expert from a registry name or a ``{type: Name, **kwargs}`` dict."""
+    if isinstance(spec, str):
+        name, kwargs = spec, {}
+    elif isinstance(spec, dict) and 'type' in spec:
+        kwargs = dict(spec)
+        name = kwargs.pop('type')
+    else:
+        raise ValueError(f'network_g.experts: each entry must be an expert name or a dict with "type", got {spec!r}')
+    if name not in EXPERT_REGISTRY:
+        known = ', '.join(sorted(name for name, _ in EXPERT_REGISTRY))
+        raise KeyError(f'network_g.experts: unknown expert "{name}"; registered: {known}')
+    return EXPERT_REGISTRY.get(name)(channels, **kwargs)

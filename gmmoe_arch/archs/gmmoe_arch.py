@@ -1,0 +1,215 @@
+"""GM-MoE: a U-Net of gated mixture-of-experts blocks for low-light enhancement (arXiv 2503.07417).
+
+The network computes what the released GM-MoE computes and loads its checkpoints under
+``strict_load_g: true``. Two presets (see :data:`PRESETS`):
+
+* ``paper``: width 24, one block per level: 19,980,291 parameters (the paper's 19.99M counts
+  the released checkpoints' unused ``conv6`` weights too: 19,988,835).
+* ``released``: width 48, enc [2, 2, 4, 8], middle 12, dec [2, 2, 2, 2], the released option
+  files' configuration: 690,740,625 parameters (690,851,505 with ``conv6``).
+"""
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from basicsr.utils.registry import ARCH_REGISTRY
+from torch import nn
+
+from .experts import RELEASED_EXPERTS, Gate, build_expert, channel_mean_max
+
+PRESETS = {
+    'paper': dict(width=24, enc_blk_nums=[1, 1, 1, 1], middle_blk_num=1, dec_blk_nums=[1, 1, 1, 1]),
+    'released': dict(width=48, enc_blk_nums=[2, 2, 4, 8], middle_blk_num=12, dec_blk_nums=[2, 2, 2, 2]),
+}
+
+
+class SFEB(nn.Module):
+    """Shallow feature extraction block (released ``MSFEblock``): ``(B, C, H, W) -> (B, C, H, W)``.
+
+    A 5x5 depthwise conv (``a1``) and a dilated 7x7 depthwise conv on it (``a2``, dilation 3) are
+    reduced to C/2 channels each; a 7x7 conv over their per-pixel channel mean and max yields two
+    sigmoid maps that weight them; the 1x1-projected sum multiplies the input.
+    """
+
+    def __init__(self, channels):
+        super().__init__()
+        d, h = channels, channels // 2
+        self.conv0 = nn.Conv2d(d, d, 5, padding=2, groups=d)
+        self.conv_spatial = nn.Conv2d(d, d, 7, padding=9, groups=d, dilation=3)
+        self.conv1 = nn.Conv2d(d, h, 1)
+        self.conv2 = nn.Conv2d(d, h, 1)
+        self.conv_squeeze = nn.Conv2d(2, 2, 7, padding=3)
+        self.conv = nn.Conv2d(h, d, 1)
+
+    def forward(self, x):
+        a1 = self.conv0(x)
+        a2 = self.conv_spatial(a1)
+        b1, b2 = self.conv1(a1), self.conv2(a2)
+        s = torch.sigmoid(self.conv_squeeze(channel_mean_max(torch.cat([b1, b2], dim=1))))
+        return x * self.conv(b1 * s[:, 0:1] + b2 * s[:, 1:2])
+
+
+class ExpertBlock(nn.Module):
+    """Gated mixture of experts: ``sum_i gate(u)[:, i] * expert_i(u)``, ``(B, C, H, W)`` in and out.
+
+    State-dict names follow the released checkpoints: an expert at its released position (colour 0,
+    detail 1, feature 2) is saved as ``Expert1.*`` / ``Expert2.*`` / directly under the block, the
+    gate as ``GateNetwork.*``; other experts keep ``experts.<i>.*``. Loading also accepts (and
+    drops) the released ``conv6`` weights, which the released forward never used.
+    """
+
+    def __init__(self, channels, experts=RELEASED_EXPERTS, gate_temperature=3.0):
+        super().__init__()
+        if not experts:
+            raise ValueError('network_g.experts: at least one expert is needed')
+        self.experts = nn.ModuleList(build_expert(spec, channels) for spec in experts)
+        self.gate = Gate(channels, len(self.experts), gate_temperature)
+        self._released = {f'experts.{i}.': self._released_prefix(i, e) for i, e in enumerate(self.experts)}
+        self._released['gate.mlp.'] = 'GateNetwork.'
+        self._released = {k: v for k, v in self._released.items() if v is not None}
+        self.register_state_dict_post_hook(ExpertBlock._to_released_names)
+        self.register_load_state_dict_pre_hook(ExpertBlock._from_released_names)
+
+    @staticmethod
+    def _released_prefix(index, expert):
+        name = type(expert).__name__
+        if index < len(RELEASED_EXPERTS) and name == RELEASED_EXPERTS[index]:
+            return expert.released_name + '.' if expert.released_name else ''
+        return None
+
+    def forward(self, u):
+        w = self.gate(u)
+        out = w[:, 0, None, None, None] * self.experts[0](u)
+        for i in range(1, len(self.experts)):
+            out = out + w[:, i, None, None, None] * self.experts[i](u)
+        return out
+
+    def _to_released_names(self, state_dict, prefix, local_metadata):
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            rest = key[len(prefix):]
+            for ours, theirs in self._released.items():
+                if rest.startswith(ours):
+                    state_dict[prefix + theirs + rest[len(ours):]] = state_dict.pop(key)
+                    break
+
+    def _from_released_names(self, state_dict, prefix, *args):
+        inline = [ours for ours, theirs in self._released.items() if theirs == '']
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            rest = key[len(prefix):]
+            if rest.startswith('conv6.'):
+                del state_dict[key]
+                continue
+            if rest.startswith(('experts.', 'gate.')):
+                continue
+            for ours, theirs in self._released.items():
+                if theirs and rest.startswith(theirs):
+                    state_dict[prefix + ours + rest[len(theirs):]] = state_dict.pop(key)
+                    break
+            else:
+                if inline:
+                    state_dict[prefix + inline[0] + rest] = state_dict.pop(key)
+
+
+@ARCH_REGISTRY.register()
+class GMMoE(nn.Module):
+    """GM-MoE U-Net: ``(B, img_channel, H, W) -> (B, img_channel, H, W)``, any ``H, W >= 1``.
+
+    ``intro`` 3x3 conv, :class:`SFEB`, ``len(enc_blk_nums)`` encoder levels of expert blocks each
+    followed by a 2x2 stride-2 conv doubling channels, ``middle_blk_num`` blocks, decoder levels of
+    1x1 conv + PixelShuffle(2) plus the skip and expert blocks, ``ending`` 3x3 conv, plus the input.
+
+    The input is zero-padded right/bottom to a multiple of ``2**levels`` and the output cropped
+    back, as released. Sizes the released network cannot take (padded side under ``15 * 2**levels``,
+    e.g. 240 px for 4 levels) run as well: only the colour expert's pooled branch differs there,
+    taking the global maximum of maps too small for its 7x7 pool (see :class:`ColourExpert`).
+
+    Args:
+        img_channel (int): image channels. width (int): channels at full resolution.
+        enc_blk_nums, dec_blk_nums (list[int]): expert blocks per encoder / decoder level.
+        middle_blk_num (int): expert blocks at the lowest resolution.
+        experts (list): expert names or ``{type: Name, **kwargs}`` dicts from ``EXPERT_REGISTRY``
+            (default: the released colour, detail and feature experts, in that order).
+        gate_temperature (float): softmax temperature of every gate (released: 3).
+        preset (str | None): ``'paper'`` or ``'released'`` fills the size arguments left unset.
+    """
+
+    def __init__(self, img_channel=3, width=None, middle_blk_num=None, enc_blk_nums=None, dec_blk_nums=None,
+                 experts=RELEASED_EXPERTS, gate_temperature=3.0, preset=None):
+        super().__init__()
+        size = dict(width=width, middle_blk_num=middle_blk_num, enc_blk_nums=enc_blk_nums, dec_blk_nums=dec_blk_nums)
+        if preset is not None:
+            if preset not in PRESETS:
+                raise ValueError(f'network_g.preset: unknown preset "{preset}"; choose from {", ".join(PRESETS)}')
+            size = {k: PRESETS[preset][k] if v is None else v for k, v in size.items()}
+        missing = [k for k, v in size.items() if v is None]
+        if missing:
+            raise ValueError(f'network_g: set {", ".join(missing)} or a preset ({", ".join(PRESETS)})')
+        width, enc_blk_nums, dec_blk_nums = size['width'], list(size['enc_blk_nums']), list(size['dec_blk_nums'])
+        if len(enc_blk_nums) != len(dec_blk_nums):
+            raise ValueError(f'network_g: enc_blk_nums {enc_blk_nums} and dec_blk_nums {dec_blk_nums} '
+                             'need the same number of levels')
+
+        def blocks(channels, n):
+            return nn.Sequential(*[ExpertBlock(channels, experts, gate_temperature) for _ in range(n)])
+
+        self.intro = nn.Conv2d(img_channel, width, 3, padding=1)
+        self.MSFEblock = SFEB(width)
+        self.encoders, self.downs = nn.ModuleList(), nn.ModuleList()
+        c = width
+        for n in enc_blk_nums:
+            self.encoders.append(blocks(c, n))
+            self.downs.append(nn.Conv2d(c, 2 * c, 2, stride=2))
+            c *= 2
+        self.middle_blks = blocks(c, size['middle_blk_num'])
+        self.ups, self.decoders = nn.ModuleList(), nn.ModuleList()
+        for n in dec_blk_nums:
+            self.ups.append(nn.Sequential(nn.Conv2d(c, 2 * c, 1, bias=False), nn.PixelShuffle(2)))
+            c //= 2
+            self.decoders.append(blocks(c, n))
+        self.ending = nn.Conv2d(width, img_channel, 3, padding=1)
+        self.padder_size = 2**len(enc_blk_nums)
+
+    def forward(self, inp):
+        h, w = inp.shape[-2:]
+        m = self.padder_size
+        inp = F.pad(inp, (0, (m - w % m) % m, 0, (m - h % m) % m))
+        x = self.MSFEblock(self.intro(inp))
+        skips = []
+        for encoder, down in zip(self.encoders, self.downs):
+            x = encoder(x)
+            skips.append(x)
+            x = down(x)
+        x = self.middle_blks(x)
+        for decoder, up, skip in zip(self.decoders, self.ups, reversed(skips)):
+            x = decoder(up(x) + skip)
+        return (self.ending(x) + inp)[..., :h, :w]
+
+
+@ARCH_REGISTRY.register()
+class OURNet24(GMMoE):
+    """The released option files' type name for :class:`GMMoE` (same arguments, same network)."""
+
+
+@contextmanager
+def record_gates(net):
+    """Record every expert block's gate weights during forward passes.
+
+    ``with record_gates(net) as gates: net(x)`` leaves ``gates[path]`` = the ``(B, n_experts)``
+    softmax weights of the last forward, keyed by the block's state-dict prefix
+    (``encoders.0.0``, ``middle_blks.0``, ``decoders.3.0``; a DDP/DataParallel wrapper's
+    ``module.`` is left out).
+    """
+    gates, handles = {}, []
+    bare = net.module if isinstance(getattr(net, 'module', None), nn.Module) else net
+    for path, module in bare.named_modules():
+        if isinstance(module, ExpertBlock):
+
+            def hook(_module, _inputs, weights, path=path):
+                gates[path] = weights.detach()
+
+            handles.append(module.gate.register_forward_hook(hook))
+    try:
+        yield gates
+    finally:
+        for handle in handles:
+            handle.remove()

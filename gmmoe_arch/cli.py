@@ -1,0 +1,135 @@
+"""The ``basicsr`` console command: BasicSR's own train/test pipelines with plug-ins loaded.
+
+``basicsr train -opt options/train_gmmoe_lol.yml`` loads ``gmmoe_arch`` (which applies
+:mod:`gmmoe_arch.compat`) and every installed package that declares an entry point in the group
+``basicsr.plugins``, then calls ``basicsr.train.train_pipeline`` (``basicsr.test.test_pipeline``
+for ``test``) with the current working directory as root, so ``experiments/``, ``results/`` and
+``tb_logger/`` are created where the command runs.
+
+Distributed: ``torchrun --nproc_per_node=N -m gmmoe_arch.cli train -opt X.yml --launcher pytorch``.
+"""
+import argparse
+import importlib.metadata
+import os
+import sys
+
+PLUGIN_GROUP = 'basicsr.plugins'
+
+
+class UserError(Exception):
+    """A mistake in the command line or an option file, reported without a traceback."""
+
+
+def load_plugins():
+    """Import ``gmmoe_arch`` and every ``basicsr.plugins`` entry point; return their names."""
+    import gmmoe_arch  # noqa: F401  (fills the registries, applies the compat patches)
+
+    loaded = ['gmmoe_arch']
+    for ep in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+        try:
+            ep.load()
+        except Exception as exc:
+            raise UserError(f'plug-in "{ep.name}" ({ep.value}, entry point group {PLUGIN_GROUP}) '
+                            f'failed to import: {type(exc).__name__}: {exc}') from exc
+        loaded.append(ep.name)
+    return loaded
+
+
+REQUIRED_KEYS = {
+    'train': ('name', 'model_type', 'num_gpu', 'datasets', 'network_g', 'path', 'train', 'logger'),
+    'test': ('name', 'model_type', 'num_gpu', 'datasets', 'network_g', 'path', 'val'),
+}
+
+
+def check_option_file(path, phase):
+    """Read and sanity-check an option YAML; raise :class:`UserError` naming the file and key."""
+    import yaml
+
+    if not os.path.isfile(path):
+        raise UserError(f'option file not found: {path}')
+    try:
+        with open(path, encoding='utf-8') as f:
+            opt = yaml.safe_load(f)
+    except yaml.YAMLError as exc:
+        raise UserError(f'option file {path} is not valid YAML: {exc}') from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f'option file {path} cannot be read: {exc}') from exc
+    if not isinstance(opt, dict):
+        raise UserError(f'option file {path}: expected a mapping of options at the top level, '
+                        f'got {type(opt).__name__}')
+    missing = [k for k in REQUIRED_KEYS[phase] if k not in opt]
+    if missing:
+        raise UserError(f'option file {path}: missing key(s) {", ".join(missing)} '
+                        f'(needed by basicsr {phase})')
+    if not isinstance(opt['datasets'], dict) or not opt['datasets']:
+        raise UserError(f'option file {path}: "datasets" must map phases (train, val, test_1, ...) '
+                        'to dataset options')
+    num_gpu = opt['num_gpu']
+    if num_gpu != 'auto':
+        import torch
+        if not isinstance(num_gpu, int) or num_gpu < 0:
+            raise UserError(f'option file {path}: num_gpu must be "auto" or an integer >= 0, got {num_gpu!r}')
+        if num_gpu > torch.cuda.device_count():
+            raise UserError(f'option file {path}: num_gpu: {num_gpu} but this machine has '
+                            f'{torch.cuda.device_count()} CUDA device(s); use num_gpu: auto')
+    return opt
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog='basicsr',
+        description='Run BasicSR training or testing from an option YAML, with gmmoe_arch and every '
+        f'installed "{PLUGIN_GROUP}" plug-in registered. Output folders (experiments/, results/, '
+        'tb_logger/) are created in the current directory.',
+        epilog='Distributed: torchrun --nproc_per_node=N -m gmmoe_arch.cli train -opt X.yml --launcher pytorch')
+    sub = parser.add_subparsers(dest='phase', required=True, metavar='{train,test}')
+    helps = {'train': 'train a model (basicsr.train.train_pipeline)',
+             'test': 'test a model on the test datasets (basicsr.test.test_pipeline)'}
+    for phase, text in helps.items():
+        p = sub.add_parser(phase, help=text, description=text.capitalize() + '.')
+        p.add_argument('-opt', required=True, metavar='FILE', help='path to the option YAML file')
+        p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none',
+                       help='job launcher: "pytorch" under torchrun (NCCL with GPUs, gloo without)')
+        p.add_argument('--auto_resume', action='store_true',
+                       help='resume from the newest state in experiments/<name>/training_states')
+        p.add_argument('--debug', action='store_true', help="BasicSR's debug mode (name prefixed debug_)")
+        p.add_argument('--force_yml', nargs='+', default=None, metavar='KEY=VALUE',
+                       help='override options, e.g. train:total_iter=1000 (existing keys only)')
+        p.add_argument('--local_rank', '--local-rank', type=int, default=0,
+                       help='set by torch.distributed.launch; torchrun uses LOCAL_RANK instead')
+    return parser
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from gmmoe_arch import compat
+
+    argv = compat.normalise_local_rank(argv)
+    args = build_parser().parse_args(argv)
+    try:
+        check_option_file(args.opt, args.phase)
+        plugins = load_plugins()
+        from gmmoe_arch import runtime
+
+        runtime.configure_allocator()
+        print(f'basicsr {args.phase}: plug-ins {", ".join(plugins)}; output under {os.getcwd()}', flush=True)
+        sys.argv = [f'basicsr {args.phase}'] + argv[1:]
+        if args.phase == 'train':
+            from basicsr.train import train_pipeline as pipeline
+        else:
+            from basicsr.test import test_pipeline as pipeline
+        pipeline(os.getcwd())
+    except UserError as exc:
+        print(f'basicsr {args.phase}: error: {exc}', file=sys.stderr)
+        return 2
+    except (KeyError, ValueError, FileNotFoundError, NotImplementedError) as exc:
+        if os.environ.get('GMMOE_TRACEBACK'):
+            raise
+        print(f'basicsr {args.phase}: error in option file {args.opt}: {type(exc).__name__}: {exc}\n'
+              '(set GMMOE_TRACEBACK=1 for the full traceback)', file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
