@@ -1,1 +1,2 @@
 """Registers this package's metrics with BasicSR."""
+from . import gt_mean_psnr  # noqa: F401
