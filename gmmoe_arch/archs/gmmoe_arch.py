@@ -3,10 +3,10 @@
 The network computes what the released GM-MoE computes and loads its checkpoints under
 ``strict_load_g: true``. Two presets (see :data:`PRESETS`):
 
-* ``paper``: width 24, one block per level: 19,980,291 parameters (the paper's 19.99M counts
+* ``paper``: width 24, one block per level: 19,933,185 parameters (the paper's 19.99M counts
   the released checkpoints' unused ``conv6`` weights too: 19,988,835).
 * ``released``: width 48, enc [2, 2, 4, 8], middle 12, dec [2, 2, 2, 2], the released option
-  files' configuration: 690,740,625 parameters (690,851,505 with ``conv6``).
+  files' configuration: 690,110,505 parameters (690,851,505 with ``conv6``).
 """
 from contextlib import contextmanager
 
