@@ -1,0 +1,17 @@
+"""Pack paired image datasets into LMDBs that ``LLIEPairedDataset`` (and BasicSR) read fast.
+
+Command line: ``datasets_lmdb pack|verify|presets ...`` (or ``python -m datasets_lmdb``); see
+``docs/data.md``. Python API:
+
+* :func:`pack_pairs` ``(lq_dir, gt_dir, out_dir, pair_rule='identical', form=None, workers=None,
+  progress=True, overwrite=False, skip_unpaired=False) -> int``: ``out_dir/{lq,gt}.lmdb``.
+* :func:`pack_preset` ``(preset, root, out_dir, **kwargs) -> {split: int}``:
+  ``out_dir/{train,val}/{lq,gt}.lmdb`` from a known dataset tree (:data:`PRESETS`).
+* :func:`verify` ``(path, progress=True) -> (checked, problems)``: decode and check every entry.
+"""
+from .pack import DEFAULT_FORM, FORMS, find_pairs, pack_pairs
+from .presets import PRESETS, pack_preset, preset_tree
+from .verify import verify
+
+__all__ = ['DEFAULT_FORM', 'FORMS', 'PRESETS', 'find_pairs', 'pack_pairs', 'pack_preset', 'preset_tree',
+           'verify']

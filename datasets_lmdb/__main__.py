@@ -1,0 +1,86 @@
+"""``datasets_lmdb`` command: pack paired datasets into LMDBs, verify them, show preset layouts.
+
+Examples::
+
+    datasets_lmdb pack --preset lol_v1 --root datasets/LOL --out datasets/LOL_lmdb
+    datasets_lmdb pack --lq rain/input --gt rain/target --out rain_lmdb --pair-rule 'rain-(.*)->norain-\\1'
+    datasets_lmdb verify datasets/LOL_lmdb
+    datasets_lmdb presets
+"""
+import argparse
+import sys
+
+from .pack import DEFAULT_FORM, FORMS, pack_pairs
+from .presets import PRESETS, pack_preset, preset_tree
+from .verify import verify
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog='datasets_lmdb', description=__doc__.split('\n')[0])
+    sub = parser.add_subparsers(dest='command', required=True)
+    pack = sub.add_parser('pack', help='pack a preset dataset tree or an lq/gt folder pair')
+    source = pack.add_mutually_exclusive_group(required=True)
+    source.add_argument('--preset', choices=sorted(PRESETS), help='known layout under --root')
+    source.add_argument('--lq', help='folder of low-quality (input) images; needs --gt')
+    pack.add_argument('--root', help='dataset root for --preset')
+    pack.add_argument('--gt', help='folder of ground-truth images, paired with --lq')
+    pack.add_argument('--out', required=True,
+                      help='output folder: <out>/{lq,gt}.lmdb, or <out>/{train,val}/{lq,gt}.lmdb for presets')
+    pack.add_argument('--pair-rule', default='identical',
+                      help="'identical' (same file stems), 'lol_v2_real' (lowN <-> normalN) or "
+                           "'REGEX->TEMPLATE' on stems, e.g. 'rain-(.*)->norain-\\1' (generic packing only)")
+    pack.add_argument('--form', choices=FORMS, default=DEFAULT_FORM,
+                      help=f'stored form: raw arrays (fast to read) or PNG bytes like BasicSR (default {DEFAULT_FORM})')
+    pack.add_argument('--workers', type=int, default=None, help='reader processes (default: up to 4)')
+    pack.add_argument('--overwrite', action='store_true', help='replace existing lq.lmdb/gt.lmdb')
+    pack.add_argument('--skip-unpaired', action='store_true', help='ignore files without a partner')
+    pack.add_argument('--no-progress', action='store_true', help='no progress bar')
+    check = sub.add_parser('verify', help='decode every entry and check it against meta_info.txt')
+    check.add_argument('path', help='an *.lmdb folder or a folder holding some')
+    check.add_argument('--no-progress', action='store_true', help='no progress bar')
+    sub.add_parser('presets', help='print the folder trees the presets expect')
+    return parser
+
+
+def _pack(args, parser):
+    options = dict(form=args.form, workers=args.workers, progress=not args.no_progress,
+                   overwrite=args.overwrite, skip_unpaired=args.skip_unpaired)
+    if args.preset:
+        if not args.root or args.gt:
+            parser.error('--preset needs --root (and no --gt)')
+        if args.pair_rule != 'identical':
+            parser.error('--pair-rule applies to --lq/--gt packing; presets know their rule')
+        counts = pack_preset(args.preset, args.root, args.out, **options)
+        print(', '.join(f'{split}: {n} pairs' for split, n in counts.items()) + f' -> {args.out}')
+    else:
+        if not args.gt or args.root:
+            parser.error('--lq needs --gt (and no --root)')
+        n = pack_pairs(args.lq, args.gt, args.out, pair_rule=args.pair_rule, **options)
+        print(f'{n} pairs -> {args.out}')
+
+
+def main(argv=None):
+    """Entry point of ``datasets_lmdb`` / ``python -m datasets_lmdb``; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == 'pack':
+            _pack(args, parser)
+        elif args.command == 'verify':
+            checked, problems = verify(args.path, progress=not args.no_progress)
+            for db, n in checked.items():
+                print(f'{db}: {n} entries')
+            for problem in problems:
+                print(f'PROBLEM: {problem}')
+            print('FAILED' if problems else 'OK')
+            return 1 if problems else 0
+        else:
+            print('\n'.join(f'{name}:\n{preset_tree(name)}' for name in PRESETS))
+    except (OSError, ValueError) as err:
+        print(f'datasets_lmdb: error: {err}', file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""On-disk layouts of the public low-light datasets, and packing them split by split.
+
+Expected trees under ``--root`` (the folder you unpacked the download into)::
+
+    LOL-v1 (lol_v1)                    LOL-v2 Real (lol_v2_real)
+    <root>/our485/low/*.png   train    <root>/Real_captured/Train/Low/low00001.png     train
+    <root>/our485/high/*.png           <root>/Real_captured/Train/Normal/normal00001.png
+    <root>/eval15/low/*.png   val      <root>/Real_captured/Test/Low/low00690.png      val
+    <root>/eval15/high/*.png           <root>/Real_captured/Test/Normal/normal00690.png
+
+    LOL-v2 Synthetic (lol_v2_synthetic)          LSRW (lsrw_huawei, lsrw_nikon)
+    <root>/Synthetic/Train/Low/r000da54ft.png    <root>/Training data/Huawei/low/*.jpg   train
+    <root>/Synthetic/Train/Normal/r000da54ft.png <root>/Training data/Huawei/high/*.jpg
+    <root>/Synthetic/Test/Low/*.png       val    <root>/Eval/Huawei/low/*.jpg            val
+    <root>/Synthetic/Test/Normal/*.png           <root>/Eval/Huawei/high/*.jpg
+                                                 (Nikon: the same with Nikon)
+
+Packed output (fixed layout): ``<out>/train/{lq,gt}.lmdb`` and ``<out>/val/{lq,gt}.lmdb``.
+"""
+import os
+
+from .pack import check_targets, pack_pairs
+
+#: preset -> split -> (lq folder, gt folder, pair rule), folders relative to the root
+PRESETS = {
+    'lol_v1': {
+        'train': ('our485/low', 'our485/high', 'identical'),
+        'val': ('eval15/low', 'eval15/high', 'identical'),
+    },
+    'lol_v2_real': {
+        'train': ('Real_captured/Train/Low', 'Real_captured/Train/Normal', 'lol_v2_real'),
+        'val': ('Real_captured/Test/Low', 'Real_captured/Test/Normal', 'lol_v2_real'),
+    },
+    'lol_v2_synthetic': {
+        'train': ('Synthetic/Train/Low', 'Synthetic/Train/Normal', 'identical'),
+        'val': ('Synthetic/Test/Low', 'Synthetic/Test/Normal', 'identical'),
+    },
+    'lsrw_huawei': {
+        'train': ('Training data/Huawei/low', 'Training data/Huawei/high', 'identical'),
+        'val': ('Eval/Huawei/low', 'Eval/Huawei/high', 'identical'),
+    },
+    'lsrw_nikon': {
+        'train': ('Training data/Nikon/low', 'Training data/Nikon/high', 'identical'),
+        'val': ('Eval/Nikon/low', 'Eval/Nikon/high', 'identical'),
+    },
+}
+
+
+def preset_tree(preset, root='<root>'):
+    """The folders a preset expects, one ``split: lq_dir | gt_dir (pair rule)`` line per split."""
+    return '\n'.join(f'  {split}: {os.path.join(root, lq)} | {os.path.join(root, gt)} (pair_rule {rule})'
+                     for split, (lq, gt, rule) in _splits(preset).items())
+
+
+def _splits(preset):
+    if preset not in PRESETS:
+        raise ValueError(f'--preset: unknown preset {preset!r}; known: {", ".join(PRESETS)}')
+    return PRESETS[preset]
+
+
+def pack_preset(preset, root, out_dir, **kwargs):
+    """Pack every split of ``preset`` found under ``root`` into ``out_dir/<split>/{lq,gt}.lmdb``.
+
+    All folders and targets are checked before anything is written. ``kwargs`` go to
+    :func:`~datasets_lmdb.pack.pack_pairs` (``form``, ``workers``, ``progress``, ``overwrite``,
+    ``skip_unpaired``). Returns ``{split: number of pairs}``.
+    """
+    splits = _splits(preset)
+    missing = [os.path.join(root, d) for lq, gt, _ in splits.values() for d in (lq, gt)
+               if not os.path.isdir(os.path.join(root, d))]
+    if missing:
+        raise FileNotFoundError(f'--root {root} does not hold the {preset} tree; missing: '
+                                f'{", ".join(missing)}. Expected:\n{preset_tree(preset, root)}')
+    for split in splits:
+        check_targets(os.path.join(out_dir, split), kwargs.get('overwrite', False))
+    return {split: pack_pairs(os.path.join(root, lq), os.path.join(root, gt), os.path.join(out_dir, split),
+                              pair_rule=rule, **kwargs)
+            for split, (lq, gt, rule) in splits.items()}

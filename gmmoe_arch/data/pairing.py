@@ -1,0 +1,191 @@
+"""Pairing low-quality (lq) and ground-truth (gt) images by name (no registration here).
+
+Images are paired by *stem* (file name without extension, or an LMDB key). A pair rule maps an lq
+stem to its gt stem:
+
+* ``'identical'``: same stem (``a.png`` <-> ``a.jpg`` too).
+* ``'lol_v2_real'``: LOL-v2 Real's ``low00001`` <-> ``normal00001``.
+* ``{'lq': REGEX, 'gt': TEMPLATE}`` (or the string ``'REGEX->TEMPLATE'``): the lq stem must match
+  REGEX in full; the gt stem is ``TEMPLATE`` with ``\\1``/``\\g<name>`` filled in, e.g.
+  ``{'lq': 'rain-(.*)', 'gt': r'norain-\\1'}`` for deraining folders.
+
+Every check raises ``ValueError``/``FileNotFoundError`` naming the option and the first few culprits.
+"""
+import os
+import re
+
+from .image_io import IMAGE_EXTENSIONS, read_size
+
+SHOWN = 5
+_META_LINE = re.compile(r'^(\S+)\s+\((\d+),\s*(\d+),\s*(\d+)\)(?:\s+(\S+))?\s*$')
+
+
+def culprits(items):
+    """``'a, b, c (and 7 more)'`` for error messages: the first ``SHOWN`` items of a sequence."""
+    items = list(items)
+    text = ', '.join(str(i) for i in items[:SHOWN])
+    return text + (f' (and {len(items) - SHOWN} more)' if len(items) > SHOWN else '')
+
+
+def stem(name):
+    """File name without its directory and last extension."""
+    return os.path.splitext(os.path.basename(name))[0]
+
+
+def list_images(folder, option):
+    """Map stem -> file name for the images directly inside ``folder`` (option named in errors)."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f'{option}: folder not found: {folder}')
+    images, others = {}, []
+    for name in sorted(os.listdir(folder)):
+        if name.startswith('.') or not os.path.isfile(os.path.join(folder, name)):
+            continue
+        if not name.lower().endswith(IMAGE_EXTENSIONS):
+            others.append(name)
+            continue
+        if stem(name) in images:
+            raise ValueError(f'{option}: two images share the name {stem(name)!r} in {folder}: '
+                             f'{images[stem(name)]}, {name}')
+        images[stem(name)] = name
+    if not images:
+        extra = f'; it holds only {culprits(others)}' if others else ''
+        raise ValueError(f'{option}: no images ({", ".join(IMAGE_EXTENSIONS)}) in {folder}{extra}')
+    return images
+
+
+def make_rule(pair_rule):
+    """Return ``f(lq_stem) -> gt_stem or None`` for a ``pair_rule`` option value (see module doc)."""
+    if pair_rule in (None, 'identical'):
+        return lambda s: s
+    if pair_rule == 'lol_v2_real':
+        pair_rule = {'lq': 'low(.*)', 'gt': r'normal\1'}
+    if isinstance(pair_rule, str) and '->' in pair_rule:
+        lq, gt = pair_rule.split('->', 1)
+        pair_rule = {'lq': lq, 'gt': gt}
+    if not (isinstance(pair_rule, dict) and set(pair_rule) == {'lq', 'gt'}):
+        raise ValueError(f"pair_rule: expected 'identical', 'lol_v2_real', {{lq: REGEX, gt: TEMPLATE}} "
+                         f"or 'REGEX->TEMPLATE', got {pair_rule!r}")
+    try:
+        pattern = re.compile(pair_rule['lq'])
+    except re.error as err:
+        raise ValueError(f'pair_rule.lq: bad regular expression {pair_rule["lq"]!r}: {err}') from None
+    template = pair_rule['gt']
+
+    def rule(lq_stem):
+        match = pattern.fullmatch(lq_stem)
+        if match is None:
+            return None
+        try:
+            return match.expand(template)
+        except (re.error, IndexError) as err:
+            raise ValueError(f'pair_rule.gt: bad template {template!r}: {err}') from None
+
+    return rule
+
+
+def read_pair_list(path):
+    """Read a ``meta_info_file``: lines ``LQ_NAME [GT_NAME]``; returns ``[(lq_stem, gt_stem|None)]``.
+
+    Names may carry extensions; a second field starting with ``(`` (BasicSR's shape column) is not
+    a gt name, so BasicSR meta_info files can be used as they are.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'meta_info_file: file not found: {path}')
+    pairs = []
+    with open(path, encoding='utf-8') as f:
+        for line in f:
+            fields = line.split()
+            if not fields:
+                continue
+            gt = fields[1] if len(fields) > 1 and not fields[1].startswith('(') else None
+            pairs.append((stem(fields[0]), stem(gt) if gt else None))
+    if not pairs:
+        raise ValueError(f'meta_info_file: no entries in {path}')
+    return pairs
+
+
+def pair_stems(lq_stems, gt_stems, pair_rule='identical', pair_list=None, skip_unpaired=False,
+               where=('dataroot_lq', 'dataroot_gt')):
+    """Pair lq stems with gt stems; returns ``[(lq_stem, gt_stem)]`` sorted by lq stem.
+
+    Without ``pair_list`` every lq and every gt stem must find its partner (unless
+    ``skip_unpaired``); with it (from :func:`read_pair_list`) only the listed pairs are used and each
+    must exist. ``where`` names the lq and gt sources in error messages.
+    """
+    rule = make_rule(pair_rule)
+    lq_stems, gt_stems = set(lq_stems), set(gt_stems)
+    if pair_list is not None:
+        pairs = [(lq, gt if gt is not None else rule(lq)) for lq, gt in pair_list]
+        missing = [f'{lq} -> {gt}' for lq, gt in pairs if lq not in lq_stems or gt not in gt_stems]
+        if missing:
+            raise ValueError(f'meta_info_file: {len(missing)} listed pair(s) not found in {where[0]} '
+                             f'/ {where[1]}: {culprits(missing)}')
+        return sorted(pairs)
+    pairs, lonely_lq = [], []
+    for lq in sorted(lq_stems):
+        gt = rule(lq)
+        if gt in gt_stems:
+            pairs.append((lq, gt))
+        else:
+            lonely_lq.append(lq)
+    lonely_gt = sorted(gt_stems - {gt for _, gt in pairs})
+    if (lonely_lq or lonely_gt) and not (skip_unpaired and pairs):
+        parts = [f'{len(v)} in {w} without a partner: {culprits(v)}'
+                 for v, w in ((lonely_lq, where[0]), (lonely_gt, where[1])) if v]
+        raise ValueError(f'unpaired images (pair_rule={pair_rule!r}): {"; ".join(parts)}. Fix the '
+                         'folders, choose pairs with meta_info_file, or set skip_unpaired')
+    return pairs
+
+
+def check_sizes(pairs):
+    """Header check of ``[(lq_path, gt_path)]``: every file readable, lq and gt of equal size.
+
+    Returns ``[(h, w)]`` per pair. Only image headers are read, so this stays fast on large sets.
+    """
+    sizes, unreadable, mismatched = [], [], []
+    for lq_path, gt_path in pairs:
+        pair = []
+        for path in (lq_path, gt_path):
+            try:
+                pair.append(read_size(path))
+            except ValueError:
+                unreadable.append(path)
+        if len(pair) < 2:
+            continue
+        if pair[0] != pair[1]:
+            mismatched.append(f'{lq_path} {pair[0][0]}x{pair[0][1]} vs {gt_path} {pair[1][0]}x{pair[1][1]}')
+        sizes.append(pair[0])
+    if unreadable:
+        raise ValueError(f'{len(unreadable)} unreadable image(s): {culprits(unreadable)}')
+    if mismatched:
+        raise ValueError(f'{len(mismatched)} pair(s) with different lq/gt sizes (h x w): {culprits(mismatched)}')
+    return sizes
+
+
+def read_lmdb_meta(lmdb_dir, option):
+    """Parse ``<lmdb_dir>/meta_info.txt`` (BasicSR's ``NAME.EXT (h,w,c) TAG`` lines).
+
+    Returns ``{key: (h, w, c)}``; the key is NAME without its extension. Raises naming ``option``
+    when the folder, its ``data.mdb`` or its ``meta_info.txt`` is missing or a line is malformed.
+    """
+    if not os.path.isdir(lmdb_dir):
+        raise FileNotFoundError(f'{option}: LMDB folder not found: {lmdb_dir}')
+    for needed in ('data.mdb', 'meta_info.txt'):
+        if not os.path.isfile(os.path.join(lmdb_dir, needed)):
+            raise FileNotFoundError(f'{option}: {lmdb_dir} is not a complete LMDB (no {needed}); '
+                                    'pack it with `datasets_lmdb pack`')
+    meta = {}
+    with open(os.path.join(lmdb_dir, 'meta_info.txt'), encoding='utf-8') as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            match = _META_LINE.match(line.strip())
+            if match is None:
+                raise ValueError(f'{option}: {lmdb_dir}/meta_info.txt line {number} is not '
+                                 f'"NAME.EXT (h,w,c) TAG": {line.strip()!r}')
+            name = match.group(1)
+            key = name.rsplit('.', 1)[0] if '.' in name else name
+            meta[key] = tuple(int(match.group(i)) for i in (2, 3, 4))
+    if not meta:
+        raise ValueError(f'{option}: {lmdb_dir}/meta_info.txt lists no images')
+    return meta
