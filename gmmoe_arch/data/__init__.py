@@ -1,1 +1,2 @@
 """Registers this package's data with BasicSR."""
+from . import llie_paired_dataset  # noqa: F401  (registration)

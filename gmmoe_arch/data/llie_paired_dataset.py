@@ -1,0 +1,162 @@
+"""``LLIEPairedDataset``: paired lq/gt images from folders or LMDBs, checked when it is built."""
+import os
+
+import lmdb
+from basicsr.data.transforms import augment, paired_random_crop
+from basicsr.utils import FileClient, img2tensor
+from basicsr.utils.registry import DATASET_REGISTRY
+from torch.utils import data
+from torchvision.transforms.functional import normalize
+
+from .image_io import decode, to_float_bgr
+from .pairing import check_sizes, culprits, list_images, pair_stems, read_lmdb_meta, read_pair_list
+
+
+@DATASET_REGISTRY.register()
+class LLIEPairedDataset(data.Dataset):
+    """Paired low-light (lq) / normal-light (gt) images for restoration training and testing.
+
+    Options (BasicSR conventions):
+        name (str), phase (str): set by BasicSR; crop and flips happen only when phase is 'train'.
+        dataroot_lq, dataroot_gt (str): image folders, or ``*.lmdb`` folders with ``io_backend: lmdb``.
+        io_backend (dict): ``{type: disk}`` (default) or ``{type: lmdb}`` (extra keys go to lmdb.open).
+        meta_info_file (str, optional): lines ``LQ_NAME [GT_NAME]`` choosing the pairs.
+        pair_rule: 'identical' (default), 'lol_v2_real' (lowN <-> normalN) or
+            ``{lq: REGEX, gt: TEMPLATE}`` on file stems / LMDB keys (see ``gmmoe_arch.data.pairing``).
+        skip_unpaired (bool): use the pairs found and ignore files without a partner (default false).
+        gt_size (int, optional): random paired crop size for training.
+        use_hflip, use_rot (bool): random flips / 90-degree rotations for training (default false).
+        mean, std (list[float], optional): normalisation after scaling to [0, 1].
+
+    Images may be 8/16-bit PNG, JPEG, BMP or TIFF, and LMDB entries in the ``raw`` or ``png`` form
+    of ``datasets_lmdb`` (including LMDBs packed by BasicSR's scripts). Grayscale becomes 3 channels,
+    alpha is dropped, 16-bit is scaled by 65535.
+
+    Returns per index ``{'lq': (3, H, W), 'gt': (3, H, W), 'lq_path', 'gt_path'}``: float32 RGB
+    tensors in [0, 1] (before mean/std) and file paths (disk) or LMDB keys (lmdb).
+
+    Every problem (missing or empty folder, unpaired files, unreadable image, lq/gt size mismatch,
+    missing or incomplete LMDB, keys listed but not stored, crop larger than an image) raises
+    ``ValueError``/``FileNotFoundError`` here, naming the option and the first few culprits. Only
+    image headers (disk) or ``meta_info.txt`` and the key list (LMDB) are read, so building is fast.
+    """
+
+    def __init__(self, opt):
+        super().__init__()
+        self.opt = opt
+        self.name = opt.get('name', type(self).__name__)
+        io_opt = dict(opt.get('io_backend') or {'type': 'disk'})
+        self.backend = io_opt.pop('type', 'disk')
+        self.io_opt = io_opt
+        self.train = opt.get('phase') == 'train'
+        self.gt_size = opt.get('gt_size')
+        self.use_hflip = bool(opt.get('use_hflip', False))
+        self.use_rot = bool(opt.get('use_rot', False))
+        self.mean, self.std = opt.get('mean'), opt.get('std')
+        self.file_client, self._client_pid = None, None
+        try:
+            self._check_options()
+            self.roots = opt['dataroot_lq'], opt['dataroot_gt']
+            self.pairs, sizes = self._lmdb_pairs() if self.backend == 'lmdb' else self._disk_pairs()
+            self._check_crop(sizes)
+        except (ValueError, FileNotFoundError) as err:
+            raise type(err)(f'{type(self).__name__} {self.name!r}: {err}') from None
+
+    def _check_options(self):
+        if self.backend not in ('disk', 'lmdb'):
+            raise ValueError(f"io_backend.type: expected 'disk' or 'lmdb', got {self.backend!r}")
+        missing = [key for key in ('dataroot_lq', 'dataroot_gt') if not self.opt.get(key)]
+        if missing:
+            raise ValueError(f'missing option(s): {", ".join(missing)}')
+        if (self.mean is None) != (self.std is None):
+            raise ValueError('mean and std must be given together')
+
+    def _pair_list(self):
+        path = self.opt.get('meta_info_file')
+        return read_pair_list(path) if path else None
+
+    def _disk_pairs(self):
+        lq_dir, gt_dir = self.roots
+        try:
+            lq, gt = list_images(lq_dir, 'dataroot_lq'), list_images(gt_dir, 'dataroot_gt')
+        except ValueError as err:
+            hint = ' (an LMDB folder: set io_backend: {type: lmdb})' if 'data.mdb' in str(err) else ''
+            raise ValueError(f'{err}{hint}') from None
+        stems = pair_stems(lq, gt, self.opt.get('pair_rule', 'identical'), self._pair_list(),
+                           self.opt.get('skip_unpaired', False))
+        pairs = [(os.path.join(lq_dir, lq[a]), os.path.join(gt_dir, gt[b])) for a, b in stems]
+        return pairs, check_sizes(pairs)
+
+    def _lmdb_pairs(self):
+        metas = [read_lmdb_meta(root, key) for root, key in zip(self.roots, ('dataroot_lq', 'dataroot_gt'))]
+        for root, meta, key in zip(self.roots, metas, ('dataroot_lq', 'dataroot_gt')):
+            _check_stored(root, meta, key)
+        pairs = pair_stems(metas[0], metas[1], self.opt.get('pair_rule', 'identical'), self._pair_list(),
+                           self.opt.get('skip_unpaired', False))
+        mismatched = [f'{a} {metas[0][a][:2]} vs {b} {metas[1][b][:2]}' for a, b in pairs
+                      if metas[0][a][:2] != metas[1][b][:2]]
+        if mismatched:
+            raise ValueError(f'{len(mismatched)} pair(s) with different lq/gt sizes (h, w) in meta_info.txt '
+                             f'of dataroot_lq / dataroot_gt: {culprits(mismatched)}')
+        return pairs, [metas[0][a][:2] for a, _ in pairs]
+
+    def _check_crop(self, sizes):
+        if not (self.train and self.gt_size):
+            return
+        small = [f'{lq} ({h}x{w})' for (lq, _), (h, w) in zip(self.pairs, sizes) if min(h, w) < self.gt_size]
+        if small:
+            raise ValueError(f'gt_size {self.gt_size} is larger than {len(small)} image(s): {culprits(small)}')
+
+    def _client(self):
+        """The FileClient of this process (LMDB environments must not cross a fork)."""
+        if self.file_client is None or self._client_pid != os.getpid():
+            if self.backend == 'lmdb':
+                self.file_client = FileClient('lmdb', db_paths=list(self.roots), client_keys=['lq', 'gt'],
+                                              **self.io_opt)
+            else:
+                self.file_client = FileClient('disk', **self.io_opt)
+            self._client_pid = os.getpid()
+        return self.file_client
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state['file_client'] = state['_client_pid'] = None
+        return state
+
+    def __getitem__(self, index):
+        lq_ref, gt_ref = self.pairs[index]
+        client = self._client()
+        lq = decode(client.get(lq_ref, 'lq'), lq_ref)
+        gt = decode(client.get(gt_ref, 'gt'), gt_ref)
+        if lq.shape[:2] != gt.shape[:2]:
+            raise ValueError(f'{self.name}: {lq_ref} {lq.shape[:2]} and {gt_ref} {gt.shape[:2]} differ in size')
+        if self.train and self.gt_size:
+            gt, lq = paired_random_crop(gt, lq, self.gt_size, 1, gt_ref)
+        lq, gt = to_float_bgr(lq), to_float_bgr(gt)
+        if self.train and (self.use_hflip or self.use_rot):
+            lq, gt = augment([lq, gt], self.use_hflip, self.use_rot)
+        lq, gt = img2tensor([lq, gt], bgr2rgb=True, float32=True)
+        if self.mean is not None:
+            normalize(lq, self.mean, self.std, inplace=True)
+            normalize(gt, self.mean, self.std, inplace=True)
+        return {'lq': lq, 'gt': gt, 'lq_path': lq_ref, 'gt_path': gt_ref}
+
+    def __len__(self):
+        return len(self.pairs)
+
+
+def _check_stored(root, meta, option):
+    """Every key of ``meta_info.txt`` must be stored in the LMDB at ``root`` (keys only are read)."""
+    try:
+        env = lmdb.open(root, readonly=True, lock=False, readahead=False)
+    except lmdb.Error as err:
+        raise ValueError(f'{option}: cannot open LMDB {root}: {err}') from None
+    try:
+        with env.begin(write=False) as txn:
+            stored = {k.decode('ascii', 'replace') for k in txn.cursor().iternext(keys=True, values=False)}
+    finally:
+        env.close()
+    missing = sorted(set(meta) - stored)
+    if missing:
+        raise ValueError(f'{option}: {len(missing)} key(s) of {root}/meta_info.txt not stored in the LMDB '
+                         f'(half-written or wrong meta_info.txt?): {culprits(missing)}')
