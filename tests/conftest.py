@@ -1,4 +1,5 @@
 """Shared test fixtures: paths to the repository and to the reference vectors."""
+import os
 from pathlib import Path
 
 import pytest
@@ -13,3 +14,105 @@ REFERENCE = REPO.parent / 'shared' / 'reference'
 def reference_dir():
     assert REFERENCE.is_dir(), f'reference vectors not found at {REFERENCE} (shared/ must sit beside the repo)'
     return REFERENCE
+
+
+TINY_PLUGIN = '''
+"""A stand-alone BasicSR plug-in used by the tests: one tiny registered network."""
+import atexit
+import os
+
+import torch
+from basicsr.utils.registry import ARCH_REGISTRY
+from torch import nn
+
+BUILT = []
+
+
+@ARCH_REGISTRY.register()
+class TinyPlugNet(nn.Module):
+    def __init__(self, channels=3):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(channels, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, channels, 3, padding=1))
+        BUILT.append(self)
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+@atexit.register
+def _dump_weights():
+    # Lets the distributed tests compare every rank's final weights (BasicSR saves rank 0 only).
+    folder = os.environ.get('TINYPLUG_DUMP')
+    if folder and BUILT:
+        torch.save(BUILT[0].state_dict(), os.path.join(folder, 'rank%s.pt' % os.environ.get('RANK', '0')))
+'''
+
+
+@pytest.fixture(scope='session')
+def tiny_plugin(tmp_path_factory):
+    """A folder holding package ``tinyplug`` with a ``basicsr.plugins`` entry point; add it to PYTHONPATH."""
+    root = tmp_path_factory.mktemp('plugin')
+    (root / 'tinyplug').mkdir()
+    (root / 'tinyplug' / '__init__.py').write_text(TINY_PLUGIN)
+    info = root / 'tinyplug-0.1.dist-info'
+    info.mkdir()
+    (info / 'METADATA').write_text('Metadata-Version: 2.1\nName: tinyplug\nVersion: 0.1\n')
+    (info / 'entry_points.txt').write_text('[basicsr.plugins]\ntinyplug = tinyplug\n')
+    return root
+
+
+@pytest.fixture
+def plugin_env(tiny_plugin):
+    """Environment for subprocesses: the repository and the test plug-in importable, one thread."""
+    env = dict(os.environ)
+    env['PYTHONPATH'] = os.pathsep.join([str(tiny_plugin), str(REPO), env.get('PYTHONPATH', '')])
+    env['OMP_NUM_THREADS'] = '1'
+    return env
+
+
+def write_pairs(root, n=4, size=(48, 40), seed=0):
+    """Write ``n`` paired PNGs: ``root/gt`` clean images and ``root/lq`` darker noisy versions."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    (root / 'gt').mkdir(parents=True, exist_ok=True)
+    (root / 'lq').mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        gt = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+        gt = cv2.GaussianBlur(gt, (5, 5), 0)
+        lq = np.clip(gt * 0.3 + rng.normal(0, 3, gt.shape), 0, 255).astype(np.uint8)
+        cv2.imwrite(str(root / 'gt' / f'{i:03d}.png'), gt)
+        cv2.imwrite(str(root / 'lq' / f'{i:03d}.png'), lq)
+    return root
+
+
+def tiny_train_options(data, name='tiny', total_iter=4, checkpoint_freq=2, model_type='SRModel'):
+    """BasicSR train options for TinyPlugNet with BasicSR's own PairedImageDataset on ``data``."""
+    pairs = {'type': 'PairedImageDataset', 'dataroot_gt': str(data / 'gt'), 'dataroot_lq': str(data / 'lq'),
+             'filename_tmpl': '{}', 'io_backend': {'type': 'disk'}}
+    return {
+        'name': name, 'model_type': model_type, 'scale': 1, 'num_gpu': 0, 'manual_seed': 10,
+        'datasets': {
+            'train': dict(pairs, name='gen_train', gt_size=32, use_hflip=False, use_rot=False,
+                          num_worker_per_gpu=0, batch_size_per_gpu=2, dataset_enlarge_ratio=1),
+            'val': dict(pairs, name='gen_val'),
+        },
+        'network_g': {'type': 'TinyPlugNet'},
+        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
+        'train': {'ema_decay': 0, 'optim_g': {'type': 'Adam', 'lr': 1e-3},
+                  'scheduler': {'type': 'MultiStepLR', 'milestones': [1000], 'gamma': 0.5},
+                  'total_iter': total_iter, 'warmup_iter': -1,
+                  'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0, 'reduction': 'mean'}},
+        'val': {'val_freq': 1000, 'save_img': False,
+                'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': False},
+                            'ssim': {'type': 'calculate_ssim', 'crop_border': 0, 'test_y_channel': False}}},
+        'logger': {'print_freq': 1, 'save_checkpoint_freq': checkpoint_freq, 'use_tb_logger': False},
+    }
+
+
+def write_yaml(path, opt):
+    import yaml
+
+    path.write_text(yaml.safe_dump(opt, sort_keys=False))
+    return path

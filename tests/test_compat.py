@@ -1,0 +1,114 @@
+"""gmmoe_arch.compat: basicsr 1.4.2 on current torch/torchvision, on CPU, distributed with gloo."""
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import tiny_train_options, write_pairs, write_yaml
+
+from gmmoe_arch import compat
+
+
+def test_patches_applied_and_idempotent():
+    import torchvision.transforms.functional_tensor as ft
+    from basicsr.data import degradations  # noqa: F401  (failed to import before the patch)
+
+    assert callable(ft.rgb_to_grayscale)
+    assert {'functional_tensor', 'load_resume_state', 'init_dist', 'model_to_device', 'local-rank'} <= set(
+        compat.APPLIED)
+    assert compat.apply() == compat.APPLIED
+    # the shim is in place now, so the check that decides whether to patch sees a working torchvision
+    assert compat._patch_functional_tensor() is False
+
+
+def test_patched_functions_are_the_ones_basicsr_calls():
+    import basicsr.test
+    import basicsr.train
+    from basicsr.models.base_model import BaseModel
+    from basicsr.utils import options
+
+    assert basicsr.train.load_resume_state is compat.load_resume_state
+    assert options.init_dist is compat.init_dist
+    assert BaseModel.model_to_device is compat.model_to_device
+    assert basicsr.train.parse_options.__wrapped__ is basicsr.test.parse_options.__wrapped__
+
+
+def test_resume_state_with_counter_loads_on_cpu(tmp_path):
+    from basicsr.models.lr_scheduler import MultiStepRestartLR
+
+    net = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.Adam(net.parameters(), 1e-3)
+    scheduler = MultiStepRestartLR(optimizer, milestones=[10, 20])
+    net(torch.ones(1, 2)).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    states = tmp_path / 'experiments' / 'x' / 'training_states'
+    states.mkdir(parents=True)
+    for it in (2, 10, 4):
+        torch.save({'epoch': 0, 'iter': it, 'optimizers': [optimizer.state_dict()],
+                    'schedulers': [scheduler.state_dict()]}, states / f'{it}.state')
+    opt = {'name': 'x', 'auto_resume': True, 'network_g': {},
+           'path': {'training_states': str(states), 'models': str(tmp_path / 'models'), 'resume_state': None}}
+    state = compat.load_resume_state(opt)
+    assert state['iter'] == 10 and opt['path']['resume_state'].endswith('10.state')
+    assert state['schedulers'][0]['milestones'] == scheduler.state_dict()['milestones']
+    assert state['optimizers'][0]['state'][0]['exp_avg'].device.type == 'cpu'
+    assert opt['path']['pretrain_network_g'].endswith('net_g_10.pth')
+
+    opt = {'name': 'x', 'auto_resume': False, 'network_g': {},
+           'path': {'resume_state': str(states / '4.state'), 'models': str(tmp_path / 'models')}}
+    assert compat.load_resume_state(opt)['iter'] == 4
+    opt['path']['resume_state'] = str(states / 'missing.state')
+    with pytest.raises(FileNotFoundError, match='missing.state'):
+        compat.load_resume_state(opt)
+
+
+def test_upstream_parse_options_accepts_local_rank_dash(tmp_path, monkeypatch):
+    from basicsr.utils.options import parse_options
+
+    data = write_pairs(tmp_path / 'data', n=1)
+    opt = tiny_train_options(data)
+    opt['datasets'] = {'test_1': opt['datasets']['val']}
+    path = write_yaml(tmp_path / 't.yml', opt)
+    monkeypatch.setattr(sys, 'argv', ['test.py', '-opt', str(path), '--local-rank=1'])
+    parsed, args = parse_options(str(tmp_path), is_train=False)
+    assert args.local_rank == 1 and parsed['dist'] is False
+
+
+def run_cli(args, cwd, env):
+    cmd = [sys.executable, '-m', 'gmmoe_arch.cli'] + args
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_auto_resume_on_cpu_continues_to_the_planned_iteration(tmp_path, plugin_env):
+    data = write_pairs(tmp_path / 'data')
+    opt = write_yaml(tmp_path / 'train.yml', tiny_train_options(data, name='resume', total_iter=4))
+    assert run_cli(['train', '-opt', str(opt)], tmp_path, plugin_env).returncode == 0
+    done = run_cli(['train', '-opt', str(opt), '--auto_resume', '--force_yml', 'train:total_iter=6'],
+                   tmp_path, plugin_env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    exp = tmp_path / 'experiments' / 'resume'
+    log = max(exp.glob('train_resume_*.log')).read_text()
+    assert 'Resuming training from epoch' in log and 'iter: 4.' in log
+    assert (exp / 'models' / 'net_g_6.pth').is_file() and (exp / 'training_states' / '6.state').is_file()
+
+
+def test_torchrun_gloo_two_ranks_end_with_identical_weights(tmp_path, plugin_env):
+    data = write_pairs(tmp_path / 'data', n=8)
+    opt = write_yaml(tmp_path / 'ddp.yml', tiny_train_options(data, name='ddp', total_iter=3, checkpoint_freq=100))
+    dump = tmp_path / 'dump'
+    dump.mkdir()
+    env = dict(plugin_env, TINYPLUG_DUMP=str(dump))
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+           '-m', 'gmmoe_arch.cli', 'train', '-opt', str(opt), '--launcher', 'pytorch']
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = max((tmp_path / 'experiments' / 'ddp').glob('train_ddp_*.log')).read_text()
+    assert "world_size: 2" in log and "dist: True" in log
+    rank0, rank1 = (torch.load(dump / f'rank{r}.pt', weights_only=True) for r in (0, 1))
+    assert set(rank0) == set(rank1)
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    # what BasicSR saved (rank 0 only) is what both ranks hold after the last step
+    saved = torch.load(tmp_path / 'experiments' / 'ddp' / 'models' / 'net_g_latest.pth', weights_only=True)
+    assert all(torch.equal(saved['params'][k], rank0[k]) for k in rank0)
