@@ -1,1 +1,2 @@
 """Registers this package's models with BasicSR."""
+from . import gmmoe_model  # noqa: F401

@@ -3,9 +3,9 @@ import math
 
 import pytest
 import torch
+import gmmoe_arch  # noqa: F401,I001  (first: applies the basicsr compat patches, fills the registries)
 from basicsr.losses import build_loss
 
-import gmmoe_arch  # noqa: F401  (registers PSNRLoss)
 
 
 def hand_psnr_loss(pred, target, weight=1.0):

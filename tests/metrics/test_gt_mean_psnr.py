@@ -3,9 +3,9 @@ import math
 
 import numpy as np
 import pytest
+import gmmoe_arch  # noqa: F401,I001  (first: applies the basicsr compat patches, fills the registries)
 from basicsr.metrics import calculate_metric
 
-import gmmoe_arch  # noqa: F401  (registers calculate_psnr_gt_mean)
 
 
 def test_hand_computation():

@@ -1,0 +1,211 @@
+"""GMMoEModel: BasicSR's ``SRModel`` plus what GM-MoE training needs and SRModel lacks.
+
+Options added under ``train`` (everything else is SRModel's: EMA, schedulers, validation, save/resume):
+
+* ``optim_g.type``: any optimiser class of ``torch.optim`` by name (``AdamW``, ``Adam``, ``SGD``, ...).
+* ``grad_clip``: ``{max_norm: 0.5, norm_type: 2}`` (or just the max norm) clips the gradient norm.
+* ``use_amp`` / ``amp_dtype``: autocast of the forward pass in ``bf16`` (CPU or CUDA) or ``fp16``
+  (with a ``GradScaler``).
+* ``compile``: ``true`` (or a dict of ``torch.compile`` arguments) compiles ``net_g`` in place.
+  Never on by default: the first iterations then take minutes.
+
+A NaN or infinite loss stops training with :class:`TrainingDiverged` before the broken step
+reaches the weights; the checkpoints BasicSR saved before stay as they were.
+
+Validation and testing also log each expert's gate weight averaged over the images, per expert
+block and over all blocks (log file and TensorBoard ``gates/<dataset>/...``).
+"""
+from collections import OrderedDict
+
+import torch
+from basicsr.models.sr_model import SRModel
+from basicsr.utils import get_root_logger
+from basicsr.utils.registry import MODEL_REGISTRY
+
+from ..archs.gmmoe_arch import ExpertBlock, record_gates
+
+AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite; training stopped without saving that state."""
+
+
+def torch_optimizers():
+    """Names of the optimiser classes in ``torch.optim``."""
+    return sorted(name for name, obj in vars(torch.optim).items()
+                  if isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer) and obj is not torch.optim.Optimizer)
+
+
+def parse_grad_clip(value):
+    """``train.grad_clip`` -> ``{'max_norm': float, 'norm_type': float}`` or None when unset."""
+    if value is None or value is False:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = {'max_norm': value}
+    if not isinstance(value, dict) or 'max_norm' not in value:
+        raise ValueError(f'train.grad_clip: expected a number or {{max_norm: ..., norm_type: 2}}, got {value!r}')
+    unknown = set(value) - {'max_norm', 'norm_type'}
+    if unknown:
+        raise ValueError(f'train.grad_clip: unknown key(s) {", ".join(sorted(unknown))} (known: max_norm, norm_type)')
+    try:
+        clip = {'max_norm': float(value['max_norm']), 'norm_type': float(value.get('norm_type', 2.0))}
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f'train.grad_clip: max_norm and norm_type must be numbers, got {value!r}') from exc
+    if not clip['max_norm'] > 0:
+        raise ValueError(f'train.grad_clip.max_norm must be > 0, got {clip["max_norm"]}')
+    return clip
+
+
+@MODEL_REGISTRY.register()
+class GMMoEModel(SRModel):
+    """``SRModel`` with any ``torch.optim`` optimiser, gradient clipping, AMP, opt-in compile, a NaN stop
+    and gate-weight logging (see the module docstring for the options)."""
+
+    def __init__(self, opt):
+        self.amp_dtype = None
+        self.grad_clip = None
+        self._gate_sums = None
+        super().__init__(opt)
+
+    def init_training_settings(self):
+        train_opt = self.opt['train']
+        self.grad_clip = parse_grad_clip(train_opt.get('grad_clip'))
+        self._setup_amp(train_opt.get('use_amp', False), train_opt.get('amp_dtype', 'bf16'))
+        self._setup_compile(train_opt.get('compile', False))
+        super().init_training_settings()
+
+    def _setup_amp(self, use_amp, amp_dtype):
+        if not isinstance(use_amp, bool):
+            raise ValueError(f'train.use_amp must be true or false, got {use_amp!r}')
+        if amp_dtype not in AMP_DTYPES:
+            raise ValueError(f'train.amp_dtype: unknown {amp_dtype!r}; choose from {", ".join(AMP_DTYPES)}')
+        self.amp_dtype = AMP_DTYPES[amp_dtype] if use_amp else None
+        self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        if use_amp:
+            get_root_logger().info(f'Mixed precision: autocast {amp_dtype} on {self.device.type}'
+                                   + (' with loss scaling' if self.grad_scaler.is_enabled() else ''))
+
+    def _setup_compile(self, compile_opt):
+        if compile_opt is False or compile_opt is None:
+            return
+        if compile_opt is True:
+            compile_opt = {}
+        if not isinstance(compile_opt, dict):
+            raise ValueError(f'train.compile: expected true/false or a dict of torch.compile arguments, got {compile_opt!r}')
+        self.get_bare_model(self.net_g).compile(**compile_opt)
+        get_root_logger().info(f'net_g compiled with torch.compile({compile_opt or ""}); '
+                               'the first iterations include the compilation')
+
+    def setup_optimizers(self):
+        optim_opt = self.opt['train'].get('optim_g')
+        if not isinstance(optim_opt, dict) or 'type' not in optim_opt:
+            raise ValueError('train.optim_g: expected a mapping with at least "type" and "lr", '
+                             f'e.g. {{type: AdamW, lr: 1.0e-3}}; got {optim_opt!r}')
+        super().setup_optimizers()
+
+    def get_optimizer(self, optim_type, params, lr=None, **kwargs):
+        """Build ``torch.optim.<optim_type>(params, lr=lr, **kwargs)``; errors name ``train.optim_g``."""
+        cls = getattr(torch.optim, str(optim_type), None)
+        if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)) or cls is torch.optim.Optimizer:
+            raise ValueError(f'train.optim_g.type: unknown optimiser "{optim_type}"; '
+                             f'torch.optim has {", ".join(torch_optimizers())}')
+        if lr is None:
+            raise ValueError('train.optim_g.lr: missing learning rate')
+        try:
+            lr = float(lr)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f'train.optim_g.lr: expected a number, got {lr!r}') from exc
+        if 'betas' in kwargs:
+            kwargs['betas'] = tuple(kwargs['betas'])
+        try:
+            return cls(params, lr=lr, **kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f'train.optim_g: {optim_type} rejected lr={lr}, {kwargs}: {exc}') from exc
+
+    def _losses(self):
+        """The losses of ``self.output`` against ``self.gt`` (as SRModel sums them) -> (total, OrderedDict)."""
+        l_total = 0
+        loss_dict = OrderedDict()
+        if self.cri_pix:
+            loss_dict['l_pix'] = self.cri_pix(self.output, self.gt)
+            l_total = l_total + loss_dict['l_pix']
+        if self.cri_perceptual:
+            l_percep, l_style = self.cri_perceptual(self.output, self.gt)
+            for name, value in (('l_percep', l_percep), ('l_style', l_style)):
+                if value is not None:
+                    loss_dict[name] = value
+                    l_total = l_total + value
+        return l_total, loss_dict
+
+    def _check_finite(self, l_total, loss_dict, current_iter):
+        """Raise :class:`TrainingDiverged` on every rank when any rank's loss is NaN/Inf."""
+        bad = (~torch.isfinite(l_total.detach())).float().reshape(1)
+        if self.opt['dist']:
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+        if bad.item() > 0:
+            values = ', '.join(f'{k}={v.item():.4g}' for k, v in loss_dict.items())
+            raise TrainingDiverged(
+                f'training loss is not finite at iteration {current_iter} ({values or l_total.item()}); '
+                'stopped before this step changed the weights, nothing of it was saved. The last good '
+                f'checkpoint is in {self.opt["path"].get("models")} (training state in '
+                f'{self.opt["path"].get("training_states")}): resume with --auto_resume after lowering '
+                'train.optim_g.lr, setting train.grad_clip, or turning train.use_amp off')
+
+    def optimize_parameters(self, current_iter):
+        self.optimizer_g.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            self.output = self.net_g(self.lq)
+        l_total, loss_dict = self._losses()
+        self._check_finite(l_total, loss_dict, current_iter)
+        self.grad_scaler.scale(l_total).backward()
+        if self.grad_clip:
+            self.grad_scaler.unscale_(self.optimizer_g)
+            loss_dict['grad_norm'] = torch.nn.utils.clip_grad_norm_(self.net_g.parameters(), **self.grad_clip)
+        self.grad_scaler.step(self.optimizer_g)
+        self.grad_scaler.update()
+        self.log_dict = self.reduce_loss_dict(loss_dict)
+        if self.ema_decay > 0:
+            self.model_ema(decay=self.ema_decay)
+
+    def test(self):
+        net = self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g
+        with record_gates(net) as gates:
+            super().test()
+        if self._gate_sums is not None:
+            for path, weights in gates.items():
+                self._gate_sums[path] = self._gate_sums.get(path, 0) + weights.float().sum(0).cpu()
+            self._gate_count += self.lq.shape[0]
+
+    def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
+        self._gate_sums, self._gate_count = {}, 0
+        try:
+            super().nondist_validation(dataloader, current_iter, tb_logger, save_img)
+            self._log_gates(dataloader.dataset.opt['name'], current_iter, tb_logger)
+        finally:
+            self._gate_sums = None
+
+    def gate_means(self):
+        """Mean gate weights of the running validation: ``{block path: (n_experts,) tensor}``."""
+        return {path: total / self._gate_count for path, total in self._gate_sums.items()}
+
+    def _log_gates(self, dataset_name, current_iter, tb_logger):
+        if not self._gate_sums or not self._gate_count:
+            return
+        means = self.gate_means()
+        bare = self.get_bare_model(self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g)
+        first = next(iter(means))
+        block = bare.get_submodule(first)
+        experts = [type(e).__name__ for e in block.experts] if isinstance(block, ExpertBlock) else None
+        experts = experts or [f'expert{i}' for i in range(means[first].numel())]
+        overall = torch.stack(list(means.values())).mean(0)
+        lines = [f'Gate weights on {dataset_name}, mean over {self._gate_count} image(s); '
+                 f'experts: {", ".join(experts)}',
+                 f'\t{"all blocks":<16}' + ' '.join(f'{v:.4f}' for v in overall.tolist())]
+        lines += [f'\t{path:<16}' + ' '.join(f'{v:.4f}' for v in m.tolist()) for path, m in means.items()]
+        get_root_logger().info('\n'.join(lines))
+        if tb_logger:
+            for i, name in enumerate(experts):
+                tb_logger.add_scalar(f'gates/{dataset_name}/all/{name}', overall[i].item(), current_iter)
+                for path, m in means.items():
+                    tb_logger.add_scalar(f'gates/{dataset_name}/{path}/{name}', m[i].item(), current_iter)
