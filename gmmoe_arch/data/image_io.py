@@ -71,7 +71,7 @@ def to_float_bgr(img):
 
     Grayscale is repeated to 3 channels, an alpha channel is dropped, 16-bit is scaled by 65535.
     """
-    out = img.astype(np.float32) * np.float32(1.0 / _SCALE[img.dtype])
+    out = img.astype(np.float32) / np.float32(_SCALE[img.dtype])
     if out.ndim == 2:
         out = out[:, :, None]
     if out.shape[2] == 1:

@@ -53,7 +53,7 @@ class LLIEPairedDataset(data.Dataset):
         self.use_hflip = bool(opt.get('use_hflip', False))
         self.use_rot = bool(opt.get('use_rot', False))
         self.mean, self.std = opt.get('mean'), opt.get('std')
-        self.file_client, self._client_pid = None, None
+        self.file_client = None
         try:
             self._check_options()
             self.roots = opt['dataroot_lq'], opt['dataroot_gt']
@@ -90,7 +90,7 @@ class LLIEPairedDataset(data.Dataset):
     def _lmdb_pairs(self):
         metas = [read_lmdb_meta(root, key) for root, key in zip(self.roots, ('dataroot_lq', 'dataroot_gt'))]
         for root, meta, key in zip(self.roots, metas, ('dataroot_lq', 'dataroot_gt')):
-            _check_stored(root, meta, key)
+            _check_stored(root, meta, key, self.io_opt)
         pairs = pair_stems(metas[0], metas[1], self.opt.get('pair_rule', 'identical'), self._pair_list(),
                            self.opt.get('skip_unpaired', False))
         mismatched = [f'{a} {metas[0][a][:2]} vs {b} {metas[1][b][:2]}' for a, b in pairs
@@ -107,27 +107,19 @@ class LLIEPairedDataset(data.Dataset):
         if small:
             raise ValueError(f'gt_size {self.gt_size} is larger than {len(small)} image(s): {culprits(small)}')
 
-    def _client(self):
-        """The FileClient of this process (LMDB environments must not cross a fork)."""
-        if self.file_client is None or self._client_pid != os.getpid():
-            if self.backend == 'lmdb':
-                self.file_client = FileClient('lmdb', db_paths=list(self.roots), client_keys=['lq', 'gt'],
-                                              **self.io_opt)
-            else:
-                self.file_client = FileClient('disk', **self.io_opt)
-            self._client_pid = os.getpid()
-        return self.file_client
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state['file_client'] = state['_client_pid'] = None
-        return state
+    def _read(self, ref, side):
+        """Stored bytes of one image: a file (disk) or an entry of the lq/gt LMDB."""
+        if self.backend == 'lmdb':
+            with lmdb_env(self.roots[side == 'gt'], **self.io_opt).begin(write=False) as txn:
+                return txn.get(ref.encode('ascii'))
+        if self.file_client is None:
+            self.file_client = FileClient('disk', **self.io_opt)
+        return self.file_client.get(ref)
 
     def __getitem__(self, index):
         lq_ref, gt_ref = self.pairs[index]
-        client = self._client()
-        lq = decode(client.get(lq_ref, 'lq'), lq_ref)
-        gt = decode(client.get(gt_ref, 'gt'), gt_ref)
+        lq = decode(self._read(lq_ref, 'lq'), lq_ref)
+        gt = decode(self._read(gt_ref, 'gt'), gt_ref)
         if lq.shape[:2] != gt.shape[:2]:
             raise ValueError(f'{self.name}: {lq_ref} {lq.shape[:2]} and {gt_ref} {gt.shape[:2]} differ in size')
         if self.train and self.gt_size:
@@ -145,17 +137,37 @@ class LLIEPairedDataset(data.Dataset):
         return len(self.pairs)
 
 
-def _check_stored(root, meta, option):
+_ENVS = {}
+
+
+def lmdb_env(path, **kwargs):
+    """Read-only LMDB environment of ``path``, opened once per process and shared by all datasets.
+
+    LMDB allows one environment per database and process, and none may be used across a fork: an
+    environment inherited from the parent (e.g. by DataLoader workers) is closed in the child, which
+    only releases the child's copy, and opened afresh. ``kwargs`` (``io_backend`` extras) apply on
+    first open.
+    """
+    real = os.path.realpath(path)
+    pid, env = _ENVS.get(real, (None, None))
+    if pid != os.getpid():
+        if env is not None:
+            env.close()
+        options = dict(readonly=True, lock=False, readahead=False)
+        options.update(kwargs)
+        env = lmdb.open(path, **options)
+        _ENVS[real] = os.getpid(), env
+    return env
+
+
+def _check_stored(root, meta, option, io_opt):
     """Every key of ``meta_info.txt`` must be stored in the LMDB at ``root`` (keys only are read)."""
     try:
-        env = lmdb.open(root, readonly=True, lock=False, readahead=False)
+        env = lmdb_env(root, **io_opt)
     except lmdb.Error as err:
         raise ValueError(f'{option}: cannot open LMDB {root}: {err}') from None
-    try:
-        with env.begin(write=False) as txn:
-            stored = {k.decode('ascii', 'replace') for k in txn.cursor().iternext(keys=True, values=False)}
-    finally:
-        env.close()
+    with env.begin(write=False) as txn:
+        stored = {k.decode('ascii', 'replace') for k in txn.cursor().iternext(keys=True, values=False)}
     missing = sorted(set(meta) - stored)
     if missing:
         raise ValueError(f'{option}: {len(missing)} key(s) of {root}/meta_info.txt not stored in the LMDB '
