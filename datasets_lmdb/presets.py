@@ -19,7 +19,9 @@ Packed output (fixed layout): ``<out>/train/{lq,gt}.lmdb`` and ``<out>/val/{lq,g
 """
 import os
 
-from .pack import check_targets, pack_pairs
+from gmmoe_arch.data.pairing import check_sizes
+
+from .pack import check_targets, find_pairs, pack_pairs
 
 #: preset -> split -> (lq folder, gt folder, pair rule), folders relative to the root
 PRESETS = {
@@ -61,7 +63,7 @@ def _splits(preset):
 def pack_preset(preset, root, out_dir, **kwargs):
     """Pack every split of ``preset`` found under ``root`` into ``out_dir/<split>/{lq,gt}.lmdb``.
 
-    All folders and targets are checked before anything is written. ``kwargs`` go to
+    All folders, pairs, image headers and targets are checked before anything is written. ``kwargs`` go to
     :func:`~datasets_lmdb.pack.pack_pairs` (``form``, ``workers``, ``progress``, ``overwrite``,
     ``skip_unpaired``). Returns ``{split: number of pairs}``.
     """
@@ -71,8 +73,10 @@ def pack_preset(preset, root, out_dir, **kwargs):
     if missing:
         raise FileNotFoundError(f'--root {root} does not hold the {preset} tree; missing: '
                                 f'{", ".join(missing)}. Expected:\n{preset_tree(preset, root)}')
-    for split in splits:
+    for split, (lq, gt, rule) in splits.items():
         check_targets(os.path.join(out_dir, split), kwargs.get('overwrite', False))
+        pairs = find_pairs(os.path.join(root, lq), os.path.join(root, gt), rule, kwargs.get('skip_unpaired', False))
+        check_sizes([(lq_path, gt_path) for _, lq_path, gt_path in pairs])
     return {split: pack_pairs(os.path.join(root, lq), os.path.join(root, gt), os.path.join(out_dir, split),
                               pair_rule=rule, **kwargs)
             for split, (lq, gt, rule) in splits.items()}

@@ -162,7 +162,8 @@ def test_regex_pair_rule_for_deraining_folders(tmp_path):
     for i in (1, 2):
         write(tmp_path / 'in' / f'rain-{i:03d}.png', noise(rng, (*SIZE, 3)))
         write(tmp_path / 'out' / f'norain-{i:03d}.png', noise(rng, (*SIZE, 3)))
-    dataset = build_dataset(options(tmp_path / 'in', tmp_path / 'out', pair_rule={'lq': 'rain-(.*)', 'gt': r'norain-\1'}))
+    rule = {'lq': 'rain-(.*)', 'gt': r'norain-\1'}
+    dataset = build_dataset(options(tmp_path / 'in', tmp_path / 'out', pair_rule=rule))
     assert [os.path.basename(s['gt_path']) for s in samples(dataset)] == ['norain-001.png', 'norain-002.png']
 
 

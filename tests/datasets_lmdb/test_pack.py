@@ -174,3 +174,14 @@ def test_cli_generic_pack_with_regex_rule(tmp_path, capsys):
     assert (tmp_path / 'db' / 'lq.lmdb' / 'meta_info.txt').read_text().split()[0] == 'rain-1.raw'
     assert main(argv) == 2 and '--overwrite' in capsys.readouterr().err
     assert main(['verify', str(tmp_path / 'db'), '--no-progress']) == 0
+
+
+def test_preset_checks_every_split_before_writing(tmp_path):
+    rng = np.random.default_rng(2)
+    for folder, name in (('our485/low', '1.png'), ('our485/high', '1.png'), ('eval15/low', '5.png'),
+                         ('eval15/high', '6.png')):
+        os.makedirs(tmp_path / folder)
+        cv2.imwrite(str(tmp_path / folder / name), rng.integers(0, 256, (8, 8, 3)).astype(np.uint8))
+    with pytest.raises(ValueError, match=r'eval15/low without a partner: 5'):
+        pack_preset('lol_v1', str(tmp_path), str(tmp_path / 'out'), workers=1, progress=False)
+    assert not (tmp_path / 'out').exists()
