@@ -1,10 +1,9 @@
 """Check packed LMDBs: every entry decodes, matches its ``meta_info.txt`` shape, and lq/gt agree."""
 import os
 
-import lmdb
 from tqdm import tqdm
 
-from gmmoe_arch.data.image_io import decode, shape3
+from gmmoe_arch.data.image_io import decode, lmdb_env, shape3
 from gmmoe_arch.data.pairing import read_lmdb_meta
 
 
@@ -26,25 +25,21 @@ def check_lmdb(path, progress=True):
     except (OSError, ValueError) as err:
         return {}, [str(err)]
     problems, seen = [], set()
-    env = lmdb.open(path, readonly=True, lock=False, readahead=False)
-    try:
-        with env.begin(write=False) as txn:
-            for key_bytes, buf in tqdm(txn.cursor(), total=txn.stat()['entries'], unit='img',
-                                       desc=f'verify {path}', disable=not progress):
-                key = key_bytes.decode('ascii', 'replace')
-                seen.add(key)
-                if key not in meta:
-                    problems.append(f'{path}: key {key} is stored but not listed in meta_info.txt')
-                    continue
-                try:
-                    shape = shape3(decode(buf, f'{path}: key {key}'))
-                except ValueError as err:
-                    problems.append(str(err))
-                    continue
-                if shape != meta[key]:
-                    problems.append(f'{path}: key {key} decodes to {shape}, meta_info.txt says {meta[key]}')
-    finally:
-        env.close()
+    with lmdb_env(path).begin(write=False) as txn:
+        for key_bytes, buf in tqdm(txn.cursor(), total=txn.stat()['entries'], unit='img',
+                                   desc=f'verify {path}', disable=not progress):
+            key = key_bytes.decode('ascii', 'replace')
+            seen.add(key)
+            if key not in meta:
+                problems.append(f'{path}: key {key} is stored but not listed in meta_info.txt')
+                continue
+            try:
+                shape = shape3(decode(buf, f'{path}: key {key}'))
+            except ValueError as err:
+                problems.append(str(err))
+                continue
+            if shape != meta[key]:
+                problems.append(f'{path}: key {key} decodes to {shape}, meta_info.txt says {meta[key]}')
     problems += [f'{path}: key {key} is listed in meta_info.txt but not stored' for key in sorted(set(meta) - seen)]
     return meta, problems
 

@@ -10,9 +10,11 @@ Stored forms of one image inside an LMDB value:
 :func:`decode` tells the forms apart by their first bytes, so readers need not know how a database
 was packed. All arrays here are OpenCV-style ``(h, w)`` or ``(h, w, c)`` BGR(A), uint8 or uint16.
 """
+import os
 import struct
 
 import cv2
+import lmdb
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -22,6 +24,7 @@ _RAW_HEADER = struct.Struct('<4s2sIII')
 _DTYPES = {b'u1': np.uint8, b'u2': np.uint16}
 _CODES = {np.dtype(np.uint8): b'u1', np.dtype(np.uint16): b'u2'}
 _SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+_ENVS = {}
 
 
 def shape3(img):
@@ -94,3 +97,36 @@ def read_size(path):
     if img is None:
         raise ValueError(f'{path}: not a readable image')
     return img.shape[0], img.shape[1]
+
+
+def _file_ids(lmdb_dir):
+    ids = []
+    for name in ('data.mdb', 'lock.mdb'):
+        try:
+            st = os.stat(os.path.join(lmdb_dir, name))
+            ids.append((st.st_dev, st.st_ino))
+        except OSError:
+            ids.append(None)
+    return tuple(ids)
+
+
+def lmdb_env(path, **kwargs):
+    """Read-only LMDB environment of ``path``, opened once per process and shared by all readers.
+
+    LMDB allows one environment per database files and process, and none may be used across a
+    fork. The cache is keyed by process and by the files' inodes: an environment inherited from
+    the parent (e.g. by DataLoader workers) or one whose files were replaced (a re-pack) is closed,
+    which only releases this process's copy, and opened afresh. ``kwargs`` go to ``lmdb.open``.
+    """
+    real = os.path.realpath(path)
+    ident = (os.getpid(), _file_ids(real))
+    cached = _ENVS.get(real)
+    if cached is not None and cached[0] == ident:
+        return cached[1]
+    if cached is not None:
+        cached[1].close()
+    options = dict(readonly=True, lock=False, readahead=False)
+    options.update(kwargs)
+    env = lmdb.open(path, **options)
+    _ENVS[real] = ident, env
+    return env

@@ -8,7 +8,7 @@ from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 from torchvision.transforms.functional import normalize
 
-from .image_io import decode, to_float_bgr
+from .image_io import decode, lmdb_env, to_float_bgr
 from .pairing import check_sizes, culprits, list_images, pair_stems, read_lmdb_meta, read_pair_list
 
 
@@ -135,29 +135,6 @@ class LLIEPairedDataset(data.Dataset):
 
     def __len__(self):
         return len(self.pairs)
-
-
-_ENVS = {}
-
-
-def lmdb_env(path, **kwargs):
-    """Read-only LMDB environment of ``path``, opened once per process and shared by all datasets.
-
-    LMDB allows one environment per database and process, and none may be used across a fork: an
-    environment inherited from the parent (e.g. by DataLoader workers) is closed in the child, which
-    only releases the child's copy, and opened afresh. ``kwargs`` (``io_backend`` extras) apply on
-    first open.
-    """
-    real = os.path.realpath(path)
-    pid, env = _ENVS.get(real, (None, None))
-    if pid != os.getpid():
-        if env is not None:
-            env.close()
-        options = dict(readonly=True, lock=False, readahead=False)
-        options.update(kwargs)
-        env = lmdb.open(path, **options)
-        _ENVS[real] = os.getpid(), env
-    return env
 
 
 def _check_stored(root, meta, option, io_opt):

@@ -108,6 +108,7 @@ def test_verify_finds_meta_info_disagreements(tmp_path):
 def test_rerun_refuses_then_overwrites(tmp_path):
     src = write_pairs(tmp_path / 'src', n=3)
     pack(src, tmp_path / 'out')
+    assert verify(str(tmp_path / 'out'), progress=False)[1] == []  # keeps the environments open
     with pytest.raises(FileExistsError, match='lq.lmdb.*--overwrite'):
         pack(src, tmp_path / 'out')
     os.remove(src / 'lq' / '002.png')
