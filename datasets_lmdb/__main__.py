@@ -1,4 +1,4 @@
-"""``datasets_lmdb`` command: pack paired datasets into LMDBs, verify them, show preset layouts.
+"""The datasets_lmdb command: pack paired datasets into LMDBs, verify them, show preset layouts.
 
 Examples::
 
