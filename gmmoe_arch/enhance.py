@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
 DEFAULT_MAX_PIXELS = 1024 * 1024
@@ -70,8 +72,8 @@ def load_state_dict(path):
     try:
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as exc:  # torch raises many types for non-checkpoints (UnpicklingError, RuntimeError, ...)
-        raise EnhanceError(f'checkpoint {path}: not a PyTorch checkpoint ({type(exc).__name__}: '
-                           f'{str(exc).splitlines()[0] if str(exc) else ""})') from exc
+        raise EnhanceError(f'checkpoint {path}: not a PyTorch checkpoint of tensors (torch.load with '
+                           f'weights_only=True refused it: {type(exc).__name__})') from exc
     if isinstance(ckpt, dict):
         for key in ('params_ema', 'params'):
             if isinstance(ckpt.get(key), dict):
@@ -269,7 +271,8 @@ def plan_tiles(h, w, tile=None, overlap=DEFAULT_OVERLAP, max_pixels=DEFAULT_MAX_
     return TilePlan(h, w, _spans(h, th, overlap, align), _spans(w, tw, overlap, align))
 
 
-def _autocast(device, precision):
+def autocast(device, precision):
+    """Autocast context for ``precision`` on ``device``; :class:`EnhanceError` for fp16 on the CPU."""
     if precision not in PRECISIONS:
         raise EnhanceError(f'--precision {precision}: choose from {", ".join(PRECISIONS)}')
     dtype = PRECISIONS[precision]
@@ -280,82 +283,67 @@ def _autocast(device, precision):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-class ImageStatistics:
-    """Share-weighted whole-image means of the maps GM-MoE pools globally, recorded over tiles and
-    injected into later tiles so that every tile sees (estimates of) the whole image's statistics.
+class ImageStatistics(TorchFunctionMode):
+    """Whole-image means of the maps GM-MoE pools globally, estimated over tiles and injected into
+    later tiles, so that every tile sees (an estimate of) the whole image's statistics.
 
-    Sites: every gate (mean of its input), the detail expert's channel attention (mean of ``z``)
-    and every ``AdaptiveAvgPool2d(1)`` (the feature expert's SCA). While active, each site adds
-    ``sum(share * map)`` and ``sum(share)`` of the current tile (``share`` downsampled to the
-    map's size), and, where ``inject`` holds a mean for the site, uses it instead of the tile's.
+    While active (``with ImageStatistics(inject):``), every spatial global mean in the network
+    (``x.mean((2, 3))``, ``adaptive_avg_pool2d(x, 1)``: the gates, the detail expert's channel
+    attention, the feature expert's SCA, and those of any registered expert) is a site, numbered
+    in call order within a forward. Each site adds ``sum(share * x)`` and ``sum(share)`` of the
+    current tile (``share``, the tile's blending share, averaged down to ``x``'s size), and,
+    where ``inject`` holds a mean for the site, returns it instead of the tile's own mean. Since
+    the shares of all tiles add up to one at every pixel, the sums give the whole image's mean
+    wherever the tiles compute the image's features.
     """
 
-    def __init__(self, net, inject=None):
-        from gmmoe_arch.archs.experts import ChannelAttention, Gate
-
+    def __init__(self, inject=None):
+        super().__init__()
         self.inject = inject or {}
         self.sums = {}
         self.share = None
-        self.sites = []
-        for name, m in net.named_modules():
-            if isinstance(m, Gate):
-                self.sites.append((name, m, m.mlp, 'pre'))
-            elif isinstance(m, ChannelAttention):
-                self.sites.append((name, m, m.conv_du, 'pre'))
-            elif isinstance(m, torch.nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)):
-                self.sites.append((name, m, m, 'post'))
-        self.handles = []
-
-    def __enter__(self):
-        for name, reader, consumer, kind in self.sites:
-            self.handles.append(reader.register_forward_pre_hook(self._recorder(name)))
-            if name in self.inject and kind == 'pre':
-                self.handles.append(consumer.register_forward_pre_hook(self._pre_injector(name)))
-            elif name in self.inject:
-                self.handles.append(consumer.register_forward_hook(self._post_injector(name)))
-        return self
-
-    def __exit__(self, *exc):
-        for handle in self.handles:
-            handle.remove()
-        self.handles = []
-
-    def means(self):
-        """``{site: (C,) float64 mean}`` over everything recorded so far."""
-        return {name: num / den for name, (num, den) in self.sums.items()}
-
-    def _recorder(self, name):
-
-        def hook(_module, args):
-            fmap = args[0]
-            share = torch.nn.functional.adaptive_avg_pool2d(self.share, fmap.shape[-2:])
-            num = (fmap.float() * share).sum((0, 2, 3)).double().cpu()
-            den = float(share.sum())
-            old = self.sums.get(name)
-            self.sums[name] = (num, den) if old is None else (old[0] + num, old[1] + den)
-
-        return hook
-
-    def _pre_injector(self, name):
-
-        def hook(_module, args):
-            mean = self.inject[name].to(device=args[0].device, dtype=args[0].dtype)
-            return (mean.view(args[0].shape[:2] + (1,) * (args[0].dim() - 2)).expand_as(args[0]),) + args[1:]
-
-        return hook
-
-    def _post_injector(self, name):
-
-        def hook(_module, _args, out):
-            return self.inject[name].to(device=out.device, dtype=out.dtype).view(1, -1, 1, 1).expand_as(out)
-
-        return hook
+        self.site = 0
 
     def set_tile(self, share, pad_multiple, device):
         """Use ``share`` (``h x w``) for the next forward, replicate-padded as the network pads."""
         t = torch.from_numpy(share)[None, None].to(device)
         ph, pw = (-t.shape[2]) % pad_multiple, (-t.shape[3]) % pad_multiple
-        self.share = torch.nn.functional.pad(t, (0, pw, 0, ph), mode='replicate') if ph or pw else t
+        self.share = F.pad(t, (0, pw, 0, ph), mode='replicate') if ph or pw else t
+        self.site = 0
+
+    def means(self):
+        """``{site: (C,) float64 mean}`` over everything recorded so far."""
+        return {site: num / den for site, (num, den) in self.sums.items()}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        fmap = _global_pool_input(func, args, kwargs)
+        if fmap is None or self.share is None:
+            return out
+        site, self.site = self.site, self.site + 1
+        share = F.adaptive_avg_pool2d(self.share, fmap.shape[-2:])
+        num = (fmap.float() * share).sum((0, 2, 3)).double().cpu()
+        old = self.sums.get(site, (0, 0.0))
+        self.sums[site] = (old[0] + num, old[1] + float(share.sum()))
+        if site in self.inject:
+            out = self.inject[site].to(device=out.device, dtype=out.dtype).reshape(out.shape)
+        return out
+
+
+def _global_pool_input(func, args, kwargs):
+    """The ``(1, C, H, W)`` map that ``func(*args, **kwargs)`` averages over all of H and W, else None."""
+    x = args[0] if args else kwargs.get('input')
+    if not torch.is_tensor(x) or x.dim() != 4 or x.shape[0] != 1:
+        return None
+    if func in (torch.Tensor.mean, torch.mean):
+        dims = args[1] if len(args) > 1 else kwargs.get('dim')
+        dims = (dims,) if isinstance(dims, int) else dims
+        return x if dims is not None and sorted(d % 4 for d in dims) == [2, 3] else None
+    if func is F.adaptive_avg_pool2d:
+        size = args[1] if len(args) > 1 else kwargs.get('output_size')
+        return x if size in (1, (1, 1), [1, 1]) else None
+    return None
 
 
 def _sweep(net, x, plan, inject, out=None, gates=None):
@@ -364,7 +352,7 @@ def _sweep(net, x, plan, inject, out=None, gates=None):
 
     device = next(net.parameters()).device
     pad = getattr(net, 'padder_size', 1)
-    with ImageStatistics(net, inject) as stats, record_gates(net) as tile_gates:
+    with ImageStatistics(inject) as stats, record_gates(net) as tile_gates:
         for y0, y1, x0, x1, share in plan.tiles():
             stats.set_tile(share, pad, device)
             pred = net(x[..., y0:y1, x0:x1].to(device))
@@ -391,7 +379,7 @@ def enhance_tensor(net, x, plan, precision='fp32', gates=None, stat_passes=1):
     device = next(net.parameters()).device
     out = torch.zeros_like(x)
     inject = None
-    with torch.inference_mode(), _autocast(device, precision):
+    with torch.inference_mode(), autocast(device, precision):
         for _ in range(stat_passes if len(plan) > 1 else 0):
             inject = _sweep(net, x, plan, inject).means()
         _sweep(net, x, plan, inject, out, gates)
@@ -586,7 +574,7 @@ def enhance_paths(inputs, out_dir, net, suffix='', tile=None, overlap=DEFAULT_OV
 
     jobs = collect_jobs(inputs, out_dir, suffix)
     check_tiling(tile, overlap, max_pixels)
-    _autocast(next(net.parameters()).device, precision)  # bad precision/device pairs fail before any work
+    autocast(next(net.parameters()).device, precision)  # bad precision/device pairs fail before any work
     summary = Summary()
     start = time.perf_counter()
     for job in tqdm(jobs, unit='img', disable=not progress or len(jobs) < 2, dynamic_ncols=True):

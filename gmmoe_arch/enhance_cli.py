@@ -94,6 +94,7 @@ def enhance_command(args):
         raise enhance.EnhanceError(f'--stat-passes {args.stat_passes}: must be >= 0')
     enhance.check_tiling(args.tile, args.overlap, args.max_pixels)
     enhance.collect_jobs(args.inputs, args.output, args.suffix)
+    enhance.autocast(enhance.resolve_device(args.device), args.precision)
     net = enhance.load_network(args.weights, args.preset, args.opt, args.device, args.random_weights)
     device = next(net.parameters()).device
     print(f'{PROG} enhance: network on {device}, {args.precision}', file=sys.stderr, flush=True)
