@@ -1,0 +1,142 @@
+"""The embedded demo data set: synthetic low-light pairs from photographs bundled with scikit-image.
+
+``python -m datasets_lmdb.demo --out datasets/demo`` writes, from ``skimage.data`` images that ship
+inside the installed package (nothing is downloaded)::
+
+    <out>/our485/{low,high}/*.png       training pairs (LOL-v1 layout)
+    <out>/eval15/{low,high}/*.png       validation pairs, from other photographs than training
+    <out>/lmdb/{train,val}/{lq,gt}.lmdb the same, packed by datasets_lmdb (preset lol_v1)
+    <out>/demo.json                     what was built (photos, degradation parameters per image)
+
+The degradation is physically motivated and drawn per image from a seeded generator: the sRGB
+photograph is linearised, its exposure dropped by a factor of 8-33 with a slight white-balance
+cast, photon shot noise (Poisson, at 300-3000 photons for white) and read noise (Gaussian) are added
+in linear light, and the result is encoded with a display gamma of 2.0-2.5 and quantised to 8 bits.
+Each training photograph appears several times with different draws. A second run with the same
+settings finds ``demo.json`` and leaves everything as it is.
+"""
+import argparse
+import json
+import os
+import sys
+
+import cv2
+import numpy as np
+
+#: validation photographs (colour scenes the grid shows) and disjoint training photographs
+VAL_PHOTOS = ('astronaut', 'chelsea', 'coffee')
+TRAIN_PHOTOS = ('rocket', 'stereo_motorcycle', 'retina', 'immunohistochemistry', 'colorwheel', 'camera',
+                'moon', 'brick', 'grass', 'gravel', 'coins', 'clock', 'cell')
+VERSION = 1
+
+
+def load_photo(name, max_side):
+    """``skimage.data.<name>()`` as an RGB uint8 ``(H, W, 3)`` array, downscaled to ``max_side`` at most."""
+    from skimage import data
+
+    img = getattr(data, name)()
+    if isinstance(img, tuple):  # stereo pairs: the left view
+        img = img[0]
+    img = np.asarray(img)
+    if img.dtype == bool:
+        img = img.astype(np.uint8) * 255
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    img = img[..., :3].astype(np.uint8)
+    scale = max_side / max(img.shape[:2])
+    if scale < 1:
+        size = (round(img.shape[1] * scale), round(img.shape[0] * scale))
+        img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+    return img
+
+
+def srgb_to_linear(x):
+    """sRGB-encoded values in [0, 1] -> linear light (IEC 61966-2-1)."""
+    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055)**2.4)
+
+
+def draw_params(rng):
+    """One image's degradation parameters."""
+    gains = 1 + rng.uniform(-0.08, 0.08, 3)
+    return {
+        'exposure': float(np.exp(rng.uniform(np.log(0.04), np.log(0.1)))),
+        'gains_rgb': (gains / gains.mean()).round(4).tolist(),
+        'photons_white': float(np.exp(rng.uniform(np.log(300), np.log(3000)))),
+        'read_noise': float(rng.uniform(0.0005, 0.003)),
+        'gamma': float(rng.uniform(2.0, 2.5)),
+    }
+
+
+def degrade(img, params, rng):
+    """Dark, noisy, slightly tinted version of an RGB uint8 image (see the module docstring)."""
+    linear = srgb_to_linear(img.astype(np.float64) / 255.0)
+    signal = linear * params['exposure'] * np.asarray(params['gains_rgb'])
+    q = params['photons_white']
+    noisy = rng.poisson(np.clip(signal, 0, None) * q) / q + rng.normal(0.0, params['read_noise'], signal.shape)
+    encoded = np.clip(noisy, 0.0, 1.0)**(1.0 / params['gamma'])
+    return np.round(encoded * 255.0).astype(np.uint8)
+
+
+def _write_split(out, split, photos, variants, max_side, rng):
+    records = []
+    for folder in ('low', 'high'):
+        os.makedirs(os.path.join(out, split, folder), exist_ok=True)
+    for photo in photos:
+        clean = load_photo(photo, max_side)
+        for k in range(variants):
+            params = draw_params(rng)
+            name = f'{photo}_{k}.png' if variants > 1 else f'{photo}.png'
+            low = degrade(clean, params, rng)
+            cv2.imwrite(os.path.join(out, split, 'low', name), cv2.cvtColor(low, cv2.COLOR_RGB2BGR))
+            cv2.imwrite(os.path.join(out, split, 'high', name), cv2.cvtColor(clean, cv2.COLOR_RGB2BGR))
+            records.append({'name': name, 'photo': photo, **params})
+    return records
+
+
+def build(out, seed=0, variants=6, train_side=400, val_side=320, progress=False):
+    """Build the demo set under ``out`` (see the module docstring); return its ``demo.json`` record.
+
+    Args:
+        out (str): output folder.
+        seed (int): seed of every random draw.
+        variants (int): degraded versions of each training photograph.
+        train_side, val_side (int): longest side of training / validation photographs in pixels.
+        progress (bool): progress bars while packing.
+    """
+    from .presets import pack_preset
+
+    settings = {'version': VERSION, 'seed': seed, 'variants': variants, 'train_side': train_side,
+                'val_side': val_side, 'train_photos': list(TRAIN_PHOTOS), 'val_photos': list(VAL_PHOTOS)}
+    record_path = os.path.join(out, 'demo.json')
+    if os.path.isfile(record_path):
+        with open(record_path, encoding='utf-8') as f:
+            record = json.load(f)
+        if record.get('settings') == settings:
+            return record
+    rng = np.random.default_rng(seed)
+    record = {'settings': settings,
+              'train': _write_split(out, 'our485', TRAIN_PHOTOS, variants, train_side, rng),
+              'val': _write_split(out, 'eval15', VAL_PHOTOS, 1, val_side, rng)}
+    pack_preset('lol_v1', out, os.path.join(out, 'lmdb'), workers=1, progress=progress, overwrite=True)
+    with open(record_path, 'w', encoding='utf-8') as f:
+        json.dump(record, f, indent=1)
+    return record
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog='python -m datasets_lmdb.demo', description=__doc__.split('\n')[0])
+    parser.add_argument('--out', default='datasets/demo', help='output folder (default datasets/demo)')
+    parser.add_argument('--seed', type=int, default=0, help='seed of the degradations (default 0)')
+    parser.add_argument('--variants', type=int, default=6, help='degraded versions per training photo (default 6)')
+    args = parser.parse_args(argv)
+    if args.variants < 1:
+        parser.error('--variants must be >= 1')
+    record = build(args.out, seed=args.seed, variants=args.variants)
+    print(f'demo data: {len(record["train"])} training pairs ({len(TRAIN_PHOTOS)} photos), '
+          f'{len(record["val"])} validation pairs ({", ".join(VAL_PHOTOS)}) -> {args.out} '
+          f'(LMDB: {os.path.join(args.out, "lmdb")})')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
