@@ -169,3 +169,15 @@ def test_validation_logs_mean_gate_weights(tmp_path):
     overall = sum(board.scalars[f'gates/tiny_val/all/{n}'][0] for n in ('ColourExpert', 'DetailExpert', 'FeatureExpert'))
     assert overall == pytest.approx(1.0, abs=1e-5)
     assert 'psnr' in model.metric_results
+
+
+def test_compile_is_opt_in(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.nn.Module, 'compile', lambda self, **kw: calls.append((type(self).__name__, kw)))
+    build_model(make_opt(tmp_path))
+    assert calls == []  # never on by default
+    build_model(make_opt(tmp_path, compile=True))
+    build_model(make_opt(tmp_path, compile={'mode': 'max-autotune'}))
+    assert calls == [('GMMoE', {}), ('GMMoE', {'mode': 'max-autotune'})]  # in place: state-dict names kept
+    with pytest.raises(ValueError, match='train.compile'):
+        build_model(make_opt(tmp_path, compile='yes'))
