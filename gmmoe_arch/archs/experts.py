@@ -19,6 +19,9 @@ import torch.nn.functional as F
 from basicsr.utils.registry import Registry
 from torch import nn
 
+from .fast_ops import (FastPath, addcmul, conv, conv_add, fast_channel_mean_max, layer_norm_nchw,
+                       merge_parallel_convs, mul, scaled_conv)
+
 EXPERT_REGISTRY = Registry('expert')
 
 RELEASED_EXPERTS = ('ColourExpert', 'DetailExpert', 'FeatureExpert')
@@ -60,7 +63,7 @@ def pad_to_min_size(x, size):
 
 
 @EXPERT_REGISTRY.register()
-class ColourExpert(nn.Module):
+class ColourExpert(FastPath, nn.Module):
     """Colour restoration expert (the paper's Net1, released ``Expert1``).
 
     A pooled, low-resolution colour map (1x1 reduce to C/4, 3x3 stride-2 unpadded conv, 7x7/3
@@ -85,7 +88,7 @@ class ColourExpert(nn.Module):
         self.conv3_ = nn.Conv2d(f, f, 3, padding=1)
         self.conv4 = nn.Conv2d(f, channels, 1)
 
-    def forward(self, u):
+    def forward_plain(self, u):
         p = self.conv1(u)
         q = self.conv2(pad_to_min_size(p, 3))
         v = F.max_pool2d(pad_to_min_size(q, 7), kernel_size=7, stride=3)
@@ -94,6 +97,17 @@ class ColourExpert(nn.Module):
         v = self.conv3_(v)
         v = F.interpolate(v, size=u.shape[-2:], mode='bilinear', align_corners=False)
         return u * torch.sigmoid(self.conv4(v + self.conv_f(p)))
+
+    def forward_fast(self, u):
+        """As :meth:`forward_plain`, overwriting its own intermediates where autograd allows."""
+        p = self.conv1(u)
+        q = self.conv2(pad_to_min_size(p, 3))
+        v = F.max_pool2d(pad_to_min_size(q, 7), kernel_size=7, stride=3)
+        v = conv(v, self.conv_max.weight, self.conv_max.bias, padding=1, act='relu')
+        v = conv(v, self.conv3.weight, self.conv3.bias, padding=1, act='relu')
+        v = F.interpolate(self.conv3_(v), size=u.shape[-2:], mode='bilinear', align_corners=False)
+        g = conv(conv_add(p, self.conv_f.weight, self.conv_f.bias, v), self.conv4.weight, self.conv4.bias, act='sigmoid')
+        return mul(g, u)
 
 
 class ChannelAttention(nn.Module):
@@ -121,7 +135,7 @@ class SpatialAttention(nn.Module):
 
 
 @EXPERT_REGISTRY.register()
-class DetailExpert(nn.Module):
+class DetailExpert(FastPath, nn.Module):
     """Detail enhancement expert (the paper's Net2, released ``Expert2``).
 
     A small dense conv stack gives ``z`` with 2C channels; channel and spatial attention on ``z``
@@ -141,7 +155,7 @@ class DetailExpert(nn.Module):
         self.se = ChannelAttention(2 * c)
         self.sa = SpatialAttention()
 
-    def forward(self, u):
+    def forward_plain(self, u):
         y1 = F.relu(self.c1(u))
         y2 = F.relu(self.c2(y1))
         y3 = F.relu(self.c3(y1))
@@ -150,9 +164,25 @@ class DetailExpert(nn.Module):
         z = torch.cat([y2, y5, y4], dim=1)
         return u + self.c6(self.se(z) + self.sa(z))
 
+    def fused_params(self):
+        """``c2`` and ``c3`` read the same ``y1``: one conv with both kernels gives ``[y2, y3]``."""
+        weight = torch.cat([self.c2.weight, self.c3.weight]).contiguous(memory_format=torch.channels_last)
+        return {'c23': (weight, torch.cat([self.c2.bias, self.c3.bias]))}
+
+    def forward_fast(self, u):
+        """As :meth:`forward_plain` with ``c2``/``c3`` as one conv, summing the attentions in place."""
+        y1 = conv(u, self.c1.weight, self.c1.bias, act='relu')
+        y23 = conv(y1, *self.fused()['c23'], padding=1, act='relu')
+        y4 = conv(torch.cat([y1, y23], dim=1), self.c4.weight, self.c4.bias, padding=1, act='relu')
+        h = self.c2.out_channels
+        z = torch.cat([y23[:, :h], self.c5(y23[:, h:]), y4], dim=1)
+        a_c = self.se.conv_du(z.mean((2, 3), keepdim=True))
+        a_s = torch.sigmoid(self.sa.conv1(fast_channel_mean_max(z)))
+        return conv_add(addcmul(z * a_c, z, a_s), self.c6.weight, self.c6.bias, u)
+
 
 @EXPERT_REGISTRY.register()
-class FeatureExpert(nn.Module):
+class FeatureExpert(FastPath, nn.Module):
     """High-level feature enhancement expert (the paper's Net3; inline in the released block).
 
     NAFNet-like: LayerNorm, parallel 1x1/3x3/5x5 convs summed, 1x1 expand to 2C, 3x3 depthwise,
@@ -179,7 +209,7 @@ class FeatureExpert(nn.Module):
         self.beta = nn.Parameter(torch.zeros(1, c, 1, 1))
         self.gamma = nn.Parameter(torch.zeros(1, c, 1, 1))
 
-    def forward(self, u):
+    def forward_plain(self, u):
         n = self.norm1(u)
         x = self.conv11(n) + self.conv33(n) + self.conv55(n)
         x = simple_gate(self.conv2(self.conv1(x)))
@@ -187,6 +217,20 @@ class FeatureExpert(nn.Module):
         y = u + self.beta * x
         x = self.conv5(simple_gate(self.conv4(self.norm2(y))))
         return y + self.gamma * x
+
+    def fused_params(self):
+        """The 1x1/3x3/5x5 convs as one 5x5; ``beta`` folded into ``conv3``, ``gamma`` into ``conv5``."""
+        return {'conv135': merge_parallel_convs(self.conv11, self.conv33, self.conv55),
+                'conv3': scaled_conv(self.conv3, self.beta), 'conv5': scaled_conv(self.conv5, self.gamma)}
+
+    def forward_fast(self, u):
+        """As :meth:`forward_plain` with the merged/folded convs of :meth:`fused_params` and ``F.layer_norm``."""
+        fused = self.fused()
+        x = F.conv2d(layer_norm_nchw(u, self.norm1), *fused['conv135'], padding=2)
+        x = simple_gate(self.conv2(self.conv1(x)))
+        s = self.sca[1](x.mean((2, 3), keepdim=True))
+        y = conv_add(mul(x, s), *fused['conv3'], u)
+        return conv_add(simple_gate(self.conv4(layer_norm_nchw(y, self.norm2))), *fused['conv5'], y)
 
 
 class Gate(nn.Module):

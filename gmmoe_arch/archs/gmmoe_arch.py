@@ -14,8 +14,10 @@ import torch
 import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
+from torch.utils.checkpoint import checkpoint as checkpoint_fn
 
 from .experts import RELEASED_EXPERTS, Gate, build_expert, channel_mean_max
+from .fast_ops import FastPath, add, addcmul, channel_mean, mul
 
 PRESETS = {
     'paper': dict(width=24, enc_blk_nums=[1, 1, 1, 1], middle_blk_num=1, dec_blk_nums=[1, 1, 1, 1]),
@@ -23,7 +25,7 @@ PRESETS = {
 }
 
 
-class SFEB(nn.Module):
+class SFEB(FastPath, nn.Module):
     """Shallow feature extraction block (released ``MSFEblock``): ``(B, C, H, W) -> (B, C, H, W)``.
 
     A 5x5 depthwise conv (``a1``) and a dilated 7x7 depthwise conv on it (``a2``, dilation 3) are
@@ -41,15 +43,25 @@ class SFEB(nn.Module):
         self.conv_squeeze = nn.Conv2d(2, 2, 7, padding=3)
         self.conv = nn.Conv2d(h, d, 1)
 
-    def forward(self, x):
+    def forward_plain(self, x):
         a1 = self.conv0(x)
         a2 = self.conv_spatial(a1)
         b1, b2 = self.conv1(a1), self.conv2(a2)
         s = torch.sigmoid(self.conv_squeeze(channel_mean_max(torch.cat([b1, b2], dim=1))))
         return x * self.conv(b1 * s[:, 0:1] + b2 * s[:, 1:2])
 
+    def forward_fast(self, x):
+        """As :meth:`forward_plain`, taking the channel mean/max of ``[b1, b2]`` without concatenating."""
+        a1 = self.conv0(x)
+        a2 = self.conv_spatial(a1)
+        b1, b2 = self.conv1(a1), self.conv2(a2)
+        mean = (channel_mean(b1) + channel_mean(b2)) / 2
+        peak = torch.maximum(b1.amax(1, keepdim=True), b2.amax(1, keepdim=True))
+        s = torch.sigmoid(self.conv_squeeze(torch.cat([mean, peak], dim=1)))
+        return mul(self.conv(addcmul(mul(b1, s[:, 0:1]), b2, s[:, 1:2])), x)
 
-class ExpertBlock(nn.Module):
+
+class ExpertBlock(FastPath, nn.Module):
     """Gated mixture of experts: ``sum_i gate(u)[:, i] * expert_i(u)``, ``(B, C, H, W)`` in and out.
 
     State-dict names follow the released checkpoints: an expert at its released position (colour 0,
@@ -77,11 +89,19 @@ class ExpertBlock(nn.Module):
             return expert.released_name + '.' if expert.released_name else ''
         return None
 
-    def forward(self, u):
+    def forward_plain(self, u):
         w = self.gate(u)
         out = w[:, 0, None, None, None] * self.experts[0](u)
         for i in range(1, len(self.experts)):
             out = out + w[:, i, None, None, None] * self.experts[i](u)
+        return out
+
+    def forward_fast(self, u):
+        """As :meth:`forward_plain`, accumulating the weighted experts in place (own buffer only)."""
+        w = self.gate(u)
+        out = w[:, 0, None, None, None] * self.experts[0](u)
+        for i in range(1, len(self.experts)):
+            out = addcmul(out, w[:, i, None, None, None], self.experts[i](u))
         return out
 
     def _to_released_names(self, state_dict, prefix, local_metadata):
@@ -123,6 +143,13 @@ class GMMoE(nn.Module):
     e.g. 240 px for 4 levels) run as well: only the colour expert's pooled branch differs there,
     taking the global maximum of maps too small for its 7x7 pool (see :class:`ColourExpert`).
 
+    Fast path (``fast=True``, the default): the same function, computed on channels-last
+    activations with merged/folded convs (see :mod:`gmmoe_arch.archs.fast_ops`); without grad,
+    intermediates are overwritten in place and the derived weights are cached (``eval()`` builds
+    them, ``train()`` drops them). It applies to the built-in SFEB, gate blocks and experts; other
+    registered experts run their own ``forward``. ``fast=False`` (or :meth:`set_fast`) gives the
+    straightforward path. State dicts are the same either way.
+
     Args:
         img_channel (int): image channels. width (int): channels at full resolution.
         enc_blk_nums, dec_blk_nums (list[int]): expert blocks per encoder / decoder level.
@@ -131,11 +158,16 @@ class GMMoE(nn.Module):
             (default: the released colour, detail and feature experts, in that order).
         gate_temperature (float): softmax temperature of every gate (released: 3).
         preset (str | None): ``'paper'`` or ``'released'`` fills the size arguments left unset.
+        fast (bool): use the fast path (default) or the straightforward one.
+        checkpoint (bool): in training with grad, recompute each expert block in the backward pass
+            (``torch.utils.checkpoint``) instead of keeping its activations: less memory, more time.
     """
 
     def __init__(self, img_channel=3, width=None, middle_blk_num=None, enc_blk_nums=None, dec_blk_nums=None,
-                 experts=RELEASED_EXPERTS, gate_temperature=3.0, preset=None):
+                 experts=RELEASED_EXPERTS, gate_temperature=3.0, preset=None, fast=True, checkpoint=False):
         super().__init__()
+        if not isinstance(fast, bool) or not isinstance(checkpoint, bool):
+            raise ValueError(f'network_g: fast and checkpoint must be true or false, got {fast!r}, {checkpoint!r}')
         size = dict(width=width, middle_blk_num=middle_blk_num, enc_blk_nums=enc_blk_nums, dec_blk_nums=dec_blk_nums)
         if preset is not None:
             if preset not in PRESETS:
@@ -168,21 +200,65 @@ class GMMoE(nn.Module):
             self.decoders.append(blocks(c, n))
         self.ending = nn.Conv2d(width, img_channel, 3, padding=1)
         self.padder_size = 2**len(enc_blk_nums)
+        self.checkpoint = checkpoint
+        self.set_fast(fast)
+
+    def set_fast(self, enabled=True):
+        """Switch every built-in block between the fast and the straightforward path; returns self.
+
+        The fast path also keeps conv weights in channels-last memory (same values, same state-dict
+        keys; only the strides differ), so that convs on channels-last activations need no copy.
+        """
+        self.fast = bool(enabled)
+        layout = torch.channels_last if self.fast else torch.contiguous_format
+        for module in self.modules():
+            if isinstance(module, FastPath):
+                module.fast = self.fast
+            if isinstance(module, nn.Conv2d) and not module.weight.is_contiguous(memory_format=layout):
+                module.weight.data = module.weight.data.contiguous(memory_format=layout)
+        return self
+
+    def fuse(self):
+        """Build the fast path's derived weights now (else built on the first no-grad forward); returns self."""
+        with torch.no_grad():
+            for module in self.modules():
+                if isinstance(module, FastPath) and module.fast:
+                    module.fused()
+        return self
+
+    def train(self, mode=True):
+        """As ``nn.Module.train``; drops the fast path's cached weights, and ``eval()`` rebuilds them."""
+        super().train(mode)
+        for module in self.modules():
+            if isinstance(module, FastPath):
+                module.clear_fused()
+        return self if mode or not self.fast else self.fuse()
+
+    def _blocks(self, blocks, x):
+        for block in blocks:
+            if self.checkpoint and self.training and torch.is_grad_enabled():
+                x = checkpoint_fn(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return x
 
     def forward(self, inp):
         h, w = inp.shape[-2:]
         m = self.padder_size
+        if self.fast:
+            inp = inp.contiguous(memory_format=torch.channels_last)
         inp = F.pad(inp, (0, (m - w % m) % m, 0, (m - h % m) % m))
         x = self.MSFEblock(self.intro(inp))
         skips = []
         for encoder, down in zip(self.encoders, self.downs):
-            x = encoder(x)
+            x = self._blocks(encoder, x)
             skips.append(x)
             x = down(x)
-        x = self.middle_blks(x)
+        x = self._blocks(self.middle_blks, x)
         for decoder, up, skip in zip(self.decoders, self.ups, reversed(skips)):
-            x = decoder(up(x) + skip)
-        return (self.ending(x) + inp)[..., :h, :w]
+            x = self._blocks(decoder, add(up(x), skip) if self.fast else up(x) + skip)
+        out = (self.ending(x) + inp)[..., :h, :w]
+        return out.contiguous() if self.fast else out
 
 
 @ARCH_REGISTRY.register()

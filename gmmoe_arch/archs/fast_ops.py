@@ -1,0 +1,157 @@
+"""Exact rewrites behind GM-MoE's fast path, and the cache of parameters derived for it.
+
+Every function here computes what the straightforward layers compute, up to float rounding:
+
+* :func:`layer_norm_nchw`: per-pixel LayerNorm as one ``F.layer_norm`` call on the NHWC view of a
+  channels-last tensor (no copy), instead of five element-wise passes.
+* :func:`merge_parallel_convs`: parallel stride-1 "same" convs of odd sizes that read one input and
+  are summed equal one conv whose kernel is their zero-padded kernels summed (1x1 + 3x3 + 5x5 ->
+  one 5x5: one pass over the input and 13% fewer multiply-adds).
+* :func:`scaled_conv`: a per-channel scale after a conv (``beta``, ``gamma``) folded into the conv.
+* :func:`channel_mean`: the per-pixel channel mean as a 1x1 conv.
+* :func:`conv`, :func:`conv_add`: on CPU without grad, a conv and the ReLU/sigmoid or residual
+  addition after it as one oneDNN call (the post-op fusion ``torch.compile`` uses), no extra pass.
+
+Modules with a fast path derive their merged/folded weights in :meth:`FastPath.fused_params`; the
+derivation is differentiable, so in training (grad enabled) it is rebuilt on every call and
+gradients reach the original parameters. Without grad the result is cached and rebuilt when a
+parameter is replaced or changed in place (``optimizer.step()``, ``load_state_dict``); changes made
+through ``param.data`` are invisible to autograd's version counter, so after those call
+``net.eval()`` or ``net.fuse()`` again (BasicSR's EMA and validation do call ``eval()``).
+"""
+import torch
+import torch.nn.functional as F
+
+
+def layer_norm_nchw(x, norm):
+    """LayerNorm over the channels of ``(B, C, H, W)`` ``x`` with the affine/eps of ``norm``.
+
+    Returns ``(B, C, H, W)`` in channels-last memory (an NCHW input is copied once).
+    """
+    y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), norm.weight, norm.bias, norm.eps)
+    return y.permute(0, 3, 1, 2)
+
+
+def merge_parallel_convs(*convs):
+    """``(weight, bias)`` of one conv equal to ``sum(conv(x) for conv in convs)``.
+
+    The convs must be stride 1, dilation 1, ungrouped, odd square kernels with ``padding = k // 2``
+    and biases; the result has the largest kernel, shape ``(C_out, C_in, k, k)``, channels-last.
+    """
+    k = max(conv.kernel_size[0] for conv in convs)
+    weight = sum(F.pad(conv.weight, [(k - conv.kernel_size[0]) // 2] * 4) for conv in convs)
+    bias = sum(conv.bias for conv in convs)
+    return weight.contiguous(memory_format=torch.channels_last), bias
+
+
+_ONEDNN_CONV = getattr(torch.ops.mkldnn, '_convolution_pointwise', None) if torch.backends.mkldnn.is_available() else None
+
+
+def _onednn_dtype(x, weight):
+    """The dtype a fused oneDNN conv of ``x`` would run in, or None where it does not apply.
+
+    It applies on CPU without grad (its kernel has no backward) outside ``torch.compile`` (which fuses
+    on its own), to channels-last fp32 inputs or to bf16 under autocast, as ``F.conv2d`` would run.
+    """
+    if (_ONEDNN_CONV is None or x.device.type != 'cpu' or torch.is_grad_enabled() or torch.compiler.is_compiling()
+            or not x.is_contiguous(memory_format=torch.channels_last)):
+        return None
+    dtype = torch.get_autocast_dtype('cpu') if torch.is_autocast_enabled('cpu') else x.dtype
+    if dtype not in (torch.float32, torch.bfloat16) or weight.dtype not in (torch.float32, torch.bfloat16):
+        return None
+    return dtype
+
+
+def conv(x, weight, bias, padding=0, act=None):
+    """``act(F.conv2d(x, weight, bias, padding=padding))`` with ``act`` None, ``'relu'`` or ``'sigmoid'``.
+
+    On CPU without grad, one oneDNN call applies the activation as the conv writes its output.
+    """
+    dtype = _onednn_dtype(x, weight)
+    if dtype is not None:
+        return _ONEDNN_CONV(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype),
+                            [padding, padding], [1, 1], [1, 1], 1, act or 'none', [], '')
+    y = F.conv2d(x, weight, bias, padding=padding)
+    if act == 'relu':
+        return F.relu(y, inplace=True)
+    return y.sigmoid_() if act == 'sigmoid' else y
+
+
+def conv_add(x, weight, bias, other, padding=0):
+    """``F.conv2d(x, weight, bias, padding=padding) + other``, ``other`` shaped like the conv's output.
+
+    On CPU without grad, one oneDNN call adds ``other`` as the conv writes its output.
+    """
+    dtype = _onednn_dtype(x, weight)
+    if dtype is not None and other.dtype == dtype and other.is_contiguous(memory_format=torch.channels_last):
+        return _ONEDNN_CONV.binary(x.to(dtype), other, weight.to(dtype), None if bias is None else bias.to(dtype),
+                                   [padding, padding], [1, 1], [1, 1], 1, 'add', None, None, [], None)
+    return add(F.conv2d(x, weight, bias, padding=padding), other)
+
+
+def channel_mean(x):
+    """``(B, C, H, W) -> (B, 1, H, W)`` channel mean as a 1x1 conv (oneDNN beats the channel reduction)."""
+    c = x.shape[1]
+    return F.conv2d(x, x.new_full((1, c, 1, 1), 1 / c))
+
+
+def fast_channel_mean_max(x):
+    """``(B, C, H, W) -> (B, 2, H, W)``: per-pixel channel mean (as a conv) and max."""
+    return torch.cat([channel_mean(x), x.amax(1, keepdim=True)], dim=1)
+
+
+def scaled_conv(conv, scale):
+    """``(weight, bias)`` of ``scale * conv(x)`` for a per-output-channel ``scale`` of ``C_out`` elements."""
+    s = scale.reshape(-1)
+    return (conv.weight * s.view(-1, 1, 1, 1)).contiguous(memory_format=torch.channels_last), conv.bias * s
+
+
+def _reusable(a, *others):
+    return not torch.is_grad_enabled() and all(torch.result_type(a, o) == a.dtype for o in others)
+
+
+def add(a, b):
+    """``a + b``; without grad, written into ``a`` (a fresh intermediate of the caller) if the dtype stays."""
+    return a.add_(b) if _reusable(a, b) else a + b
+
+
+def mul(a, b):
+    """``a * b``; without grad, written into ``a`` (a fresh intermediate of the caller) if the dtype stays."""
+    return a.mul_(b) if _reusable(a, b) else a * b
+
+
+def addcmul(a, b, c):
+    """``a + b * c``; without grad, written into ``a`` (a fresh intermediate) if the dtype stays."""
+    return a.addcmul_(b, c) if _reusable(a, b, c) else a + b * c
+
+
+class FastPath:
+    """Mixin for modules with a straightforward and a fast forward; ``fast`` picks one.
+
+    Subclasses define ``forward_plain(x)``, ``forward_fast(x)`` and, if they derive weights,
+    ``fused_params() -> dict`` (differentiable in the module's parameters).
+    """
+    fast = True
+
+    def forward(self, x):
+        return self.forward_fast(x) if self.fast else self.forward_plain(x)
+
+    def fused_params(self):
+        return {}
+
+    def fused(self):
+        """The derived weights: rebuilt per call with grad (or under ``torch.compile``), else cached."""
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return self.fused_params()
+        params = tuple(self.parameters())
+        key = tuple((p.data_ptr(), p._version) for p in params)
+        cache = self.__dict__.get('_fused_cache')
+        if cache is None or cache[1] != key or any(a is not b for a, b in zip(cache[0], params)):
+            with torch.inference_mode(False), torch.no_grad():
+                cache = (params, key, self.fused_params())
+            self.__dict__['_fused_cache'] = cache
+        return cache[2]
+
+    def clear_fused(self):
+        """Drop the cached derived weights (they are rebuilt on the next no-grad fast forward)."""
+        self.__dict__.pop('_fused_cache', None)

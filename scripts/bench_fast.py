@@ -1,0 +1,319 @@
+"""Benchmark GM-MoE's fast path against the straightforward path (a measurement, not a test).
+
+In one process, on the same weights (random, with non-zero ``beta``/``gamma`` so every branch
+matters), it times the straightforward path (``fast=False``) in fp32 against the fast path in fp32
+and under ``torch.autocast(<device>, bfloat16)``: medians of ``--runs`` runs after a warm-up, the
+order rotated every run, ratios paired run by run. It prints max |diff| and PSNR of each path's
+output against the straightforward fp32 output, and a training-step comparison (AdamW, the
+released PSNR loss) with and without activation checkpointing, including gradient agreement.
+Peak resident memory of each configuration is measured in a fresh child process each (the peak
+only grows within a process). Examples::
+
+    python scripts/bench_fast.py                       # everything (tens of minutes on 2 cores)
+    python scripts/bench_fast.py --quick               # a smoke run in a minute or two
+    python scripts/bench_fast.py --parts infer --sizes 600x400 --runs 5 --no-memory
+    GMMOE_MALLOC=off python scripts/bench_fast.py ...  # without the allocator tuning
+
+Sizes are ``WIDTHxHEIGHT``. ``--device cuda`` measures on a GPU (fp16 autocast added there).
+"""
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from gmmoe_arch.runtime import configure_allocator  # noqa: E402
+
+MALLOC_TUNED = configure_allocator()
+
+from gmmoe_arch import GMMoE  # noqa: E402
+
+
+def parse_size(text):
+    """``'600x400'`` -> ``(400, 600)`` (height, width)."""
+    try:
+        w, h = (int(v) for v in text.lower().split('x'))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'size must look like 600x400 (width x height), got "{text}"')
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f'size must be positive, got "{text}"')
+    return h, w
+
+
+def make_net(preset, seed, **kwargs):
+    """A GMMoE of ``preset`` with seeded random weights, ``beta``/``gamma`` ~ N(0, 0.5^2), LayerNorms jittered."""
+    torch.manual_seed(seed)
+    net = GMMoE(preset=preset, **kwargs)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith(('.beta', '.gamma')):
+                p.normal_(0, 0.5)
+            elif '.norm' in name:
+                p.add_(torch.randn_like(p), alpha=0.1)
+    return net
+
+
+def psnr(x, ref):
+    mse = (x.double() - ref.double()).pow(2).mean().item()
+    return float('inf') if mse == 0 else 10 * math.log10(1 / mse)
+
+
+def sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+
+
+def timed(fn, device):
+    sync(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def rotated(items, r):
+    k = r % len(items)
+    return items[k:] + items[:k]
+
+
+def report(title, names, walls, cpus, base):
+    """Print medians and ratios against ``base`` (paired run by run); return a dict of them."""
+    print(f'  {title}')
+    rows = {}
+    for name in names:
+        paired = [b / t for b, t in zip(walls[base], walls[name])]
+        paired_cpu = [b / t for b, t in zip(cpus[base], cpus[name])]
+        rows[name] = dict(median_s=statistics.median(walls[name]), min_s=min(walls[name]),
+                          paired_ratio=statistics.median(paired), ratio_of_medians=statistics.median(walls[base]) /
+                          statistics.median(walls[name]), cpu_paired_ratio=statistics.median(paired_cpu))
+        r = rows[name]
+        print(f'    {name:12s} median {r["median_s"]:8.3f} s  min {r["min_s"]:8.3f} s  speed-up vs {base}: '
+              f'paired {r["paired_ratio"]:5.2f}x  of medians {r["ratio_of_medians"]:5.2f}x  '
+              f'(cpu time {r["cpu_paired_ratio"]:5.2f}x)')
+    return rows
+
+
+def inference_modes(device, with_plain_low):
+    """``name -> (fast, autocast dtype or None)``; the first is the baseline."""
+    modes = {'plain fp32': (False, None), 'fast fp32': (True, None), 'fast bf16': (True, torch.bfloat16)}
+    if device.type == 'cuda':
+        modes['fast fp16'] = (True, torch.float16)
+    if with_plain_low:
+        modes['plain bf16'] = (False, torch.bfloat16)
+    return modes
+
+
+def run_inference(net, x, fast, dtype):
+    net.set_fast(fast)
+    with torch.no_grad(), torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        return net(x)
+
+
+def bench_inference(preset, size, args, device):
+    h, w = size
+    net = make_net(preset, args.seed).to(device).eval()
+    x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(args.seed + 1)).to(device)
+    modes = inference_modes(device, args.plain_bf16)
+    print(f'\n[inference] preset {preset}, {w}x{h}, {args.runs} runs after {args.warmup} warm-up')
+    outputs = {}
+    for _ in range(args.warmup):
+        for name, (fast, dtype) in modes.items():
+            outputs[name] = run_inference(net, x, fast, dtype).float()
+    walls, cpus = {n: [] for n in modes}, {n: [] for n in modes}
+    for r in range(args.runs):
+        for name in rotated(list(modes), r):
+            _, wall, cpu = timed(lambda: run_inference(net, x, *modes[name]), device)
+            walls[name].append(wall)
+            cpus[name].append(cpu)
+    rows = report('time per image', list(modes), walls, cpus, 'plain fp32')
+    ref = outputs['plain fp32']
+    for name in modes:
+        rows[name]['max_abs_diff'] = (outputs[name] - ref).abs().max().item()
+        rows[name]['psnr_db'] = psnr(outputs[name], ref)
+        if name != 'plain fp32':
+            print(f'    {name:12s} vs plain fp32: max |diff| {rows[name]["max_abs_diff"]:.2e}  '
+                  f'PSNR {rows[name]["psnr_db"]:.1f} dB')
+    if args.memory:
+        for name in modes:
+            rows[name]['peak_rss_mb'] = child_peak(args, 'infer', preset, size, name)
+            print(f'    {name:12s} peak RSS {rows[name]["peak_rss_mb"]:8.0f} MB (fresh process)')
+    return rows
+
+
+def psnr_loss(out, gt):
+    """The released PSNR loss: ``10/ln10 * mean_over_images(log(mse_per_image + 1e-8))``."""
+    mse = (out - gt).pow(2).flatten(1).mean(1)
+    return 10 / math.log(10) * torch.log(mse + 1e-8).mean()
+
+
+def train_configs():
+    """``name -> GMMoE kwargs``; the first is the baseline."""
+    return {'plain': dict(fast=False), 'fast': dict(fast=True), 'fast+ckpt': dict(fast=True, checkpoint=True)}
+
+
+def make_batch(args, device):
+    g = torch.Generator().manual_seed(args.seed + 2)
+    lq = torch.rand(args.train_batch, 3, args.train_crop, args.train_crop, generator=g)
+    return lq.to(device), (lq * 2.5).clamp(0, 1).to(device)
+
+
+def train_step(net, opt, lq, gt):
+    opt.zero_grad(set_to_none=True)
+    loss = psnr_loss(net(lq), gt)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
+def grad_agreement(nets, lq, gt):
+    """Max over parameters of ``|g - g_plain| / |g_plain|`` (norms) for each net, and the global one."""
+    grads = {}
+    for name, net in nets.items():
+        net.zero_grad(set_to_none=True)
+        psnr_loss(net(lq), gt).backward()
+        grads[name] = {k: p.grad.detach().clone() for k, p in net.named_parameters()}
+        net.zero_grad(set_to_none=True)
+    ref = grads['plain']
+    out = {}
+    for name, g in grads.items():
+        per = [((g[k] - ref[k]).norm() / ref[k].norm().clamp_min(1e-30)).item() for k in ref]
+        num = sum((g[k] - ref[k]).pow(2).sum() for k in ref)
+        den = sum(ref[k].pow(2).sum() for k in ref)
+        out[name] = dict(max_param_rel=max(per), global_rel=(num / den).sqrt().item())
+    return out
+
+
+def bench_train(preset, args, device):
+    configs = train_configs()
+    nets = {name: make_net(preset, args.seed, **kw).to(device).train() for name, kw in configs.items()}
+    opts = {name: torch.optim.AdamW(net.parameters(), lr=1e-4, betas=(0.9, 0.9)) for name, net in nets.items()}
+    lq, gt = make_batch(args, device)
+    print(f'\n[training] preset {preset}, batch {args.train_batch} x {args.train_crop}^2, AdamW + PSNR loss, '
+          f'{args.train_runs} steps after 1 warm-up step')
+    agreement = grad_agreement(nets, lq, gt)
+    for name in configs:
+        if name != 'plain':
+            a = agreement[name]
+            print(f'    {name:12s} gradients vs plain: max per-parameter relative {a["max_param_rel"]:.2e}, '
+                  f'global relative {a["global_rel"]:.2e}')
+    for name in configs:
+        train_step(nets[name], opts[name], lq, gt)
+    walls, cpus = {n: [] for n in configs}, {n: [] for n in configs}
+    for r in range(args.train_runs):
+        for name in rotated(list(configs), r):
+            _, wall, cpu = timed(lambda: train_step(nets[name], opts[name], lq, gt), device)
+            walls[name].append(wall)
+            cpus[name].append(cpu)
+    rows = report('time per training step', list(configs), walls, cpus, 'plain')
+    for name in configs:
+        rows[name].update(agreement[name])
+    del nets, opts
+    if args.memory:
+        for name in configs:
+            rows[name]['peak_rss_mb'] = child_peak(args, 'train', preset, None, name)
+        for name in configs:
+            print(f'    {name:12s} peak RSS {rows[name]["peak_rss_mb"]:8.0f} MB (fresh process), '
+                  f'{rows[name]["peak_rss_mb"] / rows["plain"]["peak_rss_mb"]:.2f}x plain, '
+                  f'{rows[name]["peak_rss_mb"] / rows["fast"]["peak_rss_mb"]:.2f}x fast')
+    return rows
+
+
+def child_peak(args, part, preset, size, name):
+    """Peak RSS (MB) of a fresh process that runs one configuration once."""
+    cmd = [sys.executable, os.path.abspath(__file__), '--child', json.dumps([part, preset, size, name]),
+           '--seed', str(args.seed), '--train-batch', str(args.train_batch), '--train-crop', str(args.train_crop),
+           '--device', args.device]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f'memory child {part}/{name} failed:\n{done.stderr[-2000:]}')
+    return json.loads(done.stdout.strip().splitlines()[-1])['peak_rss_mb']
+
+
+def run_child(spec, args, device):
+    part, preset, size, name = json.loads(spec)
+    if part == 'infer':
+        h, w = size
+        net = make_net(preset, args.seed).to(device).eval()
+        x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(args.seed + 1)).to(device)
+        run_inference(net, x, *inference_modes(device, True)[name])
+    else:
+        net = make_net(preset, args.seed, **train_configs()[name]).to(device).train()
+        opt = torch.optim.AdamW(net.parameters(), lr=1e-4, betas=(0.9, 0.9))
+        train_step(net, opt, *make_batch(args, device))
+    print(json.dumps({'peak_rss_mb': peak_rss_mb()}))
+
+
+def peak_rss_mb():
+    """This process's peak resident memory: ``VmHWM`` (``ru_maxrss`` would include a parent's from before exec)."""
+    with open('/proc/self/status') as f:
+        return next(int(line.split()[1]) for line in f if line.startswith('VmHWM:')) / 1024
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--parts', default='infer,train,released',
+                   help='comma-separated: infer (paper preset), train (paper preset), released (released preset, '
+                        'inference at --released-size)')
+    p.add_argument('--sizes', default='600x400,1024x1024', help='paper-preset inference sizes, WIDTHxHEIGHT,...')
+    p.add_argument('--released-size', type=parse_size, default=(256, 256))
+    p.add_argument('--runs', type=int, default=5)
+    p.add_argument('--warmup', type=int, default=1)
+    p.add_argument('--train-runs', type=int, default=3)
+    p.add_argument('--train-batch', type=int, default=4)
+    p.add_argument('--train-crop', type=int, default=256)
+    p.add_argument('--plain-bf16', action='store_true', help='also time the straightforward path under bf16')
+    p.add_argument('--no-memory', dest='memory', action='store_false', help='skip the peak-RSS child processes')
+    p.add_argument('--quick', action='store_true', help='tiny sizes and few runs (a smoke run)')
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--json', help='also write the results to this file')
+    p.add_argument('--child', help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.sizes, args.runs, args.train_runs, args.train_batch, args.train_crop = '192x128', 3, 2, 2, 64
+        args.parts = 'infer,train'
+    parts = [s.strip() for s in args.parts.split(',') if s.strip()]
+    unknown = sorted(set(parts) - {'infer', 'train', 'released'})
+    if unknown:
+        p.error(f'--parts: unknown {", ".join(unknown)}; choose from infer, train, released')
+    args.parts = parts
+    args.sizes = [parse_size(s) for s in args.sizes.split(',') if s.strip()]
+    if min(args.runs, args.train_runs, args.train_batch, args.train_crop) < 1 or args.warmup < 0:
+        p.error('--runs, --train-runs, --train-batch and --train-crop must be >= 1, --warmup >= 0')
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if args.child:
+        return run_child(args.child, args, device)
+    cpu = next((line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name')),
+               'unknown') if os.path.exists('/proc/cpuinfo') else 'unknown'
+    print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, CPU: {cpu}, device: {device}'
+          + (f' ({torch.cuda.get_device_name(device)})' if device.type == 'cuda' else '')
+          + f', allocator tuned: {MALLOC_TUNED}, load average at start: {os.getloadavg()[0]:.1f}')
+    results = dict(torch=torch.__version__, cpu=cpu, malloc_tuned=MALLOC_TUNED, args=vars(args).copy())
+    results['args']['sizes'] = [list(s) for s in args.sizes]
+    if 'infer' in args.parts:
+        for size in args.sizes:
+            results[f'infer paper {size[1]}x{size[0]}'] = bench_inference('paper', size, args, device)
+    if 'train' in args.parts:
+        results['train paper'] = bench_train('paper', args, device)
+    if 'released' in args.parts:
+        h, w = args.released_size
+        results[f'infer released {w}x{h}'] = bench_inference('released', args.released_size, args, device)
+    print(f'\npeak RSS of this process: {peak_rss_mb():.0f} MB; load average at end: {os.getloadavg()[0]:.1f}')
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == '__main__':
+    main()
