@@ -34,7 +34,7 @@ TRAIN_OPT = os.path.join(REPO, 'options', 'train_gmmoe_demo.yml')
 TEST_OPT = os.path.join(REPO, 'options', 'test_gmmoe_demo.yml')
 TRAIN_NAME, TEST_NAME, VAL_NAME = 'GMMoE_demo', 'test_GMMoE_demo', 'demo_val'
 TARGET_GAIN_DB = 8.0
-SHOWN = ('iter:', 'Validation', '# psnr', '# ssim', 'Gate weights', 'all blocks', 'Error', 'error')
+SHOWN = ('] [eta', 'Validation', '# psnr', '# ssim', 'Gate weights', 'all blocks', 'Error', 'error:')
 
 
 def gamma_baseline(img):
@@ -117,8 +117,9 @@ def grid(rows, path, height=220):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--out', default='demo_output', help='folder for data, experiments, results (default demo_output)')
-    parser.add_argument('--threads', type=int, default=None,
-                        help='CPU threads for training/testing (default: torch\'s choice); 1 helps on a busy machine')
+    parser.add_argument('--threads', type=int, default=1,
+                        help='CPU threads for training and testing (default 1: the demo network is small, and '
+                        'two threads on a busy 2-core machine run up to 10x slower); 0 leaves it to torch')
     args = parser.parse_args(argv)
     out = os.path.abspath(args.out)
     data_dir = os.path.join(out, 'datasets', 'demo')
