@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
-DEFAULT_MAX_PIXELS = 1024 * 1024
-DEFAULT_OVERLAP = 128
+DEFAULT_MAX_PIXELS = 640 * 640
+DEFAULT_OVERLAP = 96
 DEFAULT_STAT_PASSES = 1
 MIN_TILE = 256
 PRECISIONS = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}

@@ -1,0 +1,82 @@
+"""Benchmark ``gmmoe enhance`` on one large photo: wall time and peak RSS (target: <= 3 GB).
+
+    python scripts/bench_enhance.py                      # 4000x3000, paper preset, CPU
+    python scripts/bench_enhance.py --size 1200x800 --stat-passes 0
+
+Writes a synthetic dim 8-bit PNG of the given size, then runs the same code path as the command
+(:func:`gmmoe_arch.enhance.enhance_paths`, allocator tuning included) with random weights, which
+cost the same time and memory as trained ones. Peak RSS is the kernel's high-water mark of the
+process (``getrusage``), so it includes Python, torch and the image arrays.
+"""
+import argparse
+import os
+import resource
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+TARGET_GB = 3.0
+
+
+def peak_rss_gb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # ru_maxrss is in KiB on Linux
+
+
+def current_rss_gb():
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 1024**3
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--size', default='4000x3000', help='WIDTHxHEIGHT of the test photo')
+    parser.add_argument('--preset', default='paper', choices=['paper', 'released'])
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--precision', default='fp32')
+    parser.add_argument('--max-pixels', type=int, default=None)
+    parser.add_argument('--overlap', type=int, default=None)
+    parser.add_argument('--stat-passes', type=int, default=None)
+    args = parser.parse_args()
+
+    from gmmoe_arch import enhance, runtime
+
+    runtime.configure_allocator()
+    import cv2
+    import torch
+
+    w, h = (int(v) for v in args.size.lower().split('x'))
+    options = dict(max_pixels=args.max_pixels or enhance.DEFAULT_MAX_PIXELS,
+                   overlap=enhance.DEFAULT_OVERLAP if args.overlap is None else args.overlap,
+                   stat_passes=enhance.DEFAULT_STAT_PASSES if args.stat_passes is None else args.stat_passes)
+    with tempfile.TemporaryDirectory() as tmp:
+        rng = np.random.default_rng(0)
+        small = (rng.random((h // 50 + 1, w // 50 + 1, 3)) * 70).astype(np.uint8)
+        cv2.imwrite(os.path.join(tmp, 'photo.png'), cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC))
+        del small
+        net = enhance.load_network(preset=args.preset, device=args.device, random_weights=True)
+        base = current_rss_gb()
+        plan = enhance.plan_tiles(h, w, None, options['overlap'], options['max_pixels'], net.padder_size)
+        print(f'{w}x{h} ({w * h / 1e6:.1f} MP), preset {args.preset}, {args.device}, {args.precision}, '
+              f'torch threads {torch.get_num_threads()}; {len(plan)} tiles of about '
+              f'{plan.ys[0][1]}x{plan.xs[0][1]}, overlap >= {options["overlap"]}, '
+              f'{options["stat_passes"]} statistics pass(es); RSS after loading: {base:.2f} GB', flush=True)
+        start = time.perf_counter()
+        summary = enhance.enhance_paths([os.path.join(tmp, 'photo.png')], os.path.join(tmp, 'out'), net,
+                                        precision=args.precision, **options)
+        wall = time.perf_counter() - start
+    if summary.failed:
+        print(f'failed: {summary.failed}')
+        return 1
+    peak = peak_rss_gb()
+    sweeps = len(plan) * (1 + options['stat_passes'])
+    print(f'wall time: {wall:.1f} s ({wall / sweeps:.2f} s per tile forward, {sweeps} forwards)')
+    print(f'peak RSS: {peak:.2f} GB = {peak / TARGET_GB:.2f} x the {TARGET_GB:.0f} GB target')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
