@@ -12,9 +12,10 @@ luma); alpha is passed through untouched; the output has the input's shape and d
 
 Memory: images above ``max_pixels`` run as overlapping tiles blended with raised-cosine ramps
 normalised by the summed weights, so memory is bounded by the tile size, not the image size.
-GM-MoE has image-global operations (the gates, the detail expert's channel attention, the
-feature expert's SCA average over the whole map), so a tile sees its own statistics, not the
-image's: tiling is a close approximation of whole-image inference, not an exact copy (see
+GM-MoE has image-global operations (the gates, the detail expert's channel attention and the
+feature expert's SCA average over the whole map): statistics passes over the tiles estimate
+those whole-image averages and inject them into every tile (:class:`ImageStatistics`). Tiling
+stays a close approximation of whole-image inference, not an exact copy (see
 ``docs/enhance.md`` for measured differences).
 """
 import glob
@@ -365,7 +366,7 @@ def _sweep(net, x, plan, inject, out=None, gates=None):
     return stats
 
 
-def enhance_tensor(net, x, plan, precision='fp32', gates=None, stat_passes=1):
+def enhance_tensor(net, x, plan, precision='fp32', gates=None, stat_passes=DEFAULT_STAT_PASSES):
     """Run ``net`` over ``x`` ``(1, 3, H, W)`` float32 (CPU) tile by tile; return ``(1, 3, H, W)`` float32.
 
     Args:
@@ -433,9 +434,9 @@ def _merge(y, alpha, gray, scale, dtype):
         y = y @ LUMA
     np.clip(y, 0, 1, out=y)
     if scale is not None:
-        y = np.rint(y * scale).astype(dtype)
-    else:
-        y = y.astype(dtype)
+        y *= scale
+        np.rint(y, out=y)
+    y = y.astype(dtype)
     if alpha is not None:
         y = np.concatenate([y, alpha[..., None]], axis=2)
     return y
@@ -587,7 +588,8 @@ def enhance_paths(inputs, out_dir, net, suffix='', tile=None, overlap=DEFAULT_OV
             summary.failed.append((job.name, str(exc)))
             continue
         summary.written.append(job.dst)
-        summary.tiles += len(plan_tiles(img.shape[0], img.shape[1], tile, overlap, max_pixels))
+        summary.tiles += len(plan_tiles(img.shape[0], img.shape[1], tile, overlap, max_pixels,
+                                        getattr(net, 'padder_size', 1)))
         if record:
             summary.gates[job.name] = {path: g.tolist() for path, g in gates.items()}
     summary.seconds = time.perf_counter() - start
