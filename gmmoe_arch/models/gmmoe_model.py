@@ -15,6 +15,7 @@ reaches the weights; the checkpoints BasicSR saved before stay as they were.
 Validation and testing also log each expert's gate weight averaged over the images, per expert
 block and over all blocks (log file and TensorBoard ``gates/<dataset>/...``).
 """
+import os
 from collections import OrderedDict
 
 import torch
@@ -147,10 +148,21 @@ class GMMoEModel(SRModel):
             values = ', '.join(f'{k}={v.item():.4g}' for k, v in loss_dict.items())
             raise TrainingDiverged(
                 f'training loss is not finite at iteration {current_iter} ({values or l_total.item()}); '
-                'stopped before this step changed the weights, nothing of it was saved. The last good '
-                f'checkpoint is in {self.opt["path"].get("models")} (training state in '
-                f'{self.opt["path"].get("training_states")}): resume with --auto_resume after lowering '
-                'train.optim_g.lr, setting train.grad_clip, or turning train.use_amp off')
+                f'stopped before this step changed the weights, nothing of it was saved. {self._last_checkpoint()} '
+                'Lower train.optim_g.lr, set train.grad_clip or turn train.use_amp off, then resume with '
+                '--auto_resume (or start again)')
+
+    def _last_checkpoint(self):
+        """A sentence naming the newest ``net_g_<iter>.pth`` BasicSR saved, or saying there is none."""
+        folder = self.opt['path'].get('models')
+        iters = []
+        if folder and os.path.isdir(folder):
+            iters = [int(f[len('net_g_'):-len('.pth')]) for f in os.listdir(folder)
+                     if f.startswith('net_g_') and f.endswith('.pth') and f[len('net_g_'):-len('.pth')].isdigit()]
+        if not iters:
+            return 'No checkpoint had been saved yet.'
+        return (f'The last good checkpoint is {os.path.join(folder, f"net_g_{max(iters)}.pth")} (training state '
+                f'{os.path.join(self.opt["path"].get("training_states", ""), f"{max(iters)}.state")}).')
 
     def optimize_parameters(self, current_iter):
         self.optimizer_g.zero_grad(set_to_none=True)
