@@ -116,7 +116,8 @@ def grid(rows, path, height=220):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--out', default='demo_output', help='folder for data, experiments, results (default demo_output)')
+    parser.add_argument('--out', default='demo_output',
+                        help='folder for data, experiments, results (default demo_output)')
     parser.add_argument('--threads', type=int, default=1,
                         help='CPU threads for training and testing (default 1: the demo network is small, and '
                         'two threads on a busy 2-core machine run up to 10x slower); 0 leaves it to torch')

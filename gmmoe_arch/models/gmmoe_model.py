@@ -34,8 +34,9 @@ class TrainingDiverged(RuntimeError):
 
 def torch_optimizers():
     """Names of the optimiser classes in ``torch.optim``."""
+    base = torch.optim.Optimizer
     return sorted(name for name, obj in vars(torch.optim).items()
-                  if isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer) and obj is not torch.optim.Optimizer)
+                  if isinstance(obj, type) and issubclass(obj, base) and obj is not base)
 
 
 def parse_grad_clip(value):
@@ -93,7 +94,8 @@ class GMMoEModel(SRModel):
         if compile_opt is True:
             compile_opt = {}
         if not isinstance(compile_opt, dict):
-            raise ValueError(f'train.compile: expected true/false or a dict of torch.compile arguments, got {compile_opt!r}')
+            raise ValueError('train.compile: expected true/false or a dict of torch.compile arguments, '
+                             f'got {compile_opt!r}')
         self.get_bare_model(self.net_g).compile(**compile_opt)
         get_root_logger().info(f'net_g compiled with torch.compile({compile_opt or ""}); '
                                'the first iterations include the compilation')
@@ -166,7 +168,8 @@ class GMMoEModel(SRModel):
 
     def optimize_parameters(self, current_iter):
         self.optimizer_g.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+        amp = self.amp_dtype is not None
+        with torch.autocast(self.device.type, dtype=self.amp_dtype if amp else torch.float32, enabled=amp):
             self.output = self.net_g(self.lq)
         l_total, loss_dict = self._losses()
         self._check_finite(l_total, loss_dict, current_iter)

@@ -56,9 +56,11 @@ def test_adamw_by_name_and_steps(tmp_path):
     assert any(not torch.equal(before[k], v) for k, v in params(model).items())
 
 
-@pytest.mark.parametrize('optim, match', [({'type': 'AdamQ', 'lr': 1e-3}, 'train.optim_g.type: unknown optimiser "AdamQ"'),
-                                          ({'type': 'AdamW'}, 'train.optim_g.lr'),
-                                          ({'type': 'SGD', 'lr': 0.1, 'bogus': 1}, 'train.optim_g: SGD rejected')])
+@pytest.mark.parametrize('optim, match', [
+    ({'type': 'AdamQ', 'lr': 1e-3}, 'train.optim_g.type: unknown optimiser "AdamQ"'),
+    ({'type': 'AdamW'}, 'train.optim_g.lr'),
+    ({'type': 'SGD', 'lr': 0.1, 'bogus': 1}, 'train.optim_g: SGD rejected'),
+])
 def test_bad_optimiser_options_are_named(tmp_path, optim, match):
     with pytest.raises(ValueError, match=match):
         build_model(make_opt(tmp_path, optim_g=optim))
@@ -169,7 +171,8 @@ def test_validation_logs_mean_gate_weights(tmp_path):
         for i, name in enumerate(('ColourExpert', 'DetailExpert', 'FeatureExpert')):
             value, step = board.scalars[f'gates/tiny_val/{path}/{name}']
             assert value == pytest.approx(expected[i].item(), abs=1e-6) and step == 7
-    overall = sum(board.scalars[f'gates/tiny_val/all/{n}'][0] for n in ('ColourExpert', 'DetailExpert', 'FeatureExpert'))
+    experts = ('ColourExpert', 'DetailExpert', 'FeatureExpert')
+    overall = sum(board.scalars[f'gates/tiny_val/all/{n}'][0] for n in experts)
     assert overall == pytest.approx(1.0, abs=1e-5)
     assert 'psnr' in model.metric_results
 
