@@ -120,7 +120,7 @@ def main(argv=None):
                         help='folder for data, experiments, results (default demo_output)')
     parser.add_argument('--threads', type=int, default=1,
                         help='CPU threads for training and testing (default 1: the demo network is small, and '
-                        'two threads on a busy 2-core machine run up to 10x slower); 0 leaves it to torch')
+                        'two threads on a busy 2-core machine ran 4-30x slower); 0 leaves it to torch')
     args = parser.parse_args(argv)
     out = os.path.abspath(args.out)
     data_dir = os.path.join(out, 'datasets', 'demo')
