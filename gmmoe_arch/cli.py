@@ -13,6 +13,9 @@ import importlib.metadata
 import os
 import sys
 
+from gmmoe_arch import compat
+from gmmoe_arch.models.gmmoe_model import TrainingDiverged
+
 PLUGIN_GROUP = 'basicsr.plugins'
 
 
@@ -102,8 +105,6 @@ def build_parser():
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    from gmmoe_arch import compat
-
     argv = compat.normalise_local_rank(argv)
     args = build_parser().parse_args(argv)
     try:
@@ -122,6 +123,9 @@ def main(argv=None):
     except UserError as exc:
         print(f'basicsr {args.phase}: error: {exc}', file=sys.stderr)
         return 2
+    except TrainingDiverged as exc:
+        print(f'basicsr {args.phase}: stopped: {exc}', file=sys.stderr)
+        return 3
     except (KeyError, ValueError, FileNotFoundError, NotImplementedError) as exc:
         if os.environ.get('GMMOE_TRACEBACK'):
             raise

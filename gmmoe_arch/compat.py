@@ -72,30 +72,43 @@ def load_resume_state(opt):
 
     Same semantics as upstream: with ``auto_resume`` the newest ``<iter>.state`` in
     ``training_states`` wins, otherwise ``path.resume_state``; ``check_resume`` then points the
-    networks at the matching checkpoints. The state is one this project wrote itself; it is still
-    loaded with ``weights_only=True``, allowing only ``collections.Counter`` besides tensors.
+    networks at the matching checkpoints. Unlike upstream, ``auto_resume`` skips a newest state that
+    cannot be read (a run killed while saving it) and takes the previous one. The state is one this
+    project wrote itself; it is still loaded with ``weights_only=True``, allowing only
+    ``collections.Counter`` besides tensors.
     """
     import torch
     from basicsr.utils import check_resume
 
-    state_path = None
     if opt['auto_resume']:
-        folder = os.path.join('experiments', opt['name'], 'training_states')
-        folder = opt['path'].get('training_states', folder)
+        folder = opt['path'].get('training_states', os.path.join('experiments', opt['name'], 'training_states'))
+        iters = []
         if os.path.isdir(folder):
-            iters = [int(f[:-len('.state')]) for f in os.listdir(folder)
-                     if f.endswith('.state') and f[:-len('.state')].isdigit()]
-            if iters:
-                state_path = os.path.join(folder, f'{max(iters)}.state')
-                opt['path']['resume_state'] = state_path
+            iters = sorted((int(f[:-len('.state')]) for f in os.listdir(folder)
+                            if f.endswith('.state') and f[:-len('.state')].isdigit()), reverse=True)
+        candidates = [os.path.join(folder, f'{it}.state') for it in iters]
     elif opt['path'].get('resume_state'):
-        state_path = opt['path']['resume_state']
-    if state_path is None:
+        candidates = [opt['path']['resume_state']]
+        if not os.path.isfile(candidates[0]):
+            raise FileNotFoundError(f'path.resume_state: no such file: {candidates[0]}')
+    else:
+        candidates = []
+    state = None
+    for state_path in candidates:
+        try:
+            with torch.serialization.safe_globals([collections.Counter]):
+                state = torch.load(state_path, map_location=resume_map_location, weights_only=True)
+            break
+        except Exception as exc:  # a run killed while saving leaves a truncated newest state
+            if not opt['auto_resume']:
+                raise ValueError(f'path.resume_state: cannot read {state_path}: {exc}') from exc
+            print(f'auto_resume: skipping unreadable {state_path} ({type(exc).__name__}); trying an older one',
+                  flush=True)
+    if state is None:
+        if candidates:
+            raise ValueError(f'--auto_resume: none of the states in {os.path.dirname(candidates[0])} can be read')
         return None
-    if not os.path.isfile(state_path):
-        raise FileNotFoundError(f'path.resume_state: no such file: {state_path}')
-    with torch.serialization.safe_globals([collections.Counter]):
-        state = torch.load(state_path, map_location=resume_map_location, weights_only=True)
+    opt['path']['resume_state'] = state_path
     check_resume(opt, state['iter'])
     return state
 

@@ -98,3 +98,12 @@ def test_local_rank_spellings():
     parser = cli.build_parser()
     for flag in (['--local-rank=1'], ['--local_rank', '1'], ['--local-rank', '1']):
         assert parser.parse_args(['train', '-opt', 'x.yml'] + flag).local_rank == 1
+
+
+def test_diverged_training_stops_with_a_message(tmp_path, plugin_env):
+    data = write_pairs(tmp_path / 'data', n=2)
+    opt = tiny_train_options(data, name='nan', model_type='GMMoEModel')
+    opt['train']['optim_g']['lr'] = float('inf')
+    done = run(['train', '-opt', str(write_yaml(tmp_path / 'nan.yml', opt))], tmp_path, plugin_env)
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert 'basicsr train: stopped:' in done.stderr and 'Traceback' not in done.stderr

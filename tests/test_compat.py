@@ -55,11 +55,19 @@ def test_resume_state_with_counter_loads_on_cpu(tmp_path):
     assert state['optimizers'][0]['state'][0]['exp_avg'].device.type == 'cpu'
     assert opt['path']['pretrain_network_g'].endswith('net_g_10.pth')
 
+    (states / '12.state').write_bytes((states / '10.state').read_bytes()[:100])  # killed while saving
+    opt['path']['resume_state'] = None
+    state = compat.load_resume_state(opt)
+    assert state['iter'] == 10 and opt['path']['resume_state'].endswith('10.state')
+
     opt = {'name': 'x', 'auto_resume': False, 'network_g': {},
            'path': {'resume_state': str(states / '4.state'), 'models': str(tmp_path / 'models')}}
     assert compat.load_resume_state(opt)['iter'] == 4
     opt['path']['resume_state'] = str(states / 'missing.state')
     with pytest.raises(FileNotFoundError, match='missing.state'):
+        compat.load_resume_state(opt)
+    opt['path']['resume_state'] = str(states / '12.state')
+    with pytest.raises(ValueError, match='12.state'):
         compat.load_resume_state(opt)
 
 
