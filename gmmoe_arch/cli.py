@@ -119,7 +119,12 @@ def main(argv=None):
             from basicsr.train import train_pipeline as pipeline
         else:
             from basicsr.test import test_pipeline as pipeline
-        pipeline(os.getcwd())
+        try:
+            pipeline(os.getcwd())
+        finally:
+            import torch.distributed as dist
+            if dist.is_available() and dist.is_initialized():
+                dist.destroy_process_group()
     except UserError as exc:
         print(f'basicsr {args.phase}: error: {exc}', file=sys.stderr)
         return 2
