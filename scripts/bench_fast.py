@@ -14,7 +14,8 @@ only grows within a process). Examples::
     python scripts/bench_fast.py --parts infer --sizes 600x400 --runs 5 --no-memory
     GMMOE_MALLOC=off python scripts/bench_fast.py ...  # without the allocator tuning
 
-Sizes are ``WIDTHxHEIGHT``. ``--device cuda`` measures on a GPU (fp16 autocast added there).
+Sizes are ``WIDTHxHEIGHT``. ``--device cuda`` measures on a GPU (fp16 autocast added there, cuDNN
+autotuning on, peak CUDA memory instead of RSS).
 """
 import argparse
 import json
@@ -139,7 +140,7 @@ def bench_inference(preset, size, args, device):
         if name != 'plain fp32':
             print(f'    {name:12s} vs plain fp32: max |diff| {rows[name]["max_abs_diff"]:.2e}  '
                   f'PSNR {rows[name]["psnr_db"]:.1f} dB')
-    if args.memory:
+    if args.memory and device.type == 'cpu':
         for name in modes:
             rows[name]['peak_rss_mb'] = child_peak(args, 'infer', preset, size, name)
             print(f'    {name:12s} peak RSS {rows[name]["peak_rss_mb"]:8.0f} MB (fresh process)')
@@ -213,8 +214,15 @@ def bench_train(preset, args, device):
     rows = report('time per training step', list(configs), walls, cpus, 'plain')
     for name in configs:
         rows[name].update(agreement[name])
+    if device.type == 'cuda':
+        for name in configs:
+            torch.cuda.reset_peak_memory_stats(device)
+            train_step(nets[name], opts[name], lq, gt)
+            rows[name]['peak_cuda_mb'] = torch.cuda.max_memory_allocated(device) / 2**20
+            print(f'    {name:12s} peak CUDA memory {rows[name]["peak_cuda_mb"]:8.0f} MB, '
+                  f'{rows[name]["peak_cuda_mb"] / rows["plain"]["peak_cuda_mb"]:.2f}x plain')
     del nets, opts
-    if args.memory:
+    if args.memory and device.type == 'cpu':
         for name in configs:
             rows[name]['peak_rss_mb'] = child_peak(args, 'train', preset, None, name)
         for name in configs:
@@ -292,6 +300,8 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device)
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True
     if args.child:
         return run_child(args.child, args, device)
     cpu = next((line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name')),
