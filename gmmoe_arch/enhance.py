@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
-DEFAULT_MAX_PIXELS = 640 * 640
+DEFAULT_MAX_PIXELS = 512 * 512
 DEFAULT_OVERLAP = 96
 DEFAULT_STAT_PASSES = 1
 MIN_TILE = 256
