@@ -10,6 +10,8 @@ compat.apply()
 from . import archs, data, losses, metrics, models  # noqa: E402,F401  (registration)
 from .archs.gmmoe_arch import PRESETS, GMMoE, record_gates  # noqa: E402
 from .archs.experts import EXPERT_REGISTRY  # noqa: E402
+from .enhance import EnhanceError, enhance_image, enhance_paths, load_network  # noqa: E402
 
 __version__ = '0.1.0'
-__all__ = ['EXPERT_REGISTRY', 'GMMoE', 'PRESETS', 'record_gates', '__version__']
+__all__ = ['EXPERT_REGISTRY', 'EnhanceError', 'GMMoE', 'PRESETS', 'enhance_image', 'enhance_paths', 'load_network',
+           'record_gates', '__version__']
