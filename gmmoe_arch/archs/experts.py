@@ -106,7 +106,8 @@ class ColourExpert(FastPath, nn.Module):
         v = conv(v, self.conv_max.weight, self.conv_max.bias, padding=1, act='relu')
         v = conv(v, self.conv3.weight, self.conv3.bias, padding=1, act='relu')
         v = F.interpolate(self.conv3_(v), size=u.shape[-2:], mode='bilinear', align_corners=False)
-        g = conv(conv_add(p, self.conv_f.weight, self.conv_f.bias, v), self.conv4.weight, self.conv4.bias, act='sigmoid')
+        t = conv_add(p, self.conv_f.weight, self.conv_f.bias, v)
+        g = conv(t, self.conv4.weight, self.conv4.bias, act='sigmoid')
         return mul(g, u)
 
 

@@ -44,7 +44,8 @@ def merge_parallel_convs(*convs):
     return weight.contiguous(memory_format=torch.channels_last), bias
 
 
-_ONEDNN_CONV = getattr(torch.ops.mkldnn, '_convolution_pointwise', None) if torch.backends.mkldnn.is_available() else None
+_ONEDNN_CONV = (getattr(torch.ops.mkldnn, '_convolution_pointwise', None)
+                if torch.backends.mkldnn.is_available() else None)
 
 
 def _onednn_dtype(x, weight):
