@@ -116,3 +116,17 @@ def write_yaml(path, opt):
 
     path.write_text(yaml.safe_dump(opt, sort_keys=False))
     return path
+
+
+def activate_branches(net, std=0.5, norm_jitter=0.0):
+    """Random ``beta``/``gamma`` (zero at initialisation) so every expert branch matters; optionally
+    jitter the LayerNorm affine parameters too. Returns ``net``."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith(('beta', 'gamma')):
+                p.normal_(0, std)
+            elif norm_jitter and '.norm' in name:
+                p.add_(torch.randn_like(p), alpha=norm_jitter)
+    return net

@@ -3,6 +3,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import activate_branches
 from PIL import Image, ImageOps
 
 from gmmoe_arch import GMMoE
@@ -14,11 +15,7 @@ def tiny_net():
     """Width-4, two-level GMMoE with random weights and non-zero beta/gamma (every branch active)."""
     torch.manual_seed(0)
     net = GMMoE(width=4, enc_blk_nums=[1, 1], middle_blk_num=1, dec_blk_nums=[1, 1])
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if name.endswith(('beta', 'gamma')):
-                p.uniform_(-1, 1)
-    return net.eval()
+    return activate_branches(net).eval()
 
 
 def random_image(shape, dtype, seed=0):

@@ -5,6 +5,7 @@ import pytest
 import torch
 from basicsr.archs import build_network
 from basicsr.models.base_model import BaseModel
+from conftest import activate_branches
 from torch import nn
 
 import gmmoe_arch  # noqa: F401  (registers GMMoE)
@@ -116,11 +117,7 @@ def test_released_type_name_and_yaml_style_build():
 def tiny(**kwargs):
     torch.manual_seed(0)
     net = GMMoE(width=8, enc_blk_nums=[1, 1, 1, 1], middle_blk_num=1, dec_blk_nums=[1, 1, 1, 1], **kwargs)
-    with torch.no_grad():  # make the feature experts' residual branches active
-        for name, p in net.named_parameters():
-            if name.endswith(('beta', 'gamma')):
-                p.normal_(0, 0.5)
-    return net
+    return activate_branches(net)
 
 
 @pytest.mark.parametrize('size', [(1, 1), (37, 53), (17, 300), (241, 243)])
