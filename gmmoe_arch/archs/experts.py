@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from basicsr.utils.registry import Registry
 from torch import nn
 
-from .fast_ops import (FastPath, addcmul, conv, conv_add, fast_channel_mean_max, layer_norm_nchw,
+from .fast_ops import (FastPath, addcmul, compute_dtype, conv, conv_add, fast_channel_mean_max, layer_norm_nchw,
                        merge_parallel_convs, mul, scaled_conv)
 
 EXPERT_REGISTRY = Registry('expert')
@@ -100,14 +100,15 @@ class ColourExpert(FastPath, nn.Module):
 
     def forward_fast(self, u):
         """As :meth:`forward_plain`, overwriting its own intermediates where autograd allows."""
-        p = self.conv1(u)
-        q = self.conv2(pad_to_min_size(p, 3))
+        w = self.fused(compute_dtype(u))
+        p = conv(u, *w['conv1'])
+        q = F.conv2d(pad_to_min_size(p, 3), *w['conv2'], stride=2)
         v = F.max_pool2d(pad_to_min_size(q, 7), kernel_size=7, stride=3)
-        v = conv(v, self.conv_max.weight, self.conv_max.bias, padding=1, act='relu')
-        v = conv(v, self.conv3.weight, self.conv3.bias, padding=1, act='relu')
-        v = F.interpolate(self.conv3_(v), size=u.shape[-2:], mode='bilinear', align_corners=False)
-        t = conv_add(p, self.conv_f.weight, self.conv_f.bias, v)
-        g = conv(t, self.conv4.weight, self.conv4.bias, act='sigmoid')
+        v = conv(v, *w['conv_max'], padding=1, act='relu')
+        v = conv(v, *w['conv3'], padding=1, act='relu')
+        v = F.interpolate(conv(v, *w['conv3_'], padding=1), size=u.shape[-2:], mode='bilinear', align_corners=False)
+        t = conv_add(p, *w['conv_f'], v)
+        g = conv(t, *w['conv4'], act='sigmoid')
         return mul(g, u)
 
 
@@ -166,20 +167,27 @@ class DetailExpert(FastPath, nn.Module):
         return u + self.c6(self.se(z) + self.sa(z))
 
     def fused_params(self):
-        """``c2`` and ``c3`` read the same ``y1``: one conv with both kernels gives ``[y2, y3]``."""
-        weight = torch.cat([self.c2.weight, self.c3.weight]).contiguous(memory_format=torch.channels_last)
-        return {'c23': (weight, torch.cat([self.c2.bias, self.c3.bias]))}
+        """``c2`` and ``c3`` read the same ``y1``: one conv with both kernels gives ``[y2, y3]``.
+
+        ``c4`` reads ``[y1, y2, y3]``: split by input channels into ``c4_y1`` and ``c4_y23`` (no bias),
+        so that ``[y1, y2, y3]`` is never concatenated.
+        """
+        c = self.c1.out_channels
+        return {'c23': (torch.cat([self.c2.weight, self.c3.weight]), torch.cat([self.c2.bias, self.c3.bias])),
+                'c4_y1': (self.c4.weight[:, :c], None), 'c4_y23': (self.c4.weight[:, c:], self.c4.bias)}
 
     def forward_fast(self, u):
-        """As :meth:`forward_plain` with ``c2``/``c3`` as one conv, summing the attentions in place."""
-        y1 = conv(u, self.c1.weight, self.c1.bias, act='relu')
-        y23 = conv(y1, *self.fused()['c23'], padding=1, act='relu')
-        y4 = conv(torch.cat([y1, y23], dim=1), self.c4.weight, self.c4.bias, padding=1, act='relu')
+        """As :meth:`forward_plain` with ``c2``/``c3`` as one conv, ``c4`` split, attentions summed in place."""
+        w = self.fused(compute_dtype(u))
+        y1 = conv(u, *w['c1'], act='relu')
+        y23 = conv(y1, *w['c23'], padding=1, act='relu')
+        y4 = conv_add(y23, *w['c4_y23'], conv(y1, *w['c4_y1'], padding=1), padding=1, act='relu')
         h = self.c2.out_channels
-        z = torch.cat([y23[:, :h], self.c5(y23[:, h:]), y4], dim=1)
-        a_c = self.se.conv_du(z.mean((2, 3), keepdim=True))
-        a_s = torch.sigmoid(self.sa.conv1(fast_channel_mean_max(z)))
-        return conv_add(addcmul(z * a_c, z, a_s), self.c6.weight, self.c6.bias, u)
+        z = torch.cat([y23[:, :h], conv(y23[:, h:], *w['c5'], padding=1), y4], dim=1)
+        a_c = conv(conv(z.mean((2, 3), keepdim=True), *w['se.conv_du.0'], act='relu'), *w['se.conv_du.2'],
+                   act='sigmoid')
+        a_s = conv(fast_channel_mean_max(z), *w['sa.conv1'], padding=3, act='sigmoid')
+        return conv_add(addcmul(z * a_c, z, a_s), *w['c6'], u)
 
 
 @EXPERT_REGISTRY.register()
@@ -226,12 +234,13 @@ class FeatureExpert(FastPath, nn.Module):
 
     def forward_fast(self, u):
         """As :meth:`forward_plain` with the merged/folded convs of :meth:`fused_params` and ``F.layer_norm``."""
-        fused = self.fused()
-        x = F.conv2d(layer_norm_nchw(u, self.norm1), *fused['conv135'], padding=2)
-        x = simple_gate(self.conv2(self.conv1(x)))
-        s = self.sca[1](x.mean((2, 3), keepdim=True))
-        y = conv_add(mul(x, s), *fused['conv3'], u)
-        return conv_add(simple_gate(self.conv4(layer_norm_nchw(y, self.norm2))), *fused['conv5'], y)
+        w = self.fused(compute_dtype(u))
+        x = conv(layer_norm_nchw(u, self.norm1), *w['conv135'], padding=2)
+        x = conv(conv(x, *w['conv1']), *w['conv2'], padding=1, groups=self.conv2.groups)
+        x = simple_gate(x)
+        s = conv(x.mean((2, 3), keepdim=True), *w['sca.1'])
+        y = conv_add(mul(x, s), *w['conv3'], u)
+        return conv_add(simple_gate(conv(layer_norm_nchw(y, self.norm2), *w['conv4'])), *w['conv5'], y)
 
 
 class Gate(nn.Module):

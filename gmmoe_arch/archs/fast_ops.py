@@ -9,11 +9,13 @@ Every function here computes what the straightforward layers compute, up to floa
   one 5x5: one pass over the input and 13% fewer multiply-adds).
 * :func:`scaled_conv`: a per-channel scale after a conv (``beta``, ``gamma``) folded into the conv.
 * :func:`channel_mean`: the per-pixel channel mean as a 1x1 conv.
+* :func:`dilated_depthwise`: a dilated depthwise conv as an undilated one over the phase sub-grids.
 * :func:`conv`, :func:`conv_add`: on CPU without grad, a conv and the ReLU/sigmoid or residual
   addition after it as one oneDNN call (the post-op fusion ``torch.compile`` uses), no extra pass.
 
-Modules with a fast path derive their merged/folded weights in :meth:`FastPath.fused_params`; the
-derivation is differentiable, so in training (grad enabled) it is rebuilt on every call and
+Modules with a fast path derive their merged/folded weights in :meth:`FastPath.fused_params` and
+read them, with their convs' own weights, from :meth:`FastPath.fused` in the compute dtype (under
+autocast, cached bf16/fp16 copies instead of a cast per call). The derivation is differentiable, so in training (grad enabled) it is rebuilt on every call and
 gradients reach the original parameters. Without grad the result is cached and rebuilt when a
 parameter is replaced or changed in place (``optimizer.step()``, ``load_state_dict``); changes made
 through ``param.data`` are invisible to autograd's version counter, so after those call
@@ -21,6 +23,7 @@ through ``param.data`` are invisible to autograd's version counter, so after tho
 """
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def layer_norm_nchw(x, norm):
@@ -36,12 +39,12 @@ def merge_parallel_convs(*convs):
     """``(weight, bias)`` of one conv equal to ``sum(conv(x) for conv in convs)``.
 
     The convs must be stride 1, dilation 1, ungrouped, odd square kernels with ``padding = k // 2``
-    and biases; the result has the largest kernel, shape ``(C_out, C_in, k, k)``, channels-last.
+    and biases; the result has the largest kernel, shape ``(C_out, C_in, k, k)``.
     """
     k = max(conv.kernel_size[0] for conv in convs)
     weight = sum(F.pad(conv.weight, [(k - conv.kernel_size[0]) // 2] * 4) for conv in convs)
     bias = sum(conv.bias for conv in convs)
-    return weight.contiguous(memory_format=torch.channels_last), bias
+    return weight, bias
 
 
 _ONEDNN_CONV = (getattr(torch.ops.mkldnn, '_convolution_pointwise', None)
@@ -63,31 +66,34 @@ def _onednn_dtype(x, weight):
     return dtype
 
 
-def conv(x, weight, bias, padding=0, act=None):
-    """``act(F.conv2d(x, weight, bias, padding=padding))`` with ``act`` None, ``'relu'`` or ``'sigmoid'``.
+def conv(x, weight, bias, padding=0, act=None, groups=1, dilation=1):
+    """``act(F.conv2d(x, weight, bias, padding=padding, groups=groups, dilation=dilation))``, ``act``
+    None, ``'relu'`` or ``'sigmoid'``.
 
     On CPU without grad, one oneDNN call applies the activation as the conv writes its output.
     """
     dtype = _onednn_dtype(x, weight)
     if dtype is not None:
         return _ONEDNN_CONV(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype),
-                            [padding, padding], [1, 1], [1, 1], 1, act or 'none', [], '')
-    y = F.conv2d(x, weight, bias, padding=padding)
+                            [padding, padding], [1, 1], [dilation, dilation], groups, act or 'none', [], '')
+    y = F.conv2d(x, weight, bias, padding=padding, groups=groups, dilation=dilation)
     if act == 'relu':
         return F.relu(y, inplace=True)
     return y.sigmoid_() if act == 'sigmoid' else y
 
 
-def conv_add(x, weight, bias, other, padding=0):
-    """``F.conv2d(x, weight, bias, padding=padding) + other``, ``other`` shaped like the conv's output.
+def conv_add(x, weight, bias, other, padding=0, act=None):
+    """``act(F.conv2d(x, weight, bias, padding=padding) + other)``, ``other`` shaped like the conv's
+    output, ``act`` None or ``'relu'``.
 
-    On CPU without grad, one oneDNN call adds ``other`` as the conv writes its output.
+    On CPU without grad, one oneDNN call adds ``other`` (and applies ``act``) as the conv writes its output.
     """
     dtype = _onednn_dtype(x, weight)
     if dtype is not None and other.dtype == dtype and other.is_contiguous(memory_format=torch.channels_last):
         return _ONEDNN_CONV.binary(x.to(dtype), other, weight.to(dtype), None if bias is None else bias.to(dtype),
-                                   [padding, padding], [1, 1], [1, 1], 1, 'add', None, None, [], None)
-    return add(F.conv2d(x, weight, bias, padding=padding), other)
+                                   [padding, padding], [1, 1], [1, 1], 1, 'add', None, act, [], None)
+    y = add(F.conv2d(x, weight, bias, padding=padding), other)
+    return F.relu(y, inplace=not torch.is_grad_enabled()) if act == 'relu' else y
 
 
 def channel_mean(x):
@@ -101,10 +107,31 @@ def fast_channel_mean_max(x):
     return torch.cat([channel_mean(x), x.amax(1, keepdim=True)], dim=1)
 
 
+def dilated_depthwise(x, weight, bias, dilation):
+    """Depthwise ``F.conv2d(x, weight, bias, padding=dilation * (k // 2), dilation=dilation, groups=C)``.
+
+    Computed as an undilated conv: the ``dilation**2`` phase sub-grids of ``x`` (every ``dilation``-th
+    row/column from each offset, ``x`` zero-padded to a multiple of ``dilation``) go through the
+    ``k x k`` conv as a batch, and are interleaved back. oneDNN's dilated depthwise kernel is slow
+    (in bf16 5x slower than this). ``(B, C, H, W)`` in, ``(B, C, H, W)`` out, channels-last.
+    """
+    b, c, h, w = x.shape
+    d = dilation
+    ph, pw = (-h) % d, (-w) % d
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph))
+    gh, gw = (h + ph) // d, (w + pw) // d
+    nhwc = x.permute(0, 2, 3, 1).reshape(b, gh, d, gw, d, c)
+    phases = nhwc.permute(2, 4, 0, 1, 3, 5).reshape(d * d * b, gh, gw, c).permute(0, 3, 1, 2)
+    y = conv(phases, weight, bias, padding=weight.shape[-1] // 2, groups=c)
+    y = y.permute(0, 2, 3, 1).reshape(d, d, b, gh, gw, c).permute(2, 3, 0, 4, 1, 5).reshape(b, gh * d, gw * d, c)
+    return y[:, :h, :w].permute(0, 3, 1, 2)
+
+
 def scaled_conv(conv, scale):
     """``(weight, bias)`` of ``scale * conv(x)`` for a per-output-channel ``scale`` of ``C_out`` elements."""
     s = scale.reshape(-1)
-    return (conv.weight * s.view(-1, 1, 1, 1)).contiguous(memory_format=torch.channels_last), conv.bias * s
+    return conv.weight * s.view(-1, 1, 1, 1), conv.bias * s
 
 
 def _reusable(a, *others):
@@ -126,6 +153,59 @@ def addcmul(a, b, c):
     return a.addcmul_(b, c) if _reusable(a, b, c) else a + b * c
 
 
+def compute_dtype(x):
+    """The dtype convs on ``x`` run in: the autocast dtype of ``x``'s device where autocast is on, else None."""
+    kind = x.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
+
+
+def _own_convs(module, prefix=''):
+    """``(path, conv)`` for the ``nn.Conv2d`` layers of ``module``, not descending into nested fast modules."""
+    for name, child in module.named_children():
+        path = prefix + name
+        if isinstance(child, nn.Conv2d):
+            yield path, child
+        elif not isinstance(child, FastPath):
+            yield from _own_convs(child, path + '.')
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose gradient has contiguous strides, as DDP's gradient buckets require.
+
+    For kernels with a size-1 dimension (1x1, depthwise) both layouts are "contiguous", and the conv
+    backward on channels-last activations returns channels-last strides, which DDP warns about.
+    """
+
+    @staticmethod
+    def forward(ctx, t):
+        return t.view_as(t)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.clone(memory_format=torch.contiguous_format) if grad.stride() != _strides(grad) else grad
+
+
+def _strides(t):
+    strides, step = [], 1
+    for size in reversed(t.shape):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
+
+
+def contiguous_grad(t):
+    """``t``; with grad, through :class:`_ContiguousGrad` so that its gradient is contiguous."""
+    return _ContiguousGrad.apply(t) if t is not None and t.requires_grad and torch.is_grad_enabled() else t
+
+
+def _cast(tensors, dtype):
+    """``tensors`` (``name -> (weight, bias)``) cast to ``dtype`` (None: unchanged, not copied)."""
+    def one(t):
+        t = contiguous_grad(t)
+        return t if t is None or dtype is None or t.dtype == dtype else t.to(dtype)
+    return {name: tuple(one(t) for t in pair) for name, pair in tensors.items()}
+
+
 class FastPath:
     """Mixin for modules with a straightforward and a fast forward; ``fast`` picks one.
 
@@ -140,18 +220,30 @@ class FastPath:
     def fused_params(self):
         return {}
 
-    def fused(self):
-        """The derived weights: rebuilt per call with grad (or under ``torch.compile``), else cached."""
+    def fused(self, dtype=None):
+        """``name -> (weight, bias)``: the derived weights and every own conv's (by its module path).
+
+        Cast to ``dtype`` (None: the parameters' dtype, no copy); the parameters themselves stay as
+        they are (contiguous: oneDNN reorders kernels for channels-last inputs either way). Rebuilt per call with grad (or under ``torch.compile``), else
+        cached per ``dtype`` until a parameter changes (autocast then casts no weight per call).
+        """
+        def build():
+            params = {path: (conv.weight, conv.bias) for path, conv in _own_convs(self)}
+            params.update(self.fused_params())
+            return _cast(params, dtype)
+
         if torch.is_grad_enabled() or torch.compiler.is_compiling():
-            return self.fused_params()
+            return build()
         params = tuple(self.parameters())
         key = tuple((p.data_ptr(), p._version) for p in params)
         cache = self.__dict__.get('_fused_cache')
         if cache is None or cache[1] != key or any(a is not b for a, b in zip(cache[0], params)):
-            with torch.inference_mode(False), torch.no_grad():
-                cache = (params, key, self.fused_params())
+            cache = (params, key, {})
             self.__dict__['_fused_cache'] = cache
-        return cache[2]
+        if dtype not in cache[2]:
+            with torch.inference_mode(False), torch.no_grad():
+                cache[2][dtype] = build()
+        return cache[2][dtype]
 
     def clear_fused(self):
         """Drop the cached derived weights (they are rebuilt on the next no-grad fast forward)."""

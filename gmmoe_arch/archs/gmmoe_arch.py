@@ -17,7 +17,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint as checkpoint_fn
 
 from .experts import RELEASED_EXPERTS, Gate, build_expert, channel_mean_max
-from .fast_ops import FastPath, add, addcmul, channel_mean, mul
+from .fast_ops import (FastPath, add, addcmul, channel_mean, compute_dtype, contiguous_grad, conv, dilated_depthwise,
+                       mul)
 
 PRESETS = {
     'paper': dict(width=24, enc_blk_nums=[1, 1, 1, 1], middle_blk_num=1, dec_blk_nums=[1, 1, 1, 1]),
@@ -51,14 +52,16 @@ class SFEB(FastPath, nn.Module):
         return x * self.conv(b1 * s[:, 0:1] + b2 * s[:, 1:2])
 
     def forward_fast(self, x):
-        """As :meth:`forward_plain`, taking the channel mean/max of ``[b1, b2]`` without concatenating."""
-        a1 = self.conv0(x)
-        a2 = self.conv_spatial(a1)
-        b1, b2 = self.conv1(a1), self.conv2(a2)
+        """As :meth:`forward_plain`: the dilated conv as an undilated one over phase sub-grids, and the
+        channel mean/max of ``[b1, b2]`` taken without concatenating."""
+        w = self.fused(compute_dtype(x))
+        a1 = conv(x, *w['conv0'], padding=2, groups=self.conv0.groups)
+        a2 = dilated_depthwise(a1, *w['conv_spatial'], self.conv_spatial.dilation[0])
+        b1, b2 = conv(a1, *w['conv1']), conv(a2, *w['conv2'])
         mean = (channel_mean(b1) + channel_mean(b2)) / 2
         peak = torch.maximum(b1.amax(1, keepdim=True), b2.amax(1, keepdim=True))
-        s = torch.sigmoid(self.conv_squeeze(torch.cat([mean, peak], dim=1)))
-        return mul(self.conv(addcmul(mul(b1, s[:, 0:1]), b2, s[:, 1:2])), x)
+        s = conv(torch.cat([mean, peak], dim=1), *w['conv_squeeze'], padding=3, act='sigmoid')
+        return mul(conv(addcmul(mul(b1, s[:, 0:1]), b2, s[:, 1:2]), *w['conv']), x)
 
 
 class ExpertBlock(FastPath, nn.Module):
@@ -206,16 +209,13 @@ class GMMoE(nn.Module):
     def set_fast(self, enabled=True):
         """Switch every built-in block between the fast and the straightforward path; returns self.
 
-        The fast path also keeps conv weights in channels-last memory (same values, same state-dict
-        keys; only the strides differ), so that convs on channels-last activations need no copy.
+        Parameters keep their layout (contiguous, as DDP's gradient buckets expect); the fast path
+        reads channels-last copies from its derived weights.
         """
         self.fast = bool(enabled)
-        layout = torch.channels_last if self.fast else torch.contiguous_format
         for module in self.modules():
             if isinstance(module, FastPath):
                 module.fast = self.fast
-            if isinstance(module, nn.Conv2d) and not module.weight.is_contiguous(memory_format=layout):
-                module.weight.data = module.weight.data.contiguous(memory_format=layout)
         return self
 
     def fuse(self):
@@ -256,7 +256,11 @@ class GMMoE(nn.Module):
             x = down(x)
         x = self._blocks(self.middle_blks, x)
         for decoder, up, skip in zip(self.decoders, self.ups, reversed(skips)):
-            x = self._blocks(decoder, add(up(x), skip) if self.fast else up(x) + skip)
+            if self.fast:  # the 1x1 kernel's gradient kept contiguous (see contiguous_grad)
+                x = add(up[1](F.conv2d(x, contiguous_grad(up[0].weight))), skip)
+            else:
+                x = up(x) + skip
+            x = self._blocks(decoder, x)
         out = (self.ending(x) + inp)[..., :h, :w]
         return out.contiguous() if self.fast else out
 

@@ -210,3 +210,49 @@ def test_training_step_under_bf16_autocast_runs_on_the_fast_path():
 def test_bad_switch_values_name_the_option():
     with pytest.raises(ValueError, match='fast and checkpoint'):
         GMMoE(**SMALL, checkpoint='yes')
+
+
+def test_parameters_stay_contiguous_on_the_fast_path():
+    net = random_net(seed=14).train()
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3)
+    (net.set_fast(True)(image(1, 16, 16)) - 0.5).pow(2).mean().backward()
+    opt.step()
+    net.eval()
+    with torch.no_grad():
+        net(image(1, 16, 16))
+    assert all(p.is_contiguous() and p.grad.is_contiguous() for p in net.parameters())
+
+
+def _ddp_step(rank, port, queue):
+    import warnings
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        model = DistributedDataParallel(random_net(seed=15).train())
+        for _ in range(2):
+            (model(image(1, 16, 16, seed=rank)) - 0.5).pow(2).mean().backward()
+    dist.destroy_process_group()
+    queue.put([str(w.message) for w in caught if 'stride' in str(w.message).lower()])
+
+
+def test_ddp_training_step_on_the_fast_path_warns_of_no_grad_strides():
+    import socket
+
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context('spawn')
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_ddp_step, args=(rank, port, queue)) for rank in range(2)]
+    for proc in procs:
+        proc.start()
+    messages = [queue.get(timeout=120) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=30)
+    assert all(proc.exitcode == 0 for proc in procs)
+    assert messages == [[], []], messages
