@@ -187,6 +187,9 @@ class DetailExpert(FastPath, nn.Module):
         a_c = conv(conv(z.mean((2, 3), keepdim=True), *w['se.conv_du.0'], act='relu'), *w['se.conv_du.2'],
                    act='sigmoid')
         a_s = conv(fast_channel_mean_max(z), *w['sa.conv1'], padding=3, act='sigmoid')
+        if z.shape[0] == 1:  # c6(z * a_c + z * a_s) = (c6's kernel * a_c)(z) + a_s * (c6's kernel)(z)
+            weight, bias = w['c6']
+            return addcmul(conv_add(z, weight * a_c.reshape(1, -1, 1, 1), bias, u), conv(z, weight, None), a_s)
         return conv_add(addcmul(z * a_c, z, a_s), *w['c6'], u)
 
 
@@ -239,7 +242,11 @@ class FeatureExpert(FastPath, nn.Module):
         x = conv(conv(x, *w['conv1']), *w['conv2'], padding=1, groups=self.conv2.groups)
         x = simple_gate(x)
         s = conv(x.mean((2, 3), keepdim=True), *w['sca.1'])
-        y = conv_add(mul(x, s), *w['conv3'], u)
+        if x.shape[0] == 1:  # conv3(x * s) with s folded into conv3's kernel
+            weight, bias = w['conv3']
+            y = conv_add(x, weight * s.reshape(1, -1, 1, 1), bias, u)
+        else:
+            y = conv_add(mul(x, s), *w['conv3'], u)
         return conv_add(simple_gate(conv(layer_norm_nchw(y, self.norm2), *w['conv4'])), *w['conv5'], y)
 
 
