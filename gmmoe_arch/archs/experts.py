@@ -20,7 +20,7 @@ from basicsr.utils.registry import Registry
 from torch import nn
 
 from .fast_ops import (FastPath, addcmul, compute_dtype, conv, conv_add, fast_channel_mean_max, layer_norm_nchw,
-                       merge_parallel_convs, mul, scaled_conv)
+                       merge_parallel_convs, mul, scaled_conv, spatial_mean)
 
 EXPERT_REGISTRY = Registry('expert')
 
@@ -184,7 +184,7 @@ class DetailExpert(FastPath, nn.Module):
         y4 = conv_add(y23, *w['c4_y23'], conv(y1, *w['c4_y1'], padding=1), padding=1, act='relu')
         h = self.c2.out_channels
         z = torch.cat([y23[:, :h], conv(y23[:, h:], *w['c5'], padding=1), y4], dim=1)
-        a_c = conv(conv(z.mean((2, 3), keepdim=True), *w['se.conv_du.0'], act='relu'), *w['se.conv_du.2'],
+        a_c = conv(conv(spatial_mean(z), *w['se.conv_du.0'], act='relu'), *w['se.conv_du.2'],
                    act='sigmoid')
         a_s = conv(fast_channel_mean_max(z), *w['sa.conv1'], padding=3, act='sigmoid')
         if z.shape[0] == 1:  # c6(z * a_c + z * a_s) = (c6's kernel * a_c)(z) + a_s * (c6's kernel)(z)
@@ -241,7 +241,7 @@ class FeatureExpert(FastPath, nn.Module):
         x = conv(layer_norm_nchw(u, self.norm1), *w['conv135'], padding=2)
         x = conv(conv(x, *w['conv1']), *w['conv2'], padding=1, groups=self.conv2.groups)
         x = simple_gate(x)
-        s = conv(x.mean((2, 3), keepdim=True), *w['sca.1'])
+        s = conv(spatial_mean(x), *w['sca.1'])
         if x.shape[0] == 1:  # conv3(x * s) with s folded into conv3's kernel
             weight, bias = w['conv3']
             y = conv_add(x, weight * s.reshape(1, -1, 1, 1), bias, u)
@@ -250,7 +250,7 @@ class FeatureExpert(FastPath, nn.Module):
         return conv_add(simple_gate(conv(layer_norm_nchw(y, self.norm2), *w['conv4'])), *w['conv5'], y)
 
 
-class Gate(nn.Module):
+class Gate(FastPath, nn.Module):
     """Per-image softmax gate: ``(B, C, H, W) -> (B, n_experts)`` weights that sum to one.
 
     Global average pool, Linear C -> C/4, ReLU, Linear C/4 -> n (no biases), softmax of the
@@ -266,8 +266,12 @@ class Gate(nn.Module):
                                  nn.Linear(hidden, n_experts, bias=False))
         self.temperature = float(temperature)
 
-    def forward(self, u):
+    def forward_plain(self, u):
         return torch.softmax(self.mlp(u.mean((2, 3))) / self.temperature, dim=1)
+
+    def forward_fast(self, u):
+        """As :meth:`forward_plain`, pooling with :func:`spatial_mean`."""
+        return torch.softmax(self.mlp(spatial_mean(u).flatten(1)) / self.temperature, dim=1)
 
 
 def build_expert(spec, channels):

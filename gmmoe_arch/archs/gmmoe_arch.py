@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint as checkpoint_fn
 
 from .experts import RELEASED_EXPERTS, Gate, build_expert, channel_mean_max
-from .fast_ops import (FastPath, add, addcmul, channel_mean, compute_dtype, contiguous_grad, conv, dilated_depthwise,
+from .fast_ops import (FastPath, add, addcmul, channel_max, channel_mean, compute_dtype, contiguous_grad, conv, dilated_depthwise,
                        mul)
 
 PRESETS = {
@@ -59,7 +59,7 @@ class SFEB(FastPath, nn.Module):
         a2 = dilated_depthwise(a1, *w['conv_spatial'], self.conv_spatial.dilation[0])
         b1, b2 = conv(a1, *w['conv1']), conv(a2, *w['conv2'])
         mean = (channel_mean(b1) + channel_mean(b2)) / 2
-        peak = torch.maximum(b1.amax(1, keepdim=True), b2.amax(1, keepdim=True))
+        peak = torch.maximum(channel_max(b1), channel_max(b2))
         s = conv(torch.cat([mean, peak], dim=1), *w['conv_squeeze'], padding=3, act='sigmoid')
         return mul(conv(addcmul(mul(b1, s[:, 0:1]), b2, s[:, 1:2]), *w['conv']), x)
 
