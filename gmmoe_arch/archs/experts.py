@@ -174,7 +174,8 @@ class DetailExpert(FastPath, nn.Module):
         """
         c = self.c1.out_channels
         return {'c23': (torch.cat([self.c2.weight, self.c3.weight]), torch.cat([self.c2.bias, self.c3.bias])),
-                'c4_y1': (self.c4.weight[:, :c], None), 'c4_y23': (self.c4.weight[:, c:], self.c4.bias)}
+                'c4_y1': (self.c4.weight[:, :c].contiguous(), None),
+                'c4_y23': (self.c4.weight[:, c:].contiguous(), self.c4.bias)}
 
     def forward_fast(self, u):
         """As :meth:`forward_plain` with ``c2``/``c3`` as one conv, ``c4`` split, attentions summed in place."""
