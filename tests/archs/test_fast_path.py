@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from conftest import activate_branches
 from torch import nn
 
 from gmmoe_arch.archs.experts import EXPERT_REGISTRY
@@ -27,14 +28,7 @@ class FastPathTestScaleExpert(nn.Module):
 def random_net(seed=0, dtype=torch.float32, **kwargs):
     """A net with random weights where every branch matters (non-zero beta/gamma, jittered LayerNorms)."""
     torch.manual_seed(seed)
-    net = GMMoE(**{**SMALL, **kwargs}).to(dtype)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if name.endswith(('.beta', '.gamma')):
-                p.normal_(0, 0.5)
-            elif '.norm' in name:
-                p.add_(torch.randn_like(p), alpha=0.1)
-    return net
+    return activate_branches(GMMoE(**{**SMALL, **kwargs}).to(dtype), norm_jitter=0.1)
 
 
 def image(b, h, w, seed=1, dtype=torch.float32):
