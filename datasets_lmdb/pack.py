@@ -160,12 +160,28 @@ def pack_pairs(lq_dir, gt_dir, out_dir, pair_rule='identical', form=None, worker
         overwrite (bool): replace existing databases (only after the new ones are complete).
         skip_unpaired (bool): pack the pairs found and ignore files without a partner.
     """
+    form = _check_form(form)
+    pairs, sizes = plan_pack(lq_dir, gt_dir, out_dir, pair_rule, overwrite, skip_unpaired)
+    return write_pairs(pairs, sizes, out_dir, lq_dir, form, workers, progress)
+
+
+def _check_form(form):
     form = form or DEFAULT_FORM
     if form not in FORMS:
         raise ValueError(f'form: expected one of {FORMS}, got {form!r}')
+    return form
+
+
+def plan_pack(lq_dir, gt_dir, out_dir, pair_rule='identical', overwrite=False, skip_unpaired=False):
+    """Check targets, pairs and image headers before anything is written -> ``(pairs, sizes)``."""
     check_targets(out_dir, overwrite)
     pairs = find_pairs(lq_dir, gt_dir, pair_rule, skip_unpaired)
-    sizes = check_sizes([(lq, gt) for _, lq, gt in pairs])
+    return pairs, check_sizes([(lq, gt) for _, lq, gt in pairs])
+
+
+def write_pairs(pairs, sizes, out_dir, lq_dir, form=None, workers=None, progress=True):
+    """Write planned ``pairs`` (from :func:`plan_pack`) atomically into ``out_dir/{lq,gt}.lmdb``."""
+    form = _check_form(form)
     workers = workers or min(4, os.cpu_count() or 1)
     # upper bound of one database: 4 channels of 16 bits per pixel, plus LMDB page overhead
     map_size = sum(h * w for h, w in sizes) * 8 + (64 << 20)

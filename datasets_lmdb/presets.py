@@ -19,9 +19,7 @@ Packed output (fixed layout): ``<out>/train/{lq,gt}.lmdb`` and ``<out>/val/{lq,g
 """
 import os
 
-from gmmoe_arch.data.pairing import check_sizes
-
-from .pack import check_targets, find_pairs, pack_pairs
+from .pack import plan_pack, write_pairs
 
 #: preset -> split -> (lq folder, gt folder, pair rule), folders relative to the root
 PRESETS = {
@@ -73,10 +71,9 @@ def pack_preset(preset, root, out_dir, **kwargs):
     if missing:
         raise FileNotFoundError(f'--root {root} does not hold the {preset} tree; missing: '
                                 f'{", ".join(missing)}. Expected:\n{preset_tree(preset, root)}')
-    for split, (lq, gt, rule) in splits.items():
-        check_targets(os.path.join(out_dir, split), kwargs.get('overwrite', False))
-        pairs = find_pairs(os.path.join(root, lq), os.path.join(root, gt), rule, kwargs.get('skip_unpaired', False))
-        check_sizes([(lq_path, gt_path) for _, lq_path, gt_path in pairs])
-    return {split: pack_pairs(os.path.join(root, lq), os.path.join(root, gt), os.path.join(out_dir, split),
-                              pair_rule=rule, **kwargs)
-            for split, (lq, gt, rule) in splits.items()}
+    overwrite, skip_unpaired = kwargs.pop('overwrite', False), kwargs.pop('skip_unpaired', False)
+    plans = {split: plan_pack(os.path.join(root, lq), os.path.join(root, gt), os.path.join(out_dir, split), rule,
+                              overwrite, skip_unpaired)
+             for split, (lq, gt, rule) in splits.items()}
+    return {split: write_pairs(*plans[split], os.path.join(out_dir, split), os.path.join(root, lq), **kwargs)
+            for split, (lq, _, _) in splits.items()}
