@@ -16,8 +16,27 @@ import os
 import sys
 
 M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
 _INT_MAX = 2**31 - 1
+# glibc's defaults: up to 65536 mmaps; the mmap threshold starts at 128 KiB and, as mmapped blocks are
+# freed, rises to the largest of them up to DEFAULT_MMAP_THRESHOLD_MAX (32 MiB on 64-bit), with the
+# trim threshold at twice the mmap threshold.
+_DEFAULT_MMAP_MAX = 65536
+_DEFAULT_MMAP_THRESHOLD_MAX = 32 * 2**20
+
+
+def _mallopt():
+    """glibc's ``mallopt`` via ctypes, or None where there is none (not Linux, musl, ...)."""
+    if not sys.platform.startswith('linux'):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return None
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return mallopt
 
 
 def configure_allocator(enable=None):
@@ -28,12 +47,22 @@ def configure_allocator(enable=None):
     """
     if enable is None:
         enable = os.environ.get('GMMOE_MALLOC', 'on').lower() not in ('0', 'off', 'false', 'no')
-    if not enable or not sys.platform.startswith('linux'):
+    mallopt = _mallopt() if enable else None
+    if mallopt is None:
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, _INT_MAX))
+
+
+def restore_allocator():
+    """Undo :func:`configure_allocator` for benchmarks that time a plain process in the same process.
+
+    glibc cannot return to its adaptive mmap threshold once it was set, so this sets the value that
+    the adaptive rule reaches at most (32 MiB, trim threshold twice that): blocks up to 32 MiB come
+    from the heap, larger ones are mmapped again. A warmed-up plain process mmaps at least as much,
+    so timings under this setting are never slower than a plain process's. Returns True if applied.
+    """
+    mallopt = _mallopt()
+    if mallopt is None:
+        return False
+    return (bool(mallopt(M_MMAP_MAX, _DEFAULT_MMAP_MAX)) and bool(mallopt(M_MMAP_THRESHOLD, _DEFAULT_MMAP_THRESHOLD_MAX))
+            and bool(mallopt(M_TRIM_THRESHOLD, 2 * _DEFAULT_MMAP_THRESHOLD_MAX)))

@@ -3,7 +3,13 @@
 In one process, on the same weights (random, with non-zero ``beta``/``gamma`` so every branch
 matters), it times the straightforward path (``fast=False``) in fp32 against the fast path in fp32
 and under ``torch.autocast(<device>, bfloat16)``: medians of ``--runs`` runs after a warm-up, the
-order rotated every run, ratios paired run by run. It prints max |diff| and PSNR of each path's
+order rotated every run, ratios paired run by run.
+
+Two baselines on CPU. ``plain`` is the straightforward path as a plain Python process runs it, with
+glibc's allocator settings (restored for its runs by :func:`gmmoe_arch.runtime.restore_allocator`,
+which is at least as generous as a warmed-up plain process): what a user without this project gets.
+``plain+malloc`` is the same path with the allocator tuning that the fast path runs under (the
+``basicsr``/``gmmoe`` commands apply it), so ``fast`` vs ``plain+malloc`` isolates the rewrites. It prints max |diff| and PSNR of each path's
 output against the straightforward fp32 output, and a training-step comparison (AdamW, the
 released PSNR loss) with and without activation checkpointing, including gradient agreement.
 Peak resident memory of each configuration is measured in a fresh child process each (the peak
@@ -29,7 +35,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from gmmoe_arch.runtime import configure_allocator  # noqa: E402
+from gmmoe_arch.runtime import configure_allocator, restore_allocator  # noqa: E402
 
 MALLOC_TUNED = configure_allocator()
 
@@ -83,34 +89,53 @@ def rotated(items, r):
     return items[k:] + items[:k]
 
 
-def report(title, names, walls, cpus, base):
-    """Print medians and ratios against ``base`` (paired run by run); return a dict of them."""
+def set_allocator(tuned):
+    """Switch glibc's allocator between the project's tuning and plain settings (no-op when untuned)."""
+    if MALLOC_TUNED:
+        configure_allocator(True) if tuned else restore_allocator()
+
+
+def report(title, names, walls, cpus, bases):
+    """Print medians and ratios against each of ``bases`` (paired run by run); return a dict of them."""
     print(f'  {title}')
     rows = {}
     for name in names:
-        paired = [b / t for b, t in zip(walls[base], walls[name])]
-        paired_cpu = [b / t for b, t in zip(cpus[base], cpus[name])]
-        rows[name] = dict(median_s=statistics.median(walls[name]), min_s=min(walls[name]),
-                          paired_ratio=statistics.median(paired), ratio_of_medians=statistics.median(walls[base]) /
-                          statistics.median(walls[name]), cpu_paired_ratio=statistics.median(paired_cpu))
-        r = rows[name]
-        print(f'    {name:12s} median {r["median_s"]:8.3f} s  min {r["min_s"]:8.3f} s  speed-up vs {base}: '
-              f'paired {r["paired_ratio"]:5.2f}x  of medians {r["ratio_of_medians"]:5.2f}x  '
-              f'(cpu time {r["cpu_paired_ratio"]:5.2f}x)')
+        rows[name] = r = dict(median_s=statistics.median(walls[name]), min_s=min(walls[name]))
+        print(f'    {name:14s} median {r["median_s"]:8.3f} s  min {r["min_s"]:8.3f} s')
+        for base in bases:
+            if base == name:
+                continue
+            paired = [b / t for b, t in zip(walls[base], walls[name])]
+            paired_cpu = [b / t for b, t in zip(cpus[base], cpus[name])]
+            r[f'vs {base}'] = v = dict(
+                paired_ratio=statistics.median(paired),
+                ratio_of_medians=statistics.median(walls[base]) / statistics.median(walls[name]),
+                cpu_paired_ratio=statistics.median(paired_cpu))
+            print(f'    {"":14s}   speed-up vs {base:14s} paired {v["paired_ratio"]:5.2f}x  of medians '
+                  f'{v["ratio_of_medians"]:5.2f}x  (cpu time {v["cpu_paired_ratio"]:5.2f}x)')
     return rows
 
 
+def two_baselines(device):
+    """Whether a separate ``plain+malloc`` baseline exists (CPU with the allocator tuning available)."""
+    return MALLOC_TUNED and device.type == 'cpu'
+
+
 def inference_modes(device, with_plain_low):
-    """``name -> (fast, autocast dtype or None)``; the first is the baseline."""
-    modes = {'plain fp32': (False, None), 'fast fp32': (True, None), 'fast bf16': (True, torch.bfloat16)}
+    """``name -> (fast, autocast dtype or None, allocator tuned)``; the first is the baseline."""
+    modes = {'plain fp32': (False, None, False)}
+    if two_baselines(device):
+        modes['plain+malloc'] = (False, None, True)
+    modes.update({'fast fp32': (True, None, True), 'fast bf16': (True, torch.bfloat16, True)})
     if device.type == 'cuda':
-        modes['fast fp16'] = (True, torch.float16)
+        modes['fast fp16'] = (True, torch.float16, True)
     if with_plain_low:
-        modes['plain bf16'] = (False, torch.bfloat16)
+        modes['plain bf16'] = (False, torch.bfloat16, True)
     return modes
 
 
-def run_inference(net, x, fast, dtype):
+def run_inference(net, x, fast, dtype, tuned):
+    set_allocator(tuned)
     net.set_fast(fast)
     with torch.no_grad(), torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         return net(x)
@@ -122,28 +147,29 @@ def bench_inference(preset, size, args, device):
     x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(args.seed + 1)).to(device)
     modes = inference_modes(device, args.plain_bf16)
     print(f'\n[inference] preset {preset}, {w}x{h}, {args.runs} runs after {args.warmup} warm-up')
-    outputs = {}
     for _ in range(args.warmup):
-        for name, (fast, dtype) in modes.items():
-            outputs[name] = run_inference(net, x, fast, dtype).float()
-    walls, cpus = {n: [] for n in modes}, {n: [] for n in modes}
+        for name in modes:
+            run_inference(net, x, *modes[name])
+    walls, cpus, outputs = {n: [] for n in modes}, {n: [] for n in modes}, {}
     for r in range(args.runs):
         for name in rotated(list(modes), r):
-            _, wall, cpu = timed(lambda: run_inference(net, x, *modes[name]), device)
+            out, wall, cpu = timed(lambda: run_inference(net, x, *modes[name]), device)
+            outputs[name] = out.float()
             walls[name].append(wall)
             cpus[name].append(cpu)
-    rows = report('time per image', list(modes), walls, cpus, 'plain fp32')
+    set_allocator(True)
+    rows = report('time per image', list(modes), walls, cpus, [m for m in modes if m.startswith('plain') and 'bf16' not in m])
     ref = outputs['plain fp32']
     for name in modes:
         rows[name]['max_abs_diff'] = (outputs[name] - ref).abs().max().item()
         rows[name]['psnr_db'] = psnr(outputs[name], ref)
         if name != 'plain fp32':
-            print(f'    {name:12s} vs plain fp32: max |diff| {rows[name]["max_abs_diff"]:.2e}  '
+            print(f'    {name:14s} vs plain fp32: max |diff| {rows[name]["max_abs_diff"]:.2e}  '
                   f'PSNR {rows[name]["psnr_db"]:.1f} dB')
     if args.memory and device.type == 'cpu':
         for name in modes:
-            rows[name]['peak_rss_mb'] = child_peak(args, 'infer', preset, size, name)
-            print(f'    {name:12s} peak RSS {rows[name]["peak_rss_mb"]:8.0f} MB (fresh process)')
+            rows[name]['peak_rss_mb'] = child_peak(args, 'infer', preset, size, name, modes[name][2])['peak_rss_mb']
+            print(f'    {name:14s} peak RSS {rows[name]["peak_rss_mb"]:8.0f} MB (fresh process)')
     return rows
 
 
@@ -153,9 +179,14 @@ def psnr_loss(out, gt):
     return 10 / math.log(10) * torch.log(mse + 1e-8).mean()
 
 
-def train_configs():
-    """``name -> GMMoE kwargs``; the first is the baseline."""
-    return {'plain': dict(fast=False), 'fast': dict(fast=True), 'fast+ckpt': dict(fast=True, checkpoint=True)}
+def train_configs(device):
+    """``name -> (GMMoE kwargs, allocator tuned)``; the first is the baseline."""
+    configs = {'plain': (dict(fast=False), False)}
+    if two_baselines(device):
+        configs['plain+malloc'] = (dict(fast=False), True)
+    configs.update({'fast': (dict(fast=True), True), 'fast+ckpt': (dict(fast=True, checkpoint='block'), True),
+                    'fast+ckpt:exp': (dict(fast=True, checkpoint='expert'), True)})
+    return configs
 
 
 def make_batch(args, device):
@@ -164,7 +195,8 @@ def make_batch(args, device):
     return lq.to(device), (lq * 2.5).clamp(0, 1).to(device)
 
 
-def train_step(net, opt, lq, gt):
+def train_step(net, opt, lq, gt, tuned=True):
+    set_allocator(tuned)
     opt.zero_grad(set_to_none=True)
     loss = psnr_loss(net(lq), gt)
     loss.backward()
@@ -191,27 +223,28 @@ def grad_agreement(nets, lq, gt):
 
 
 def bench_train(preset, args, device):
-    configs = train_configs()
-    nets = {name: make_net(preset, args.seed, **kw).to(device).train() for name, kw in configs.items()}
+    configs = train_configs(device)
+    nets = {name: make_net(preset, args.seed, **kw).to(device).train() for name, (kw, _) in configs.items()}
     opts = {name: torch.optim.AdamW(net.parameters(), lr=1e-4, betas=(0.9, 0.9)) for name, net in nets.items()}
     lq, gt = make_batch(args, device)
     print(f'\n[training] preset {preset}, batch {args.train_batch} x {args.train_crop}^2, AdamW + PSNR loss, '
           f'{args.train_runs} steps after 1 warm-up step')
     agreement = grad_agreement(nets, lq, gt)
     for name in configs:
-        if name != 'plain':
+        if name.startswith('fast'):
             a = agreement[name]
-            print(f'    {name:12s} gradients vs plain: max per-parameter relative {a["max_param_rel"]:.2e}, '
+            print(f'    {name:14s} gradients vs plain: max per-parameter relative {a["max_param_rel"]:.2e}, '
                   f'global relative {a["global_rel"]:.2e}')
     for name in configs:
-        train_step(nets[name], opts[name], lq, gt)
+        train_step(nets[name], opts[name], lq, gt, configs[name][1])
     walls, cpus = {n: [] for n in configs}, {n: [] for n in configs}
     for r in range(args.train_runs):
         for name in rotated(list(configs), r):
-            _, wall, cpu = timed(lambda: train_step(nets[name], opts[name], lq, gt), device)
+            _, wall, cpu = timed(lambda: train_step(nets[name], opts[name], lq, gt, configs[name][1]), device)
             walls[name].append(wall)
             cpus[name].append(cpu)
-    rows = report('time per training step', list(configs), walls, cpus, 'plain')
+    set_allocator(True)
+    rows = report('time per training step', list(configs), walls, cpus, [c for c in configs if c.startswith('plain')])
     for name in configs:
         rows[name].update(agreement[name])
     if device.type == 'cuda':
@@ -219,48 +252,60 @@ def bench_train(preset, args, device):
             torch.cuda.reset_peak_memory_stats(device)
             train_step(nets[name], opts[name], lq, gt)
             rows[name]['peak_cuda_mb'] = torch.cuda.max_memory_allocated(device) / 2**20
-            print(f'    {name:12s} peak CUDA memory {rows[name]["peak_cuda_mb"]:8.0f} MB, '
+            print(f'    {name:14s} peak CUDA memory {rows[name]["peak_cuda_mb"]:8.0f} MB, '
                   f'{rows[name]["peak_cuda_mb"] / rows["plain"]["peak_cuda_mb"]:.2f}x plain')
     del nets, opts
     if args.memory and device.type == 'cpu':
-        for name in configs:
-            rows[name]['peak_rss_mb'] = child_peak(args, 'train', preset, None, name)
-        for name in configs:
-            print(f'    {name:12s} peak RSS {rows[name]["peak_rss_mb"]:8.0f} MB (fresh process), '
-                  f'{rows[name]["peak_rss_mb"] / rows["plain"]["peak_rss_mb"]:.2f}x plain, '
-                  f'{rows[name]["peak_rss_mb"] / rows["fast"]["peak_rss_mb"]:.2f}x fast')
+        # Every configuration under both allocator settings: ratios compare like with like.
+        names = [n for n in configs if n != 'plain+malloc']
+        settings = [False, True] if MALLOC_TUNED else [False]
+        for name in names:
+            rows[name]['memory'] = {('tuned' if t else 'plain'): child_peak(args, 'train', preset, None, name, t)
+                                    for t in settings}
+        for key, what in (('peak_rss_mb', 'peak RSS of the process'),
+                          ('train_mb', 'training memory (peak RSS - RSS after imports: weights, gradients, '
+                                       'optimizer state, activations)')):
+            print(f'    {what}, one training step in a fresh process, MB (ratio to plain, to fast):')
+            for setting in rows['plain']['memory']:
+                mb = {n: rows[n]['memory'][setting][key] for n in names}
+                print(f'      allocator {setting:5s}: ' + ', '.join(
+                    f'{n} {v:.0f} ({v / mb["plain"]:.2f}x, {v / mb["fast"]:.2f}x)' for n, v in mb.items()))
     return rows
 
 
-def child_peak(args, part, preset, size, name):
-    """Peak RSS (MB) of a fresh process that runs one configuration once."""
+def child_peak(args, part, preset, size, name, tuned):
+    """Peak RSS (MB) of a fresh process that runs one configuration once, allocator tuned or not."""
+    env = dict(os.environ, GMMOE_MALLOC='on' if tuned else 'off')
     cmd = [sys.executable, os.path.abspath(__file__), '--child', json.dumps([part, preset, size, name]),
            '--seed', str(args.seed), '--train-batch', str(args.train_batch), '--train-crop', str(args.train_crop),
            '--device', args.device]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         raise RuntimeError(f'memory child {part}/{name} failed:\n{done.stderr[-2000:]}')
-    return json.loads(done.stdout.strip().splitlines()[-1])['peak_rss_mb']
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def run_child(spec, args, device):
+    base = rss_mb('VmRSS')
     part, preset, size, name = json.loads(spec)
     if part == 'infer':
         h, w = size
         net = make_net(preset, args.seed).to(device).eval()
         x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(args.seed + 1)).to(device)
-        run_inference(net, x, *inference_modes(device, True)[name])
+        fast, dtype, _ = inference_modes(device, True)[name]
+        run_inference(net, x, fast, dtype, MALLOC_TUNED)
     else:
-        net = make_net(preset, args.seed, **train_configs()[name]).to(device).train()
+        net = make_net(preset, args.seed, **train_configs(device)[name][0]).to(device).train()
         opt = torch.optim.AdamW(net.parameters(), lr=1e-4, betas=(0.9, 0.9))
-        train_step(net, opt, *make_batch(args, device))
-    print(json.dumps({'peak_rss_mb': peak_rss_mb()}))
+        train_step(net, opt, *make_batch(args, device), MALLOC_TUNED)
+    peak = rss_mb('VmHWM')
+    print(json.dumps({'peak_rss_mb': peak, 'base_rss_mb': base, 'train_mb': peak - base}))
 
 
-def peak_rss_mb():
-    """This process's peak resident memory: ``VmHWM`` (``ru_maxrss`` would include a parent's from before exec)."""
+def rss_mb(field):
+    """This process's ``VmHWM`` (peak; ``ru_maxrss`` would include a parent's from before exec) or ``VmRSS``, MB."""
     with open('/proc/self/status') as f:
-        return next(int(line.split()[1]) for line in f if line.startswith('VmHWM:')) / 1024
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ':')) / 1024
 
 
 def parse_args(argv=None):
@@ -319,7 +364,7 @@ def main(argv=None):
     if 'released' in args.parts:
         h, w = args.released_size
         results[f'infer released {w}x{h}'] = bench_inference('released', args.released_size, args, device)
-    print(f'\npeak RSS of this process: {peak_rss_mb():.0f} MB; load average at end: {os.getloadavg()[0]:.1f}')
+    print(f'\npeak RSS of this process: {rss_mb("VmHWM"):.0f} MB; load average at end: {os.getloadavg()[0]:.1f}')
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(results, f, indent=1)

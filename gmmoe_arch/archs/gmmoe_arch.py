@@ -20,10 +20,19 @@ from .experts import RELEASED_EXPERTS, Gate, build_expert, channel_mean_max
 from .fast_ops import (FastPath, add, addcmul, channel_max, channel_mean, compute_dtype, contiguous_grad, conv, dilated_depthwise,
                        mul)
 
+CHECKPOINT_LEVELS = {False: None, True: 'block', 'block': 'block', 'expert': 'expert'}
+
 PRESETS = {
     'paper': dict(width=24, enc_blk_nums=[1, 1, 1, 1], middle_blk_num=1, dec_blk_nums=[1, 1, 1, 1]),
     'released': dict(width=48, enc_blk_nums=[2, 2, 4, 8], middle_blk_num=12, dec_blk_nums=[2, 2, 2, 2]),
 }
+
+
+def maybe_checkpoint(module, x, enabled):
+    """``module(x)``, recomputed in the backward pass instead of kept if ``enabled`` in training with grad."""
+    if enabled and module.training and torch.is_grad_enabled():
+        return checkpoint_fn(module, x, use_reentrant=False)
+    return module(x)
 
 
 class SFEB(FastPath, nn.Module):
@@ -84,6 +93,11 @@ class ExpertBlock(FastPath, nn.Module):
         self._released = {k: v for k, v in self._released.items() if v is not None}
         self.register_state_dict_post_hook(ExpertBlock._to_released_names)
         self.register_load_state_dict_pre_hook(ExpertBlock._from_released_names)
+        self.checkpoint_experts = False  # set by GMMoE's ``checkpoint: expert``
+
+    def expert(self, i, u):
+        """Expert ``i`` on ``u``, checkpointed on its own under ``checkpoint: expert``."""
+        return maybe_checkpoint(self.experts[i], u, self.checkpoint_experts)
 
     @staticmethod
     def _released_prefix(index, expert):
@@ -94,17 +108,17 @@ class ExpertBlock(FastPath, nn.Module):
 
     def forward_plain(self, u):
         w = self.gate(u)
-        out = w[:, 0, None, None, None] * self.experts[0](u)
+        out = w[:, 0, None, None, None] * self.expert(0, u)
         for i in range(1, len(self.experts)):
-            out = out + w[:, i, None, None, None] * self.experts[i](u)
+            out = out + w[:, i, None, None, None] * self.expert(i, u)
         return out
 
     def forward_fast(self, u):
         """As :meth:`forward_plain`, accumulating the weighted experts in place (own buffer only)."""
         w = self.gate(u)
-        out = w[:, 0, None, None, None] * self.experts[0](u)
+        out = w[:, 0, None, None, None] * self.expert(0, u)
         for i in range(1, len(self.experts)):
-            out = addcmul(out, w[:, i, None, None, None], self.experts[i](u))
+            out = addcmul(out, w[:, i, None, None, None], self.expert(i, u))
         return out
 
     def _to_released_names(self, state_dict, prefix, local_metadata):
@@ -162,15 +176,19 @@ class GMMoE(nn.Module):
         gate_temperature (float): softmax temperature of every gate (released: 3).
         preset (str | None): ``'paper'`` or ``'released'`` fills the size arguments left unset.
         fast (bool): use the fast path (default) or the straightforward one.
-        checkpoint (bool): in training with grad, recompute each expert block in the backward pass
-            (``torch.utils.checkpoint``) instead of keeping its activations: less memory, more time.
+        checkpoint (bool | str): activation checkpointing in training with grad (``torch.utils.checkpoint``):
+            ``true`` or ``'block'`` recomputes the SFEB and each expert block in the backward pass
+            instead of keeping their activations; ``'expert'`` also recomputes each expert on its
+            own inside a recomputed block (least memory, most time). ``false``: off.
     """
 
     def __init__(self, img_channel=3, width=None, middle_blk_num=None, enc_blk_nums=None, dec_blk_nums=None,
                  experts=RELEASED_EXPERTS, gate_temperature=3.0, preset=None, fast=True, checkpoint=False):
         super().__init__()
-        if not isinstance(fast, bool) or not isinstance(checkpoint, bool):
-            raise ValueError(f'network_g: fast and checkpoint must be true or false, got {fast!r}, {checkpoint!r}')
+        if not isinstance(fast, bool):
+            raise ValueError(f'network_g.fast must be true or false, got {fast!r}')
+        if not any(checkpoint is k or (isinstance(k, str) and checkpoint == k) for k in CHECKPOINT_LEVELS):
+            raise ValueError(f'network_g.checkpoint must be false, true, block or expert, got {checkpoint!r}')
         size = dict(width=width, middle_blk_num=middle_blk_num, enc_blk_nums=enc_blk_nums, dec_blk_nums=dec_blk_nums)
         if preset is not None:
             if preset not in PRESETS:
@@ -203,7 +221,10 @@ class GMMoE(nn.Module):
             self.decoders.append(blocks(c, n))
         self.ending = nn.Conv2d(width, img_channel, 3, padding=1)
         self.padder_size = 2**len(enc_blk_nums)
-        self.checkpoint = checkpoint
+        self.checkpoint = CHECKPOINT_LEVELS[checkpoint]
+        for module in self.modules():
+            if isinstance(module, ExpertBlock):
+                module.checkpoint_experts = self.checkpoint == 'expert'
         self.set_fast(fast)
 
     def set_fast(self, enabled=True):
@@ -236,10 +257,7 @@ class GMMoE(nn.Module):
 
     def _blocks(self, blocks, x):
         for block in blocks:
-            if self.checkpoint and self.training and torch.is_grad_enabled():
-                x = checkpoint_fn(block, x, use_reentrant=False)
-            else:
-                x = block(x)
+            x = maybe_checkpoint(block, x, self.checkpoint is not None)
         return x
 
     def forward(self, inp):
@@ -248,7 +266,7 @@ class GMMoE(nn.Module):
         if self.fast:
             inp = inp.contiguous(memory_format=torch.channels_last)
         inp = F.pad(inp, (0, (m - w % m) % m, 0, (m - h % m) % m))
-        x = self.MSFEblock(self.intro(inp))
+        x = maybe_checkpoint(self.MSFEblock, self.intro(inp), self.checkpoint is not None)
         skips = []
         for encoder, down in zip(self.encoders, self.downs):
             x = self._blocks(encoder, x)

@@ -133,19 +133,29 @@ def test_training_path_gradients_equal_float32():
     assert (num / den).sqrt().item() <= 1e-5
 
 
-def test_checkpointing_gives_the_same_gradients_and_recomputes_blocks():
+@pytest.mark.parametrize('level, expert_runs', [(True, 2), ('block', 2), ('expert', 3)])
+@pytest.mark.parametrize('fast', [True, False])
+def test_checkpointing_gives_the_same_gradients_and_recomputes(level, expert_runs, fast):
     net = random_net(seed=7, dtype=torch.float64).train()
-    ckpt = random_net(seed=7, dtype=torch.float64, checkpoint=True).train()
-    calls = []
+    ckpt = random_net(seed=7, dtype=torch.float64, checkpoint=level).train()
+    calls = {'gate': 0, 'expert': 0, 'sfeb': 0}
+
+    def count(key):
+        def hook(*_):
+            calls[key] += 1
+        return hook
+
     block = next(m for m in ckpt.modules() if isinstance(m, ExpertBlock))
-    block.gate.register_forward_hook(lambda *_: calls.append(1))  # the block's first step
+    block.gate.register_forward_pre_hook(count('gate'))
+    block.experts[1].register_forward_pre_hook(count('expert'))
+    ckpt.MSFEblock.register_forward_pre_hook(count('sfeb'))  # pre-hooks: a recomputation may stop early
     x = image(2, 20, 17, dtype=torch.float64)
-    errors = relative_errors(gradients(ckpt, x, True), gradients(net, x, True))
+    errors = relative_errors(gradients(ckpt, x, fast), gradients(net, x, fast))
     assert max(errors.values()) <= 1e-10
-    assert len(calls) == 2, 'a checkpointed block runs again in the backward pass'
+    assert calls == {'gate': 2, 'expert': expert_runs, 'sfeb': 2}, 'checkpointed parts run again in the backward pass'
     with torch.no_grad():
         ckpt(x)
-    assert len(calls) == 3, 'no recomputation without grad'
+    assert calls == {'gate': 3, 'expert': expert_runs + 1, 'sfeb': 3}, 'no recomputation without grad'
 
 
 def test_cache_follows_weight_changes():
@@ -201,9 +211,12 @@ def test_training_step_under_bf16_autocast_runs_on_the_fast_path():
     assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
 
 
-def test_bad_switch_values_name_the_option():
-    with pytest.raises(ValueError, match='fast and checkpoint'):
-        GMMoE(**SMALL, checkpoint='yes')
+@pytest.mark.parametrize('kwargs, option', [(dict(checkpoint='yes'), 'network_g.checkpoint'),
+                                             (dict(checkpoint=1), 'network_g.checkpoint'),
+                                             (dict(fast='no'), 'network_g.fast')])
+def test_bad_switch_values_name_the_option(kwargs, option):
+    with pytest.raises(ValueError, match=option):
+        GMMoE(**SMALL, **kwargs)
 
 
 def test_parameters_stay_contiguous_on_the_fast_path():
