@@ -170,12 +170,16 @@ class DetailExpert(FastPath, nn.Module):
         """``c2`` and ``c3`` read the same ``y1``: one conv with both kernels gives ``[y2, y3]``.
 
         ``c4`` reads ``[y1, y2, y3]``: split by input channels into ``c4_y1`` and ``c4_y23`` (no bias),
-        so that ``[y1, y2, y3]`` is never concatenated.
+        so that ``[y1, y2, y3]`` is never concatenated. ``c5`` reads ``y3``, the second half of
+        ``[y2, y3]``: ``c5_y23`` is its kernel zero-padded over ``y2``'s channels, so ``y3`` is never
+        copied out of the strided slice (nor its gradient copied back in the backward pass).
         """
         c = self.c1.out_channels
+        c5 = self.c5.weight
         return {'c23': (torch.cat([self.c2.weight, self.c3.weight]), torch.cat([self.c2.bias, self.c3.bias])),
                 'c4_y1': (self.c4.weight[:, :c].contiguous(), None),
-                'c4_y23': (self.c4.weight[:, c:].contiguous(), self.c4.bias)}
+                'c4_y23': (self.c4.weight[:, c:].contiguous(), self.c4.bias),
+                'c5_y23': (torch.cat([torch.zeros_like(c5), c5], dim=1), self.c5.bias)}
 
     def forward_fast(self, u):
         """As :meth:`forward_plain` with ``c2``/``c3`` as one conv, ``c4`` split, attentions summed in place."""
@@ -184,7 +188,7 @@ class DetailExpert(FastPath, nn.Module):
         y23 = conv(y1, *w['c23'], padding=1, act='relu')
         y4 = conv_add(y23, *w['c4_y23'], conv(y1, *w['c4_y1'], padding=1), padding=1, act='relu')
         h = self.c2.out_channels
-        z = torch.cat([y23[:, :h], conv(y23[:, h:], *w['c5'], padding=1), y4], dim=1)
+        z = torch.cat([y23[:, :h], conv(y23, *w['c5_y23'], padding=1), y4], dim=1)
         a_c = conv(conv(spatial_mean(z), *w['se.conv_du.0'], act='relu'), *w['se.conv_du.2'],
                    act='sigmoid')
         a_s = conv(fast_channel_mean_max(z), *w['sa.conv1'], padding=3, act='sigmoid')
