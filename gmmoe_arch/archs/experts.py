@@ -171,8 +171,9 @@ class DetailExpert(FastPath, nn.Module):
 
         ``c4`` reads ``[y1, y2, y3]``: split by input channels into ``c4_y1`` and ``c4_y23`` (no bias),
         so that ``[y1, y2, y3]`` is never concatenated. ``c5`` reads ``y3``, the second half of
-        ``[y2, y3]``: ``c5_y23`` is its kernel zero-padded over ``y2``'s channels, so ``y3`` is never
-        copied out of the strided slice (nor its gradient copied back in the backward pass).
+        ``[y2, y3]``: with grad, ``c5_y23`` (its kernel zero-padded over ``y2``'s channels) reads
+        ``[y2, y3]`` whole, so neither ``y3`` nor its gradient is copied out of / into a strided
+        slice (without grad the copy is cheaper than the zero half).
         """
         c = self.c1.out_channels
         c5 = self.c5.weight
@@ -188,7 +189,11 @@ class DetailExpert(FastPath, nn.Module):
         y23 = conv(y1, *w['c23'], padding=1, act='relu')
         y4 = conv_add(y23, *w['c4_y23'], conv(y1, *w['c4_y1'], padding=1), padding=1, act='relu')
         h = self.c2.out_channels
-        z = torch.cat([y23[:, :h], conv(y23, *w['c5_y23'], padding=1), y4], dim=1)
+        if torch.is_grad_enabled():  # the slice's copy and its gradient's copy cost more than the zeros
+            y5 = conv(y23, *w['c5_y23'], padding=1)
+        else:
+            y5 = conv(y23[:, h:], *w['c5'], padding=1)
+        z = torch.cat([y23[:, :h], y5, y4], dim=1)
         a_c = conv(conv(spatial_mean(z), *w['se.conv_du.0'], act='relu'), *w['se.conv_du.2'],
                    act='sigmoid')
         a_s = conv(fast_channel_mean_max(z), *w['sa.conv1'], padding=3, act='sigmoid')

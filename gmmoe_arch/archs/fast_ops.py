@@ -251,16 +251,22 @@ def _cast(tensors, dtype):
     return {name: tuple(one(t) for t in pair) for name, pair in tensors.items()}
 
 
+def uses_fast_path(fast, device):
+    """Whether the ``fast`` setting (``True``, ``False`` or ``'auto'``) takes the fast path on ``device``."""
+    return fast is True or (fast == 'auto' and torch.device(device).type == 'cpu')
+
+
 class FastPath:
-    """Mixin for modules with a straightforward and a fast forward; ``fast`` picks one.
+    """Mixin for modules with a straightforward and a fast forward; ``fast`` picks one
+    (``True``, ``False``, or ``'auto'``: the fast one for CPU inputs).
 
     Subclasses define ``forward_plain(x)``, ``forward_fast(x)`` and, if they derive weights,
     ``fused_params() -> dict`` (differentiable in the module's parameters).
     """
-    fast = True
+    fast = 'auto'
 
     def forward(self, x):
-        return self.forward_fast(x) if self.fast else self.forward_plain(x)
+        return self.forward_fast(x) if uses_fast_path(self.fast, x.device) else self.forward_plain(x)
 
     def fused_params(self):
         return {}

@@ -7,7 +7,7 @@ from conftest import activate_branches
 from torch import nn
 
 from gmmoe_arch.archs.experts import EXPERT_REGISTRY
-from gmmoe_arch.archs.gmmoe_arch import GMMoE, ExpertBlock
+from gmmoe_arch.archs.gmmoe_arch import SFEB, GMMoE, ExpertBlock
 
 W8 = dict(width=8, enc_blk_nums=[1, 1, 1, 1], middle_blk_num=1, dec_blk_nums=[1, 1, 1, 1])
 SMALL = dict(width=8, enc_blk_nums=[1, 1], middle_blk_num=1, dec_blk_nums=[1, 1])
@@ -263,3 +263,23 @@ def test_ddp_training_step_on_the_fast_path_warns_of_no_grad_strides():
         proc.join(timeout=30)
     assert all(proc.exitcode == 0 for proc in procs)
     assert messages == [[], []], messages
+
+
+def test_auto_takes_the_fast_path_on_cpu_only(monkeypatch):
+    calls = []
+    fast_forward = SFEB.forward_fast
+    monkeypatch.setattr(SFEB, 'forward_fast', lambda self, x: calls.append(x.device.type) or fast_forward(self, x))
+    net = GMMoE(**SMALL).eval()
+    assert net.fast == 'auto'
+    assert '_fused_cache' in net.encoders[0][0].experts[2].__dict__, 'eval() on CPU builds the fast path'
+    x = image(1, 20, 20)
+    with torch.no_grad():
+        assert torch.equal(net(x), net.set_fast(True)(x))
+    assert calls == ['cpu', 'cpu']
+    # Another device (meta: shapes only) takes the straightforward path under auto, and eval()
+    # builds no derived weights for it.
+    meta = GMMoE(**SMALL).to('meta').eval()
+    assert not any('_fused_cache' in m.__dict__ for m in meta.modules())
+    with torch.no_grad():
+        assert meta(torch.empty(1, 3, 20, 20, device='meta')).shape == (1, 3, 20, 20)
+    assert calls == ['cpu', 'cpu']
