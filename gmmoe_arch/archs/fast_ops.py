@@ -57,16 +57,22 @@ _ONEDNN_CONV = (getattr(torch.ops.mkldnn, '_convolution_pointwise', None)
                 if torch.backends.mkldnn.is_available() else None)
 
 
+def _plain_reduction(x):
+    """Whether ``x`` is outside the fast path's own CPU kernels: with grad (they have no backward),
+    under ``torch.compile`` (which fuses on its own), off the CPU, or not channels-last."""
+    return (torch.is_grad_enabled() or torch.compiler.is_compiling() or x.device.type != 'cpu'
+            or not x.is_contiguous(memory_format=torch.channels_last))
+
+
 def _onednn_dtype(x, weight):
     """The dtype a fused oneDNN conv of ``x`` would run in, or None where it does not apply.
 
     It applies on CPU without grad (its kernel has no backward) outside ``torch.compile`` (which fuses
     on its own), to channels-last fp32 inputs or to bf16 under autocast, as ``F.conv2d`` would run.
     """
-    if (_ONEDNN_CONV is None or x.device.type != 'cpu' or torch.is_grad_enabled() or torch.compiler.is_compiling()
-            or not x.is_contiguous(memory_format=torch.channels_last)):
+    if _ONEDNN_CONV is None or _plain_reduction(x):
         return None
-    dtype = torch.get_autocast_dtype('cpu') if torch.is_autocast_enabled('cpu') else x.dtype
+    dtype = compute_dtype(x) or x.dtype
     if dtype not in (torch.float32, torch.bfloat16) or weight.dtype not in (torch.float32, torch.bfloat16):
         return None
     return dtype
@@ -106,11 +112,6 @@ def channel_mean(x):
     """``(B, C, H, W) -> (B, 1, H, W)`` channel mean as a 1x1 conv (oneDNN beats the channel reduction)."""
     c = x.shape[1]
     return F.conv2d(x, x.new_full((1, c, 1, 1), 1 / c))
-
-
-def _plain_reduction(x):
-    return (torch.is_grad_enabled() or torch.compiler.is_compiling() or x.device.type != 'cpu'
-            or not x.is_contiguous(memory_format=torch.channels_last))
 
 
 def channel_max(x):

@@ -82,7 +82,7 @@ class ExpertBlock(FastPath, nn.Module):
     drops) the released ``conv6`` weights, which the released forward never used.
     """
 
-    def __init__(self, channels, experts=RELEASED_EXPERTS, gate_temperature=3.0):
+    def __init__(self, channels, experts=RELEASED_EXPERTS, gate_temperature=3.0, checkpoint_experts=False):
         super().__init__()
         if not experts:
             raise ValueError('network_g.experts: at least one expert is needed')
@@ -93,7 +93,7 @@ class ExpertBlock(FastPath, nn.Module):
         self._released = {k: v for k, v in self._released.items() if v is not None}
         self.register_state_dict_post_hook(ExpertBlock._to_released_names)
         self.register_load_state_dict_pre_hook(ExpertBlock._from_released_names)
-        self.checkpoint_experts = False  # set by GMMoE's ``checkpoint: expert``
+        self.checkpoint_experts = checkpoint_experts  # GMMoE's ``checkpoint: expert``
 
     def expert(self, i, u):
         """Expert ``i`` on ``u``, checkpointed on its own under ``checkpoint: expert``."""
@@ -203,8 +203,11 @@ class GMMoE(nn.Module):
             raise ValueError(f'network_g: enc_blk_nums {enc_blk_nums} and dec_blk_nums {dec_blk_nums} '
                              'need the same number of levels')
 
+        self.checkpoint = CHECKPOINT_LEVELS[checkpoint]
+
         def blocks(channels, n):
-            return nn.Sequential(*[ExpertBlock(channels, experts, gate_temperature) for _ in range(n)])
+            return nn.Sequential(*[ExpertBlock(channels, experts, gate_temperature, self.checkpoint == 'expert')
+                                   for _ in range(n)])
 
         self.intro = nn.Conv2d(img_channel, width, 3, padding=1)
         self.MSFEblock = SFEB(width)
@@ -222,10 +225,6 @@ class GMMoE(nn.Module):
             self.decoders.append(blocks(c, n))
         self.ending = nn.Conv2d(width, img_channel, 3, padding=1)
         self.padder_size = 2**len(enc_blk_nums)
-        self.checkpoint = CHECKPOINT_LEVELS[checkpoint]
-        for module in self.modules():
-            if isinstance(module, ExpertBlock):
-                module.checkpoint_experts = self.checkpoint == 'expert'
         self.set_fast(fast)
 
     def set_fast(self, enabled=True):
@@ -261,7 +260,7 @@ class GMMoE(nn.Module):
         for module in self.modules():
             if isinstance(module, FastPath):
                 module.clear_fused()
-        return self if mode or self.fast is False else self.fuse()
+        return self if mode else self.fuse()
 
     def _blocks(self, blocks, x):
         for block in blocks:
