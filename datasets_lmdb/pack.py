@@ -162,7 +162,7 @@ def pack_pairs(lq_dir, gt_dir, out_dir, pair_rule='identical', form=None, worker
     """
     form = _check_form(form)
     pairs, sizes = plan_pack(lq_dir, gt_dir, out_dir, pair_rule, overwrite, skip_unpaired)
-    return write_pairs(pairs, sizes, out_dir, lq_dir, form, workers, progress)
+    return write_pairs(pairs, sizes, out_dir, form, workers, progress)
 
 
 def _check_form(form):
@@ -179,7 +179,7 @@ def plan_pack(lq_dir, gt_dir, out_dir, pair_rule='identical', overwrite=False, s
     return pairs, check_sizes([(lq, gt) for _, lq, gt in pairs])
 
 
-def write_pairs(pairs, sizes, out_dir, lq_dir, form=None, workers=None, progress=True):
+def write_pairs(pairs, sizes, out_dir, form=None, workers=None, progress=True):
     """Write planned ``pairs`` (from :func:`plan_pack`) atomically into ``out_dir/{lq,gt}.lmdb``."""
     form = _check_form(form)
     workers = workers or min(4, os.cpu_count() or 1)
@@ -195,7 +195,7 @@ def write_pairs(pairs, sizes, out_dir, lq_dir, form=None, workers=None, progress
         errors, complete = [], False
         try:
             for key, entries, error in tqdm(results, total=len(jobs), unit='pair', disable=not progress,
-                                            desc=f'pack {os.path.basename(os.path.normpath(lq_dir))}'):
+                                            desc=f'pack {os.path.basename(os.path.dirname(pairs[0][1]))}'):
                 if error:
                     errors.append(error)
                     if len(errors) >= SHOWN:

@@ -75,5 +75,4 @@ def pack_preset(preset, root, out_dir, **kwargs):
     plans = {split: plan_pack(os.path.join(root, lq), os.path.join(root, gt), os.path.join(out_dir, split), rule,
                               overwrite, skip_unpaired)
              for split, (lq, gt, rule) in splits.items()}
-    return {split: write_pairs(*plans[split], os.path.join(out_dir, split), os.path.join(root, lq), **kwargs)
-            for split, (lq, _, _) in splits.items()}
+    return {split: write_pairs(*plan, os.path.join(out_dir, split), **kwargs) for split, plan in plans.items()}

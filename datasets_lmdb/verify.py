@@ -50,12 +50,11 @@ def verify(path, progress=True):
     Returns ``(checked, problems)``: ``{lmdb path: number of entries}`` and a list of messages
     (empty when everything is sound).
     """
-    checked, problems, metas = {}, [], {}
+    problems, metas = [], {}
     for db in find_lmdbs(path):
-        meta, found = check_lmdb(db, progress)
-        checked[db], metas[db] = len(meta), meta
+        metas[db], found = check_lmdb(db, progress)
         problems += found
-    for db in checked:
+    for db in metas:
         if os.path.basename(os.path.normpath(db)) != 'lq.lmdb':
             continue
         gt = os.path.join(os.path.dirname(os.path.normpath(db)), 'gt.lmdb')
@@ -69,4 +68,4 @@ def verify(path, progress=True):
         for key in sorted(set(lq_meta) & set(gt_meta)):
             if lq_meta[key][:2] != gt_meta[key][:2]:
                 problems.append(f'key {key}: lq {lq_meta[key][:2]} and gt {gt_meta[key][:2]} differ in size')
-    return checked, problems
+    return {db: len(meta) for db, meta in metas.items()}, problems

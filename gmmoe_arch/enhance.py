@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
+from .data.image_io import IMAGE_EXTENSIONS
+
 DEFAULT_MAX_PIXELS = 512 * 512
 DEFAULT_OVERLAP = 96
 DEFAULT_STAT_PASSES = 1

@@ -184,7 +184,7 @@ def read_lmdb_meta(lmdb_dir, option):
                 raise ValueError(f'{option}: {lmdb_dir}/meta_info.txt line {number} is not '
                                  f'"NAME.EXT (h,w,c) TAG": {line.strip()!r}')
             name = match.group(1)
-            key = name.rsplit('.', 1)[0] if '.' in name else name
+            key = name.rsplit('.', 1)[0]
             meta[key] = tuple(int(match.group(i)) for i in (2, 3, 4))
     if not meta:
         raise ValueError(f'{option}: {lmdb_dir}/meta_info.txt lists no images')
