@@ -58,16 +58,6 @@ def build_parser():
     return parser
 
 
-def expert_names(net):
-    """Class names of the experts of the network's first expert block (all blocks share them)."""
-    from gmmoe_arch.archs.gmmoe_arch import ExpertBlock
-
-    for module in net.modules():
-        if isinstance(module, ExpertBlock):
-            return [type(e).__name__ for e in module.experts]
-    return []
-
-
 def write_gates(path, gates, experts):
     """``gates[image][block] = [w...]`` -> JSON (``{"experts", "images"}``) or CSV (a row per image and block)."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -87,6 +77,7 @@ def write_gates(path, gates, experts):
 def enhance_command(args):
     """Run ``gmmoe enhance``; return the exit status."""
     from gmmoe_arch import enhance
+    from gmmoe_arch.archs.gmmoe_arch import expert_names
 
     if args.gates and not args.gates.lower().endswith(('.json', '.csv')):
         raise enhance.EnhanceError(f'--gates {args.gates}: the file name must end in .json or .csv')

@@ -296,6 +296,11 @@ class OURNet24(GMMoE):
     """The released option files' type name for :class:`GMMoE` (same arguments, same network)."""
 
 
+def expert_names(net):
+    """Class names of the experts of ``net``'s first expert block (every block has the same experts)."""
+    return next(([type(e).__name__ for e in m.experts] for m in net.modules() if isinstance(m, ExpertBlock)), [])
+
+
 @contextmanager
 def record_gates(net):
     """Record every expert block's gate weights during forward passes.

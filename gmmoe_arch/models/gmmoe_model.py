@@ -23,7 +23,7 @@ from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 
-from ..archs.gmmoe_arch import ExpertBlock, record_gates
+from ..archs.gmmoe_arch import expert_names, record_gates
 
 AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 
@@ -209,10 +209,7 @@ class GMMoEModel(SRModel):
             return
         means = self.gate_means()
         bare = self.get_bare_model(self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g)
-        first = next(iter(means))
-        block = bare.get_submodule(first)
-        experts = [type(e).__name__ for e in block.experts] if isinstance(block, ExpertBlock) else None
-        experts = experts or [f'expert{i}' for i in range(means[first].numel())]
+        experts = expert_names(bare)
         overall = torch.stack(list(means.values())).mean(0)
         lines = [f'Gate weights on {dataset_name}, mean over {self._gate_count} image(s); '
                  f'experts: {", ".join(experts)}',
