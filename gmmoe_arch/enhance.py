@@ -151,8 +151,6 @@ def load_network(weights=None, preset=None, option_file=None, device='auto', ran
     """
     from basicsr.archs import build_network
 
-    import gmmoe_arch  # noqa: F401  (registers GMMoE in ARCH_REGISTRY)
-
     if preset is not None and option_file is not None:
         raise EnhanceError('give either --preset or --opt, not both')
     if weights is None and not random_weights:

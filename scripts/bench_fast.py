@@ -40,6 +40,9 @@ from gmmoe_arch.runtime import configure_allocator, restore_allocator  # noqa: E
 MALLOC_TUNED = configure_allocator()
 
 from gmmoe_arch import GMMoE  # noqa: E402
+from gmmoe_arch.losses.psnr_loss import PSNRLoss  # noqa: E402
+
+psnr_loss = PSNRLoss()  # the released loss: 10/ln10 * mean_over_images(log(mse_per_image + 1e-8))
 
 
 def parse_size(text):
@@ -171,12 +174,6 @@ def bench_inference(preset, size, args, device):
             rows[name]['peak_rss_mb'] = child_peak(args, 'infer', preset, size, name, modes[name][2])['peak_rss_mb']
             print(f'    {name:14s} peak RSS {rows[name]["peak_rss_mb"]:8.0f} MB (fresh process)')
     return rows
-
-
-def psnr_loss(out, gt):
-    """The released PSNR loss: ``10/ln10 * mean_over_images(log(mse_per_image + 1e-8))``."""
-    mse = (out - gt).pow(2).flatten(1).mean(1)
-    return 10 / math.log(10) * torch.log(mse + 1e-8).mean()
 
 
 def train_configs(device):
