@@ -1,5 +1,7 @@
-"""Shared test fixtures: paths to the repository and to the reference vectors."""
+"""Shared test fixtures: paths to the repository and to the reference vectors, and helpers."""
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,14 +20,8 @@ def reference_dir():
 
 TINY_PLUGIN = '''
 """A stand-alone BasicSR plug-in used by the tests: one tiny registered network."""
-import atexit
-import os
-
-import torch
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
-
-BUILT = []
 
 
 @ARCH_REGISTRY.register()
@@ -33,18 +29,9 @@ class TinyPlugNet(nn.Module):
     def __init__(self, channels=3):
         super().__init__()
         self.body = nn.Sequential(nn.Conv2d(channels, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, channels, 3, padding=1))
-        BUILT.append(self)
 
     def forward(self, x):
         return x + self.body(x)
-
-
-@atexit.register
-def _dump_weights():
-    # Lets the distributed tests compare every rank's final weights (BasicSR saves rank 0 only).
-    folder = os.environ.get('TINYPLUG_DUMP')
-    if folder and BUILT:
-        torch.save(BUILT[0].state_dict(), os.path.join(folder, 'rank%s.pt' % os.environ.get('RANK', '0')))
 '''
 
 
@@ -68,6 +55,38 @@ def plugin_env(tiny_plugin):
     env['PYTHONPATH'] = os.pathsep.join([str(tiny_plugin), str(REPO), env.get('PYTHONPATH', '')])
     env['OMP_NUM_THREADS'] = '1'
     return env
+
+
+def run_basicsr(args, cwd, env, timeout=300):
+    """The ``basicsr`` command (``python -m gmmoe_arch.cli``) with ``args``, output captured."""
+    return subprocess.run([sys.executable, '-m', 'gmmoe_arch.cli'] + args, cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def train_two_ranks(opt, cwd, env):
+    """``basicsr train -opt opt`` under torchrun with 2 ranks (gloo on CPU); returns the completed run and
+    each rank's final ``net_g`` state dict (BasicSR itself saves rank 0's only; see ddp_rank_dump.py)."""
+    import torch
+
+    dump = cwd / 'rank_dump'
+    dump.mkdir()
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+           str(Path(__file__).parent / 'ddp_rank_dump.py'), str(dump), 'train', '-opt', str(opt), '--launcher', 'pytorch']
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done, [torch.load(dump / f'rank{r}.pth', weights_only=True) for r in (0, 1)]
+
+
+def assert_ranks_match_saved(ranks, saved_path):
+    """Both ranks hold identical weights, and BasicSR's saved ``params`` are exactly those."""
+    import torch
+
+    rank0, rank1 = ranks
+    assert rank0.keys() == rank1.keys()
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    saved = torch.load(saved_path, weights_only=True)['params']
+    assert saved.keys() == rank0.keys() and all(torch.equal(saved[k], rank0[k]) for k in rank0)
 
 
 def write_pairs(root, n=4, size=(48, 40), seed=0):

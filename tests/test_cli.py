@@ -5,16 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_train_options, write_pairs, write_yaml
+from conftest import run_basicsr as run, tiny_train_options, write_pairs, write_yaml
 
 from gmmoe_arch import cli
-
-BASICSR = [sys.executable, '-m', 'gmmoe_arch.cli']
-
-
-def run(args, cwd, env, timeout=300):
-    return subprocess.run(BASICSR + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-
 
 def test_train_then_test_with_basicsr_pipelines(tmp_path, plugin_env):
     data = write_pairs(tmp_path / 'data')

@@ -1,10 +1,10 @@
 """gmmoe_arch.compat: basicsr 1.4.2 on current torch/torchvision, on CPU, distributed with gloo."""
-import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import tiny_train_options, write_pairs, write_yaml
+from conftest import (assert_ranks_match_saved, run_basicsr, tiny_train_options, train_two_ranks, write_pairs,
+                      write_yaml)
 
 from gmmoe_arch import compat
 
@@ -83,17 +83,12 @@ def test_upstream_parse_options_accepts_local_rank_dash(tmp_path, monkeypatch):
     assert args.local_rank == 1 and parsed['dist'] is False
 
 
-def run_cli(args, cwd, env):
-    cmd = [sys.executable, '-m', 'gmmoe_arch.cli'] + args
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-
-
 def test_auto_resume_on_cpu_continues_to_the_planned_iteration(tmp_path, plugin_env):
     data = write_pairs(tmp_path / 'data')
     opt = write_yaml(tmp_path / 'train.yml', tiny_train_options(data, name='resume', total_iter=4))
-    assert run_cli(['train', '-opt', str(opt)], tmp_path, plugin_env).returncode == 0
-    done = run_cli(['train', '-opt', str(opt), '--auto_resume', '--force_yml', 'train:total_iter=6'],
-                   tmp_path, plugin_env)
+    assert run_basicsr(['train', '-opt', str(opt)], tmp_path, plugin_env).returncode == 0
+    done = run_basicsr(['train', '-opt', str(opt), '--auto_resume', '--force_yml', 'train:total_iter=6'],
+                       tmp_path, plugin_env)
     assert done.returncode == 0, done.stderr[-3000:]
     exp = tmp_path / 'experiments' / 'resume'
     log = max(exp.glob('train_resume_*.log')).read_text()
@@ -104,19 +99,8 @@ def test_auto_resume_on_cpu_continues_to_the_planned_iteration(tmp_path, plugin_
 def test_torchrun_gloo_two_ranks_end_with_identical_weights(tmp_path, plugin_env):
     data = write_pairs(tmp_path / 'data', n=8)
     opt = write_yaml(tmp_path / 'ddp.yml', tiny_train_options(data, name='ddp', total_iter=3, checkpoint_freq=100))
-    dump = tmp_path / 'dump'
-    dump.mkdir()
-    env = dict(plugin_env, TINYPLUG_DUMP=str(dump))
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-           '-m', 'gmmoe_arch.cli', 'train', '-opt', str(opt), '--launcher', 'pytorch']
-    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    _, ranks = train_two_ranks(opt, tmp_path, plugin_env)
     log = max((tmp_path / 'experiments' / 'ddp').glob('train_ddp_*.log')).read_text()
     assert "world_size: 2" in log and "dist: True" in log
-    rank0, rank1 = (torch.load(dump / f'rank{r}.pt', weights_only=True) for r in (0, 1))
-    assert set(rank0) == set(rank1)
-    for key in rank0:
-        assert torch.equal(rank0[key], rank1[key]), key
     # what BasicSR saved (rank 0 only) is what both ranks hold after the last step
-    saved = torch.load(tmp_path / 'experiments' / 'ddp' / 'models' / 'net_g_latest.pth', weights_only=True)
-    assert all(torch.equal(saved['params'][k], rank0[k]) for k in rank0)
+    assert_ranks_match_saved(ranks, tmp_path / 'experiments' / 'ddp' / 'models' / 'net_g_latest.pth')

@@ -2,12 +2,8 @@
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import torch
-from conftest import write_pairs, write_yaml
-
-HERE = Path(__file__).resolve().parent
+from conftest import assert_ranks_match_saved, run_basicsr, train_two_ranks, write_pairs, write_yaml
 
 
 def tiny_gmmoe_options(data, name, total_iter, checkpoint_freq, val_freq=1000):
@@ -38,21 +34,11 @@ def test_torchrun_two_ranks_hold_identical_weights(tmp_path, plugin_env):
     data = write_pairs(tmp_path / 'data', n=8)
     opt = write_yaml(tmp_path / 'ddp.yml', tiny_gmmoe_options(data, 'ddp', total_iter=4, checkpoint_freq=100,
                                                                val_freq=2))
-    dump = tmp_path / 'dump'
-    dump.mkdir()
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-           str(HERE / 'ddp_rank_dump.py'), str(dump), 'train', '-opt', str(opt), '--launcher', 'pytorch']
-    done = subprocess.run(cmd, cwd=tmp_path, env=plugin_env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    _, ranks = train_two_ranks(opt, tmp_path, plugin_env)
     exp = tmp_path / 'experiments' / 'ddp'
     log = max(exp.glob('train_ddp_*.log')).read_text()
     assert 'world_size: 2' in log and 'GMMoEModel' in log and 'Gate weights on tiny_val' in log
-    rank0, rank1 = (torch.load(dump / f'rank{r}.pth', weights_only=True) for r in (0, 1))
-    assert rank0.keys() == rank1.keys()
-    for key in rank0:
-        assert torch.equal(rank0[key], rank1[key]), key
-    saved = torch.load(exp / 'models' / 'net_g_latest.pth', weights_only=True)['params']
-    assert saved.keys() == rank0.keys() and all(torch.equal(saved[k], rank0[k]) for k in rank0)
+    assert_ranks_match_saved(ranks, exp / 'models' / 'net_g_latest.pth')
 
 
 def test_killed_run_resumes_to_the_planned_iteration(tmp_path, plugin_env):
@@ -79,8 +65,7 @@ def test_killed_run_resumes_to_the_planned_iteration(tmp_path, plugin_env):
     assert not (exp / 'models' / 'net_g_latest.pth').exists()
     assert not (exp / 'models' / 'net_g_12.pth').exists()
 
-    done = subprocess.run(cmd + ['--auto_resume'], cwd=tmp_path, env=plugin_env, capture_output=True, text=True,
-                          timeout=300)
+    done = run_basicsr(['train', '-opt', str(opt), '--auto_resume'], tmp_path, plugin_env)
     assert done.returncode == 0, done.stderr[-3000:]
     resumed = max(exp.glob('train_killed_*.log'), key=lambda p: p.stat().st_mtime).read_text()
     start = int(resumed.split('Resuming training from epoch: ')[1].split('iter: ')[1].split('.')[0])
