@@ -294,12 +294,14 @@ class ImageStatistics(TorchFunctionMode):
     current tile (``share``, the tile's blending share, averaged down to ``x``'s size), and,
     where ``inject`` holds a mean for the site, returns it instead of the tile's own mean. Since
     the shares of all tiles add up to one at every pixel, the sums give the whole image's mean
-    wherever the tiles compute the image's features.
+    wherever the tiles compute the image's features. With ``record=False`` the sums are skipped
+    (a pass whose statistics nobody reads), the injection stays.
     """
 
-    def __init__(self, inject=None):
+    def __init__(self, inject=None, record=True):
         super().__init__()
         self.inject = inject or {}
+        self.record = record
         self.sums = {}
         self.share = None
         self.site = 0
@@ -322,10 +324,11 @@ class ImageStatistics(TorchFunctionMode):
         if fmap is None or self.share is None:
             return out
         site, self.site = self.site, self.site + 1
-        share = F.adaptive_avg_pool2d(self.share, fmap.shape[-2:])
-        num = (fmap.float() * share).sum((0, 2, 3)).double().cpu()
-        old = self.sums.get(site, (0, 0.0))
-        self.sums[site] = (old[0] + num, old[1] + float(share.sum()))
+        if self.record:
+            share = F.adaptive_avg_pool2d(self.share, fmap.shape[-2:])
+            num = (fmap.float() * share).sum((0, 2, 3)).double().cpu()
+            old = self.sums.get(site, (0, 0.0))
+            self.sums[site] = (old[0] + num, old[1] + float(share.sum()))
         if site in self.inject:
             out = self.inject[site].to(device=out.device, dtype=out.dtype).reshape(out.shape)
         return out
@@ -346,13 +349,14 @@ def _global_pool_input(func, args, kwargs):
     return None
 
 
-def _sweep(net, x, plan, inject, out=None, gates=None):
-    """One pass of ``net`` over the tiles of ``x``; returns the :class:`ImageStatistics` it recorded."""
+def _sweep(net, x, plan, inject, out=None, gates=None, record=True):
+    """One pass of ``net`` over the tiles of ``x``; returns the :class:`ImageStatistics` it recorded
+    (nothing with ``record=False``)."""
     from gmmoe_arch import record_gates
 
     device = next(net.parameters()).device
     pad = getattr(net, 'padder_size', 1)
-    with ImageStatistics(inject) as stats, record_gates(net) as tile_gates:
+    with ImageStatistics(inject, record) as stats, record_gates(net) as tile_gates:
         for y0, y1, x0, x1, share in plan.tiles():
             stats.set_tile(share, pad, device)
             pred = net(x[..., y0:y1, x0:x1].to(device))
@@ -382,7 +386,7 @@ def enhance_tensor(net, x, plan, precision='fp32', gates=None, stat_passes=DEFAU
     with torch.inference_mode(), autocast(device, precision):
         for _ in range(stat_passes if len(plan) > 1 else 0):
             inject = _sweep(net, x, plan, inject).means()
-        _sweep(net, x, plan, inject, out, gates)
+        _sweep(net, x, plan, inject, out, gates, record=False)
     return out
 
 
