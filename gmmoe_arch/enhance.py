@@ -557,7 +557,7 @@ def collect_jobs(inputs, out_dir, suffix=''):
 
 @dataclass
 class Summary:
-    """What :func:`enhance_paths` did: written outputs, failures ``(name, message)``, per-image gates."""
+    """What :func:`enhance_jobs` did: written outputs, failures ``(name, message)``, per-image gates."""
     written: list = field(default_factory=list)
     failed: list = field(default_factory=list)
     gates: dict = field(default_factory=dict)
@@ -565,9 +565,15 @@ class Summary:
     seconds: float = 0.0
 
 
-def enhance_paths(inputs, out_dir, net, suffix='', tile=None, overlap=DEFAULT_OVERLAP, max_pixels=DEFAULT_MAX_PIXELS,
-                  precision='fp32', stat_passes=DEFAULT_STAT_PASSES, record=False, progress=False):
-    """Enhance every image named by ``inputs`` (files, folders, globs) into ``out_dir``.
+def enhance_paths(inputs, out_dir, net, suffix='', **options):
+    """Enhance every image named by ``inputs`` (files, folders, globs) into ``out_dir``: the
+    :func:`collect_jobs` of them through :func:`enhance_jobs` with ``options``."""
+    return enhance_jobs(collect_jobs(inputs, out_dir, suffix), net, **options)
+
+
+def enhance_jobs(jobs, net, tile=None, overlap=DEFAULT_OVERLAP, max_pixels=DEFAULT_MAX_PIXELS, precision='fp32',
+                 stat_passes=DEFAULT_STAT_PASSES, record=False, progress=False):
+    """Enhance each :class:`Job` (from :func:`collect_jobs`); return a :class:`Summary`.
 
     An image that cannot be read or written is recorded in ``Summary.failed`` and the rest are
     processed. ``record=True`` fills ``Summary.gates[name] = {block: [w_expert...]}``.
@@ -576,7 +582,6 @@ def enhance_paths(inputs, out_dir, net, suffix='', tile=None, overlap=DEFAULT_OV
 
     from tqdm import tqdm
 
-    jobs = collect_jobs(inputs, out_dir, suffix)
     check_tiling(tile, overlap, max_pixels)
     autocast(next(net.parameters()).device, precision)  # bad precision/device pairs fail before any work
     summary = Summary()

@@ -84,15 +84,14 @@ def enhance_command(args):
     if args.stat_passes < 0:
         raise enhance.EnhanceError(f'--stat-passes {args.stat_passes}: must be >= 0')
     enhance.check_tiling(args.tile, args.overlap, args.max_pixels)
-    enhance.collect_jobs(args.inputs, args.output, args.suffix)
+    jobs = enhance.collect_jobs(args.inputs, args.output, args.suffix)
     enhance.autocast(enhance.resolve_device(args.device), args.precision)
     net = enhance.load_network(args.weights, args.preset, args.opt, args.device, args.random_weights)
     device = next(net.parameters()).device
     print(f'{PROG} enhance: network on {device}, {args.precision}', file=sys.stderr, flush=True)
-    summary = enhance.enhance_paths(args.inputs, args.output, net, suffix=args.suffix, tile=args.tile,
-                                    overlap=args.overlap, max_pixels=args.max_pixels, precision=args.precision,
-                                    stat_passes=args.stat_passes, record=bool(args.gates),
-                                    progress=not args.no_progress)
+    summary = enhance.enhance_jobs(jobs, net, tile=args.tile, overlap=args.overlap, max_pixels=args.max_pixels,
+                                   precision=args.precision, stat_passes=args.stat_passes, record=bool(args.gates),
+                                   progress=not args.no_progress)
     for name, message in summary.failed:
         print(f'{PROG} enhance: failed: {message}', file=sys.stderr)
     if args.gates:
