@@ -18,6 +18,28 @@ def reference_dir():
     return REFERENCE
 
 
+@pytest.fixture(scope='session')
+def ref(reference_dir):
+    """The reference vectors (``gmmoe_w8_io.pt``) plus ``checkpoint``: the released-format weights' path."""
+    import torch
+
+    io = torch.load(reference_dir / 'gmmoe_w8_io.pt', weights_only=True)
+    io['checkpoint'] = reference_dir / 'gmmoe_w8_net_g.pth'
+    return io
+
+
+def reference_net(ref, dtype=None):
+    """The reference network in ``dtype`` (default float64), loaded strictly by BasicSR's ``load_network``."""
+    import torch
+    from basicsr.models.base_model import BaseModel
+
+    from gmmoe_arch import GMMoE
+
+    net = GMMoE(**ref['config'])
+    BaseModel({'num_gpu': 0, 'is_train': False}).load_network(net, str(ref['checkpoint']), strict=True)
+    return net.to(dtype or torch.float64).eval()
+
+
 TINY_PLUGIN = '''
 """A stand-alone BasicSR plug-in used by the tests: one tiny registered network."""
 from basicsr.utils.registry import ARCH_REGISTRY

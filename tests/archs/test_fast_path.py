@@ -3,7 +3,7 @@ import math
 
 import pytest
 import torch
-from conftest import activate_branches
+from conftest import activate_branches, reference_net
 from torch import nn
 
 from gmmoe_arch.archs.experts import EXPERT_REGISTRY
@@ -49,11 +49,8 @@ def psnr(x, ref):
 
 
 @pytest.fixture(scope='module')
-def reference(reference_dir):
-    io = torch.load(reference_dir / 'gmmoe_w8_io.pt', weights_only=True)
-    net = GMMoE(**W8)
-    net.load_state_dict(torch.load(reference_dir / 'gmmoe_w8_net_g.pth', weights_only=True)['params'], strict=True)
-    return net.eval(), io
+def reference(ref):
+    return reference_net(ref, torch.float32), ref
 
 
 def test_reference_vectors_fast_equals_plain(reference):

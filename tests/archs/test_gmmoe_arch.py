@@ -5,24 +5,11 @@ import pytest
 import torch
 from basicsr.archs import build_network
 from basicsr.models.base_model import BaseModel
-from conftest import activate_branches
+from conftest import activate_branches, reference_net
 from torch import nn
 
 import gmmoe_arch  # noqa: F401  (registers GMMoE)
 from gmmoe_arch import EXPERT_REGISTRY, PRESETS, GMMoE, record_gates
-
-
-@pytest.fixture(scope='module')
-def ref(reference_dir):
-    io = torch.load(reference_dir / 'gmmoe_w8_io.pt', weights_only=True)
-    io['checkpoint'] = reference_dir / 'gmmoe_w8_net_g.pth'
-    return io
-
-
-def reference_net(ref, dtype=torch.float64):
-    net = GMMoE(**ref['config'])
-    BaseModel({'num_gpu': 0, 'is_train': False}).load_network(net, str(ref['checkpoint']), strict=True)
-    return net.to(dtype).eval()
 
 
 def read_keys(path):
