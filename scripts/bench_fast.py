@@ -40,6 +40,7 @@ from gmmoe_arch.runtime import configure_allocator, restore_allocator  # noqa: E
 MALLOC_TUNED = configure_allocator()
 
 from gmmoe_arch import GMMoE  # noqa: E402
+from gmmoe_arch.archs.gmmoe_arch import activate_branches  # noqa: E402
 from gmmoe_arch.losses.psnr_loss import PSNRLoss  # noqa: E402
 
 psnr_loss = PSNRLoss()  # the released loss: 10/ln10 * mean_over_images(log(mse_per_image + 1e-8))
@@ -59,14 +60,7 @@ def parse_size(text):
 def make_net(preset, seed, **kwargs):
     """A GMMoE of ``preset`` with seeded random weights, ``beta``/``gamma`` ~ N(0, 0.5^2), LayerNorms jittered."""
     torch.manual_seed(seed)
-    net = GMMoE(preset=preset, **kwargs)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if name.endswith(('.beta', '.gamma')):
-                p.normal_(0, 0.5)
-            elif '.norm' in name:
-                p.add_(torch.randn_like(p), alpha=0.1)
-    return net
+    return activate_branches(GMMoE(preset=preset, **kwargs), norm_jitter=0.1)
 
 
 def psnr(x, ref):

@@ -20,6 +20,7 @@ import torch
 
 import gmmoe_arch
 from gmmoe_arch import GMMoE
+from gmmoe_arch.archs.gmmoe_arch import activate_branches
 from gmmoe_arch.losses.psnr_loss import PSNRLoss
 
 psnr_loss = PSNRLoss()
@@ -44,11 +45,7 @@ def cuda_time(fn, warmup=3, runs=10):
 def random_weights(net):
     """Non-trivial weights: beta/gamma non-zero so every expert branch matters."""
     torch.manual_seed(0)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if name.endswith(('beta', 'gamma')):
-                p.normal_(0, 0.2)
-    return net
+    return activate_branches(net, std=0.2)
 
 
 def part_reference(results):

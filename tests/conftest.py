@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import gmmoe_arch  # noqa: F401  (first: applies the basicsr compat patches before any basicsr import)
+from gmmoe_arch.archs.gmmoe_arch import activate_branches  # noqa: F401,E402  (the tests import it from here)
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO.parent / 'shared' / 'reference'
@@ -159,15 +160,3 @@ def write_yaml(path, opt):
     return path
 
 
-def activate_branches(net, std=0.5, norm_jitter=0.0):
-    """Random ``beta``/``gamma`` (zero at initialisation) so every expert branch matters; optionally
-    jitter the LayerNorm affine parameters too. Returns ``net``."""
-    import torch
-
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if name.endswith(('beta', 'gamma')):
-                p.normal_(0, std)
-            elif norm_jitter and '.norm' in name:
-                p.add_(torch.randn_like(p), alpha=norm_jitter)
-    return net

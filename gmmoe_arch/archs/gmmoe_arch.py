@@ -296,6 +296,20 @@ class OURNet24(GMMoE):
     """The released option files' type name for :class:`GMMoE` (same arguments, same network)."""
 
 
+def activate_branches(net, std=0.5, norm_jitter=0.0):
+    """Draw every ``beta``/``gamma`` (zero at initialisation, which makes a fresh feature expert the
+    identity) from N(0, std^2), so every expert branch matters; with ``norm_jitter``, also add
+    N(0, norm_jitter^2) noise to the LayerNorm affine parameters. For tests and benchmarks of
+    untrained networks; returns ``net``."""
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith(('beta', 'gamma')):
+                p.normal_(0, std)
+            elif norm_jitter and '.norm' in name:
+                p.add_(torch.randn_like(p), alpha=norm_jitter)
+    return net
+
+
 def expert_names(net):
     """Class names of the experts of ``net``'s first expert block (every block has the same experts)."""
     return next(([type(e).__name__ for e in m.experts] for m in net.modules() if isinstance(m, ExpertBlock)), [])
