@@ -1,4 +1,7 @@
-"""Shared test fixtures: paths to the repository and to the reference vectors, and helpers."""
+"""Shared test fixtures: paths to the repository and to the reference vectors, and helpers.
+
+The reference vectors in ``tests/reference`` are copies of the released network's test vectors (see its README).
+"""
 import os
 import subprocess
 import sys
@@ -10,12 +13,12 @@ import gmmoe_arch  # noqa: F401  (first: applies the basicsr compat patches befo
 from gmmoe_arch.archs.gmmoe_arch import activate_branches  # noqa: F401,E402  (the tests import it from here)
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE = REPO.parent / 'shared' / 'reference'
+REFERENCE = Path(__file__).resolve().parent / 'reference'
 
 
 @pytest.fixture(scope='session')
 def reference_dir():
-    assert REFERENCE.is_dir(), f'reference vectors not found at {REFERENCE} (shared/ must sit beside the repo)'
+    assert REFERENCE.is_dir(), f'reference vectors not found at {REFERENCE}'
     return REFERENCE
 
 
