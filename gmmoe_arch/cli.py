@@ -14,6 +14,9 @@ import os
 import sys
 
 from gmmoe_arch import compat
+from gmmoe_arch.data import image_io
+
+DataError = getattr(image_io, "DataError", ())  # TEMP until helper lands
 from gmmoe_arch.models.gmmoe_model import TrainingDiverged
 
 PLUGIN_GROUP = 'basicsr.plugins'
@@ -131,6 +134,15 @@ def main(argv=None):
     except TrainingDiverged as exc:
         print(f'basicsr {args.phase}: stopped: {exc}', file=sys.stderr)
         return 3
+    except compat.CheckpointWriteError as exc:
+        print(f'basicsr {args.phase}: error: {exc.strerror}; training stopped (the checkpoints saved before '
+              'are intact; free space, then resume with --auto_resume)', file=sys.stderr)
+        return 1
+    except DataError as exc:
+        if os.environ.get('GMMOE_TRACEBACK'):
+            raise
+        print(f'basicsr {args.phase}: data error: {exc}', file=sys.stderr)
+        return 2
     except (KeyError, ValueError, FileNotFoundError, NotImplementedError) as exc:
         if os.environ.get('GMMOE_TRACEBACK'):
             raise

@@ -13,6 +13,16 @@ Patches (see each function's docstring):
 * ``load_resume_state``: ``basicsr.train.load_resume_state`` maps the state onto
   ``torch.cuda.current_device()`` (fails on CPU-only machines) and unpickles it with torch's default
   ``weights_only=True``, which rejects the ``collections.Counter`` that ``MultiStepRestartLR`` keeps.
+  ``--auto_resume`` also takes the newest *intact* state + network pair instead of a damaged newest one.
+* ``atomic checkpoints``: ``BaseModel.save_network`` / ``save_training_state`` write in place and, when
+  the write fails (a full disk), log "Just ignore it" and go on, so training reports success with zero-byte
+  checkpoints. Here they write to a temporary file, fsync and rename, and raise :class:`CheckpointWriteError`.
+* ``load_network weights_only``: ``BaseModel.load_network`` calls ``torch.load`` without ``weights_only``, so
+  under ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` (or torch < 2.6) a hostile checkpoint runs code.
+* ``build_dataloader full batches``: ``train_pipeline`` plans ``ceil(samples / batch)`` iterations per
+  epoch but the loader drops the last partial batch, so training ends short of ``total_iter`` (a
+  2,000,000-iteration recipe near 1,983,800). The training sampler is padded to whole batches
+  (:class:`FullBatchSampler`), and a dataset smaller than one batch is an error naming both numbers.
 * ``init_dist``: ``basicsr.utils.dist_util.init_dist`` hard-codes the NCCL backend and
   ``torch.cuda.set_device``, so distributed runs without GPUs cannot start.
 * ``model_to_device``: ``BaseModel.model_to_device`` wraps DDP with a CUDA ``device_ids``, which
@@ -27,11 +37,16 @@ project passes the current working directory as ``root_path`` to the unchanged p
 ``apply()`` is idempotent and is called by ``import gmmoe_arch``. ``APPLIED`` lists what it did.
 """
 import collections
+import contextlib
+import errno
 import importlib
 import inspect
 import os
 import sys
+import tempfile
 import types
+import zipfile
+from collections import OrderedDict
 
 APPLIED = []
 
@@ -67,15 +82,35 @@ def resume_map_location(storage, loc):
     return storage
 
 
+def checkpoint_is_intact(path):
+    """True when ``path`` is a complete torch zip checkpoint (every member's CRC checks), without unpickling.
+
+    A run killed while writing, or a disk that filled up, leaves a file that fails here; reading the
+    members is far cheaper than loading the tensors.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
+        return False
+
+
+def _resume_weights(opt, resume_iter):
+    """The ``net_<name>_<iter>.pth`` files that resuming at ``resume_iter`` loads (as ``check_resume`` sets them)."""
+    ignored = opt['path'].get('ignore_resume_networks') or []
+    return [os.path.join(opt['path']['models'], f'net_{key[len("network_"):]}_{resume_iter}.pth')
+            for key in opt if key.startswith('network_') and key not in ignored]
+
+
 def load_resume_state(opt):
     """``basicsr.train.load_resume_state`` that works on CPU and with torch's safe unpickler.
 
     Same semantics as upstream: with ``auto_resume`` the newest ``<iter>.state`` in
     ``training_states`` wins, otherwise ``path.resume_state``; ``check_resume`` then points the
-    networks at the matching checkpoints. Unlike upstream, ``auto_resume`` skips a newest state that
-    cannot be read (a run killed while saving it) and takes the previous one. The state is one this
-    project wrote itself; it is still loaded with ``weights_only=True``, allowing only
-    ``collections.Counter`` besides tensors.
+    networks at the matching checkpoints. Unlike upstream, ``auto_resume`` takes the newest state
+    whose state file and network checkpoints are all intact (a run killed while saving, or a full
+    disk, leaves a damaged newest pair) and says which it skipped. The state is loaded with
+    ``weights_only=True`` whatever torch's default, allowing only ``collections.Counter`` besides tensors.
     """
     import torch
     from basicsr.utils import check_resume
@@ -86,27 +121,33 @@ def load_resume_state(opt):
         if os.path.isdir(folder):
             iters = sorted((int(f[:-len('.state')]) for f in os.listdir(folder)
                             if f.endswith('.state') and f[:-len('.state')].isdigit()), reverse=True)
-        candidates = [os.path.join(folder, f'{it}.state') for it in iters]
+        candidates = [(os.path.join(folder, f'{it}.state'), it) for it in iters]
     elif opt['path'].get('resume_state'):
-        candidates = [opt['path']['resume_state']]
-        if not os.path.isfile(candidates[0]):
-            raise FileNotFoundError(f'path.resume_state: no such file: {candidates[0]}')
+        candidates = [(opt['path']['resume_state'], None)]
+        if not os.path.isfile(candidates[0][0]):
+            raise FileNotFoundError(f'path.resume_state: no such file: {candidates[0][0]}')
     else:
         candidates = []
     state = None
-    for state_path in candidates:
+    for state_path, it in candidates:
+        damaged = [f for f in ([state_path] + (_resume_weights(opt, it) if it is not None else []))
+                   if not checkpoint_is_intact(f)]
+        if damaged and opt['auto_resume']:
+            print(f'auto_resume: skipping iteration {it}: {", ".join(damaged)} missing or damaged; '
+                  'trying an older one', flush=True)
+            continue
         try:
             with torch.serialization.safe_globals([collections.Counter]):
                 state = torch.load(state_path, map_location=resume_map_location, weights_only=True)
             break
-        except Exception as exc:  # a run killed while saving leaves a truncated newest state
+        except Exception as exc:  # damaged in a way the zip check cannot see, or not a state at all
             if not opt['auto_resume']:
                 raise ValueError(f'path.resume_state: cannot read {state_path}: {exc}') from exc
             print(f'auto_resume: skipping unreadable {state_path} ({type(exc).__name__}); trying an older one',
                   flush=True)
     if state is None:
         if candidates:
-            raise ValueError(f'--auto_resume: none of the states in {os.path.dirname(candidates[0])} can be read')
+            raise ValueError(f'--auto_resume: no intact state + network pair in {os.path.dirname(candidates[0][0])}')
         return None
     opt['path']['resume_state'] = state_path
     check_resume(opt, state['iter'])
@@ -152,6 +193,161 @@ def model_to_device(self, net):
     elif self.opt['num_gpu'] > 1:
         net = DataParallel(net)
     return net
+
+
+class CheckpointWriteError(OSError):
+    """A network or training-state checkpoint could not be written; training must not go on as if it had."""
+
+
+# Errors that waiting cannot cure: fail at once instead of retrying as upstream does.
+_PERMANENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG}
+
+
+def atomic_torch_save(obj, path):
+    """``torch.save(obj, path)`` through a temporary file in the same folder, flushed, fsynced and renamed.
+
+    Readers see the old file or the complete new one, never a partial write. Raises ``OSError`` (the
+    temporary file removed) when writing fails, e.g. on a full disk.
+    """
+    import torch
+
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix='.tmp', dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, RuntimeError) and not isinstance(exc, OSError):  # torch's writer wraps OS errors
+            raise OSError(getattr(exc.__cause__, 'errno', None) or errno.EIO, str(exc)) from exc
+        raise
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def save_checkpoint(obj, path, what, retries=3):
+    """Write a checkpoint atomically, retrying transient errors; raise :class:`CheckpointWriteError`."""
+    import time
+
+    for attempt in range(1, retries + 1):
+        try:
+            atomic_torch_save(obj, path)
+            return
+        except OSError as exc:
+            if exc.errno in _PERMANENT_ERRNOS or attempt == retries:
+                raise CheckpointWriteError(exc.errno, f'cannot write {what} {path}: {exc.strerror or exc}') from exc
+            time.sleep(1)
+
+
+def save_network(self, net, net_label, current_iter, param_key='params'):
+    """``BaseModel.save_network`` that writes atomically and raises when the write fails.
+
+    Upstream retries three times, logs a warning and carries on, so a full disk ends in "End of
+    training" with zero-byte checkpoints.
+    """
+    label = 'latest' if current_iter == -1 else current_iter
+    path = os.path.join(self.opt['path']['models'], f'{net_label}_{label}.pth')
+    nets = net if isinstance(net, list) else [net]
+    keys = param_key if isinstance(param_key, list) else [param_key]
+    if len(nets) != len(keys):
+        raise ValueError(f'save_network: {len(nets)} network(s) but {len(keys)} param key(s)')
+    save_dict = {}
+    for net_, key in zip(nets, keys):
+        state = self.get_bare_model(net_).state_dict()
+        save_dict[key] = {(k[len('module.'):] if k.startswith('module.') else k): v.cpu() for k, v in state.items()}
+    save_checkpoint(save_dict, path, 'network checkpoint')
+
+
+def save_training_state(self, epoch, current_iter):
+    """``BaseModel.save_training_state`` that writes atomically and raises when the write fails."""
+    if current_iter == -1:
+        return
+    state = {'epoch': epoch, 'iter': current_iter, 'optimizers': [o.state_dict() for o in self.optimizers],
+             'schedulers': [s.state_dict() for s in self.schedulers]}
+    save_checkpoint(state, os.path.join(self.opt['path']['training_states'], f'{current_iter}.state'),
+                    'training state')
+
+
+def load_network(self, net, load_path, strict=True, param_key='params'):
+    """``BaseModel.load_network`` that unpickles with ``weights_only=True`` whatever torch's default.
+
+    Upstream calls ``torch.load`` without ``weights_only``: under ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``
+    or torch < 2.6 a hostile checkpoint runs code. Errors name the file.
+    """
+    import torch
+    from basicsr.utils import get_root_logger
+
+    logger = get_root_logger()
+    net = self.get_bare_model(net)
+    if not os.path.isfile(load_path):
+        raise FileNotFoundError(f'network checkpoint not found: {load_path}')
+    try:
+        loaded = torch.load(load_path, map_location='cpu', weights_only=True)
+    except Exception as exc:
+        raise ValueError(f'cannot load network checkpoint {load_path} (damaged, or holds more than tensors; '
+                         f'only weights are accepted): {type(exc).__name__}: {str(exc).splitlines()[0]}') from exc
+    if param_key is not None:
+        if isinstance(loaded, dict) and param_key not in loaded and 'params' in loaded:
+            logger.info('Loading: params_ema does not exist, use params.')
+            param_key = 'params'
+        if not isinstance(loaded, dict) or param_key not in loaded:
+            raise ValueError(f'network checkpoint {load_path} has no "{param_key}" entry')
+        loaded = loaded[param_key]
+    logger.info(f'Loading {net.__class__.__name__} model from {load_path}, with param key: [{param_key}].')
+    loaded = OrderedDict((k[len('module.'):] if k.startswith('module.') else k, v) for k, v in loaded.items())
+    self._print_different_keys_loading(net, loaded, strict)
+    net.load_state_dict(loaded, strict=strict)
+
+
+class FullBatchSampler:
+    """A training sampler padded to whole batches, so the loader yields the iterations BasicSR planned.
+
+    ``train_pipeline`` plans ``ceil(len(sampler) / batch_size_per_gpu)`` iterations per epoch, but its
+    loader drops the last partial batch, so training ends short of ``total_iter``. Each epoch this yields
+    the wrapped sampler's order and then repeats its start until ``num_batches`` batches of
+    ``batch_size`` are full. ``set_epoch`` reaches the wrapped sampler, which train.py holds directly.
+    """
+
+    def __init__(self, sampler, batch_size, num_batches):
+        self.sampler, self.batch_size, self.num_batches = sampler, batch_size, num_batches
+
+    def __iter__(self):
+        order = list(self.sampler)
+        need = self.batch_size * self.num_batches
+        return iter((order * -(-need // len(order)))[:need])
+
+    def __len__(self):
+        return self.batch_size * self.num_batches
+
+
+def _wrap_build_dataloader(build_dataloader):
+
+    def build_dataloader_compat(dataset, dataset_opt, num_gpu=1, dist=False, sampler=None, seed=None):
+        if dataset_opt.get('phase') != 'train' or sampler is None:
+            return build_dataloader(dataset, dataset_opt, num_gpu=num_gpu, dist=dist, sampler=sampler, seed=seed)
+        per_gpu = dataset_opt['batch_size_per_gpu']
+        batch = per_gpu if dist else per_gpu * max(1, num_gpu)
+        ratio = dataset_opt.get('dataset_enlarge_ratio', 1)
+        if len(sampler) < per_gpu:
+            replicas = getattr(sampler, 'num_replicas', 1)
+            raise ValueError(
+                f'datasets.train: {len(dataset)} training sample(s) x dataset_enlarge_ratio {ratio} over '
+                f'{replicas} process(es) give {len(sampler)} per process, fewer than one batch '
+                f'(batch_size_per_gpu: {per_gpu}); lower batch_size_per_gpu or add data')
+        padded = FullBatchSampler(sampler, batch, -(-len(sampler) // per_gpu))
+        return build_dataloader(dataset, dataset_opt, num_gpu=num_gpu, dist=dist, sampler=padded, seed=seed)
+
+    build_dataloader_compat.__wrapped__ = build_dataloader
+    build_dataloader_compat.__doc__ = ('basicsr build_dataloader whose training loader yields exactly the '
+                                       'planned iterations (see FullBatchSampler). ' + (build_dataloader.__doc__ or ''))
+    return build_dataloader_compat
 
 
 def normalise_local_rank(argv):
@@ -208,6 +404,23 @@ def apply():
         for module in (options, basicsr.train, basicsr.test):
             module.parse_options = wrapped
         done.append('local-rank')
+
+    model_cls = base_model.BaseModel
+    if 'ignore it' in _source(model_cls.save_network) or 'ignore it' in _source(model_cls.save_training_state):
+        model_cls.save_network = dist_util.master_only(save_network)
+        model_cls.save_training_state = dist_util.master_only(save_training_state)
+        done.append('atomic checkpoints')
+
+    if 'weights_only' not in _source(model_cls.load_network):
+        model_cls.load_network = load_network
+        done.append('load_network weights_only')
+
+    import basicsr.data
+    if 'drop_last=True' in _source(basicsr.data.build_dataloader) and 'ceil' in _source(basicsr.train):
+        wrapped = _wrap_build_dataloader(basicsr.data.build_dataloader)
+        for module in (basicsr.data, basicsr.train):
+            module.build_dataloader = wrapped
+        done.append('build_dataloader full batches')
 
     APPLIED.extend(done or ['none needed'])
     return list(APPLIED)

@@ -10,17 +10,25 @@ Options added under ``train`` (everything else is SRModel's: EMA, schedulers, va
   Never on by default: the first iterations then take minutes.
 
 A NaN or infinite loss stops training with :class:`TrainingDiverged` before the broken step
-reaches the weights; the checkpoints BasicSR saved before stay as they were.
+reaches the weights; a step that leaves non-finite weights stops it right after. Before every save, the
+weights and the network's output on the current batch are checked finite, so no checkpoint of a diverged
+network is written or named good; the checkpoints saved before stay as they were.
+
+BasicSR saves ``net_g_<iter>.pth`` every ``save_checkpoint_freq`` iterations and ``net_g_latest.pth`` at
+the end; when ``total_iter`` is not a multiple of the frequency, the end also saves ``net_g_<total_iter>.pth``.
+The network's structure (hundreds of lines) goes to the log file only; the console gets its one-line summary.
 
 Validation and testing also log each expert's gate weight averaged over the images, per expert
 block and over all blocks (log file and TensorBoard ``gates/<dataset>/...``).
 """
+import logging
 import os
 from collections import OrderedDict
 
 import torch
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger
+from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from ..archs.gmmoe_arch import expert_names, record_gates
@@ -65,6 +73,7 @@ class GMMoEModel(SRModel):
     and gate-weight logging (see the module docstring for the options)."""
 
     def __init__(self, opt):
+        self.trained_iter = None
         self.amp_dtype = None
         self.grad_clip = None
         self._gate_sums = None
@@ -141,18 +150,55 @@ class GMMoEModel(SRModel):
                     l_total = l_total + value
         return l_total, loss_dict
 
-    def _check_finite(self, l_total, loss_dict, current_iter):
-        """Raise :class:`TrainingDiverged` on every rank when any rank's loss is NaN/Inf."""
-        bad = (~torch.isfinite(l_total.detach())).float().reshape(1)
+    def _any_rank(self, bad):
+        """``bad`` (a bool tensor) or'ed over the ranks, as a Python bool (one sync)."""
+        bad = bad.float().reshape(1)
         if self.opt['dist']:
             torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
-        if bad.item() > 0:
+        return bad.item() > 0
+
+    def _diverged(self, what, current_iter, detail):
+        return TrainingDiverged(
+            f'{what} at iteration {current_iter} ({detail}); nothing of it was saved. {self._last_checkpoint()} '
+            'Lower train.optim_g.lr, set train.grad_clip or turn train.use_amp off, then resume with '
+            '--auto_resume (or start again)')
+
+    def _check_finite(self, l_total, loss_dict, current_iter):
+        """Raise :class:`TrainingDiverged` on every rank when any rank's loss is NaN/Inf."""
+        if self._any_rank(~torch.isfinite(l_total.detach())):
             values = ', '.join(f'{k}={v.item():.4g}' for k, v in loss_dict.items())
-            raise TrainingDiverged(
-                f'training loss is not finite at iteration {current_iter} ({values or l_total.item()}); '
-                f'stopped before this step changed the weights, nothing of it was saved. {self._last_checkpoint()} '
-                'Lower train.optim_g.lr, set train.grad_clip or turn train.use_amp off, then resume with '
-                '--auto_resume (or start again)')
+            raise self._diverged('training loss is not finite', current_iter,
+                                 f'{values or l_total.item()}; stopped before this step changed the weights')
+
+    @staticmethod
+    def _nonfinite_weights(net):
+        """A bool tensor: does any parameter of ``net`` hold a NaN or Inf? (sums propagate both)"""
+        sums = [p.detach().sum(dtype=torch.float32) for p in net.parameters()]
+        return ~torch.isfinite(torch.stack(sums).sum()) if sums else torch.tensor(False)
+
+    def _check_weights(self, current_iter):
+        if self._any_rank(self._nonfinite_weights(self.net_g)):
+            raise self._diverged('the weights are not finite', current_iter, 'after the optimiser step')
+
+    def _check_savable(self, current_iter):
+        """Raise :class:`TrainingDiverged` unless every network to be saved has finite weights and gives a
+        finite output on (the first image of) the current batch."""
+        nets = [self.net_g] + ([self.net_g_ema] if hasattr(self, 'net_g_ema') else [])
+        bad = torch.tensor(False, device=self.device)
+        for net in nets:
+            bare = self.get_bare_model(net)
+            bad = bad | self._nonfinite_weights(bare).to(self.device)
+            if hasattr(self, 'lq'):
+                was_training = bare.training
+                bare.eval()
+                amp = self.amp_dtype is not None
+                with torch.no_grad(), torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                                     enabled=amp):
+                    bad = bad | ~torch.isfinite(bare(self.lq[:1])).all()
+                bare.train(was_training)
+        if self._any_rank(bad):
+            raise self._diverged('the network is not finite', current_iter,
+                                 'its weights, or its output on the current batch; the checkpoint was not written')
 
     def _last_checkpoint(self):
         """A sentence naming the newest ``net_g_<iter>.pth`` BasicSR saved, or saying there is none."""
@@ -179,9 +225,34 @@ class GMMoEModel(SRModel):
             loss_dict['grad_norm'] = torch.nn.utils.clip_grad_norm_(self.net_g.parameters(), **self.grad_clip)
         self.grad_scaler.step(self.optimizer_g)
         self.grad_scaler.update()
+        self._check_weights(current_iter)
+        self.trained_iter = current_iter
         self.log_dict = self.reduce_loss_dict(loss_dict)
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
+
+    def save(self, epoch, current_iter):
+        """SRModel's save, refused for a diverged network; the final save also keeps ``net_g_<last iter>``."""
+        self._check_savable(self.trained_iter if current_iter == -1 else current_iter)
+        super().save(epoch, current_iter)
+        freq = self.opt.get('logger', {}).get('save_checkpoint_freq')
+        if current_iter == -1 and self.trained_iter and freq and self.trained_iter % freq:
+            # The training state needs the loop's epoch, which the model does not see: weights only.
+            nets = [self.net_g] + ([self.net_g_ema] if hasattr(self, 'net_g_ema') else [])
+            self.save_network(nets, 'net_g', self.trained_iter, param_key=['params', 'params_ema'][:len(nets)])
+
+    @master_only
+    def print_network(self, net):
+        """The one-line summary to every handler, the structure (~550 lines) to the log file only."""
+        bare = self.get_bare_model(net)
+        name = type(bare).__name__ if bare is net else f'{type(net).__name__} - {type(bare).__name__}'
+        logger = get_root_logger()
+        logger.info(f'Network: {name}, with parameters: {sum(p.numel() for p in bare.parameters()):,d} '
+                    '(structure in the log file)')
+        record = logger.makeRecord(logger.name, logging.INFO, __file__, 0, str(bare), None, None)
+        for handler in logger.handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(record)
 
     def test(self):
         net = self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g
