@@ -47,6 +47,48 @@ REQUIRED_KEYS = {
 }
 
 
+# Counts that BasicSR reads as integers, with their least valid value: (section, key) -> minimum.
+INTEGER_OPTIONS = {('logger', 'print_freq'): 1, ('logger', 'save_checkpoint_freq'): 1, ('train', 'total_iter'): 1,
+                   ('val', 'val_freq'): 1}
+DATASET_INTEGERS = {'batch_size_per_gpu': 1, 'num_worker_per_gpu': 0, 'gt_size': 1, 'dataset_enlarge_ratio': 1}
+GMMOE_INTEGERS = {'width': 1, 'middle_blk_num': 0, 'img_channel': 1}
+GMMOE_TYPES = ('GMMoE', 'OURNet24')
+
+
+def _check_integer(path, key, value, minimum):
+    """``value`` must be an integer >= ``minimum``; YAML floats such as ``!!float 5e3`` count if integral."""
+    ok = (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, float) and value.is_integer())
+    if not ok or value < minimum:
+        raise UserError(f'option file {path}: {key} must be an integer >= {minimum}, got {value!r}')
+
+
+def check_option_types(path, opt):
+    """One-line errors for the integer options BasicSR and GM-MoE would otherwise fail on deep inside."""
+    for (section, key), minimum in INTEGER_OPTIONS.items():
+        if isinstance(opt.get(section), dict) and key in opt[section]:
+            _check_integer(path, f'{section}.{key}', opt[section][key], minimum)
+    for phase, dataset in opt['datasets'].items():
+        if not isinstance(dataset, dict):
+            raise UserError(f'option file {path}: datasets.{phase} must be a mapping of dataset options')
+        for key, minimum in DATASET_INTEGERS.items():
+            if dataset.get(key) is not None:
+                _check_integer(path, f'datasets.{phase}.{key}', dataset[key], minimum)
+    net = opt['network_g']
+    if not isinstance(net, dict) or 'type' not in net:
+        raise UserError(f'option file {path}: network_g must be a mapping with a "type", e.g. {{type: GMMoE}}')
+    if net['type'] in GMMOE_TYPES:
+        for key, minimum in GMMOE_INTEGERS.items():
+            if net.get(key) is not None:
+                _check_integer(path, f'network_g.{key}', net[key], minimum)
+        for key in ('enc_blk_nums', 'dec_blk_nums'):
+            if net.get(key) is not None:
+                if not isinstance(net[key], (list, tuple)):
+                    raise UserError(f'option file {path}: network_g.{key} must be a list of block counts, '
+                                    f'got {net[key]!r}')
+                for i, value in enumerate(net[key]):
+                    _check_integer(path, f'network_g.{key}[{i}]', value, 0)
+
+
 def check_option_file(path, phase):
     """Read and sanity-check an option YAML; raise :class:`UserError` naming the file and key."""
     import yaml
@@ -70,6 +112,7 @@ def check_option_file(path, phase):
     if not isinstance(opt['datasets'], dict) or not opt['datasets']:
         raise UserError(f'option file {path}: "datasets" must map phases (train, val, test_1, ...) '
                         'to dataset options')
+    check_option_types(path, opt)
     num_gpu = opt['num_gpu']
     if num_gpu != 'auto':
         import torch

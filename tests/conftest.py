@@ -156,6 +156,30 @@ def tiny_train_options(data, name='tiny', total_iter=4, checkpoint_freq=2, model
     }
 
 
+def tiny_gmmoe_options(data, name, total_iter, checkpoint_freq, val_freq=1000):
+    """Train options: GMMoEModel, a width-4 GM-MoE, LLIEPairedDataset, PSNR loss, AdamW, clipping."""
+    pairs = {'type': 'LLIEPairedDataset', 'dataroot_lq': str(data / 'lq'), 'dataroot_gt': str(data / 'gt'),
+             'io_backend': {'type': 'disk'}}
+    return {
+        'name': name, 'model_type': 'GMMoEModel', 'num_gpu': 0, 'manual_seed': 10,
+        'datasets': {
+            'train': dict(pairs, name='tiny_train', gt_size=32, num_worker_per_gpu=0, batch_size_per_gpu=2),
+            'val': dict(pairs, name='tiny_val'),
+        },
+        'network_g': {'type': 'GMMoE', 'width': 4, 'enc_blk_nums': [1, 1], 'middle_blk_num': 1,
+                      'dec_blk_nums': [1, 1]},
+        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
+        'train': {'optim_g': {'type': 'AdamW', 'lr': 1e-3, 'betas': [0.9, 0.9], 'weight_decay': 0},
+                  'scheduler': {'type': 'CosineAnnealingRestartLR', 'periods': [total_iter], 'eta_min': 1e-7},
+                  'total_iter': total_iter, 'pixel_opt': {'type': 'PSNRLoss', 'loss_weight': 1.0},
+                  'grad_clip': {'max_norm': 1.0}},
+        'val': {'val_freq': val_freq, 'save_img': False,
+                'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 0},
+                            'psnr_gt_mean': {'type': 'calculate_psnr_gt_mean', 'crop_border': 0}}},
+        'logger': {'print_freq': 1, 'save_checkpoint_freq': checkpoint_freq, 'use_tb_logger': False},
+    }
+
+
 def write_yaml(path, opt):
     import yaml
 

@@ -3,31 +3,8 @@ import subprocess
 import sys
 import time
 
-from conftest import assert_ranks_match_saved, run_basicsr, train_two_ranks, write_pairs, write_yaml
-
-
-def tiny_gmmoe_options(data, name, total_iter, checkpoint_freq, val_freq=1000):
-    """Train options: GMMoEModel, a width-4 GM-MoE, LLIEPairedDataset, PSNR loss, AdamW, clipping."""
-    pairs = {'type': 'LLIEPairedDataset', 'dataroot_lq': str(data / 'lq'), 'dataroot_gt': str(data / 'gt'),
-             'io_backend': {'type': 'disk'}}
-    return {
-        'name': name, 'model_type': 'GMMoEModel', 'num_gpu': 0, 'manual_seed': 10,
-        'datasets': {
-            'train': dict(pairs, name='tiny_train', gt_size=32, num_worker_per_gpu=0, batch_size_per_gpu=2),
-            'val': dict(pairs, name='tiny_val'),
-        },
-        'network_g': {'type': 'GMMoE', 'width': 4, 'enc_blk_nums': [1, 1], 'middle_blk_num': 1,
-                      'dec_blk_nums': [1, 1]},
-        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
-        'train': {'optim_g': {'type': 'AdamW', 'lr': 1e-3, 'betas': [0.9, 0.9], 'weight_decay': 0},
-                  'scheduler': {'type': 'CosineAnnealingRestartLR', 'periods': [total_iter], 'eta_min': 1e-7},
-                  'total_iter': total_iter, 'pixel_opt': {'type': 'PSNRLoss', 'loss_weight': 1.0},
-                  'grad_clip': {'max_norm': 1.0}},
-        'val': {'val_freq': val_freq, 'save_img': False,
-                'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 0},
-                            'psnr_gt_mean': {'type': 'calculate_psnr_gt_mean', 'crop_border': 0}}},
-        'logger': {'print_freq': 1, 'save_checkpoint_freq': checkpoint_freq, 'use_tb_logger': False},
-    }
+from conftest import (assert_ranks_match_saved, run_basicsr, tiny_gmmoe_options, train_two_ranks, write_pairs,
+                      write_yaml)
 
 
 def test_torchrun_two_ranks_hold_identical_weights(tmp_path, plugin_env):
@@ -74,3 +51,45 @@ def test_killed_run_resumes_to_the_planned_iteration(tmp_path, plugin_env):
     assert 'iter:      12,' in resumed and 'iter:      13,' not in resumed
     assert (exp / 'models' / 'net_g_12.pth').is_file() and (exp / 'training_states' / '12.state').is_file()
     assert (exp / 'models' / 'net_g_latest.pth').is_file()
+
+
+def last_log(exp):
+    return max(exp.glob('train_*.log'), key=lambda p: p.stat().st_mtime).read_text()
+
+
+def test_partial_last_batch_still_reaches_total_iter(tmp_path, plugin_env):
+    # 6 pairs at batch 4: BasicSR plans 2 iterations per epoch but its loader dropped the partial batch,
+    # so this run used to stop at iteration 4.
+    data = write_pairs(tmp_path / 'data', n=6)
+    options = tiny_gmmoe_options(data, 'partial', total_iter=6, checkpoint_freq=4)
+    options['datasets']['train']['batch_size_per_gpu'] = 4
+    done = run_basicsr(['train', '-opt', str(write_yaml(tmp_path / 'run.yml', options))], tmp_path, plugin_env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    exp = tmp_path / 'experiments' / 'partial'
+    log = last_log(exp)
+    assert 'iter:       6,' in log and 'iter:       7,' not in log
+    models = {p.name for p in (exp / 'models').iterdir()}
+    assert models == {'net_g_4.pth', 'net_g_6.pth', 'net_g_latest.pth'}, models
+
+
+def test_two_ranks_reach_total_iter_and_save_it(tmp_path, plugin_env):
+    # 6 pairs over 2 ranks at batch 2: 3 samples per rank, a partial batch each epoch (used to end at 5 of 8).
+    data = write_pairs(tmp_path / 'data', n=6)
+    opt = write_yaml(tmp_path / 'ddp.yml', tiny_gmmoe_options(data, 'ddp8', total_iter=8, checkpoint_freq=3))
+    _, ranks = train_two_ranks(opt, tmp_path, plugin_env)
+    exp = tmp_path / 'experiments' / 'ddp8'
+    log = last_log(exp)
+    assert 'iter:       8,' in log and 'iter:       9,' not in log
+    assert {p.name for p in (exp / 'models').iterdir()} == {'net_g_3.pth', 'net_g_6.pth', 'net_g_8.pth',
+                                                             'net_g_latest.pth'}
+    assert_ranks_match_saved(ranks, exp / 'models' / 'net_g_8.pth')
+
+
+def test_dataset_smaller_than_a_batch_is_an_error(tmp_path, plugin_env):
+    data = write_pairs(tmp_path / 'data', n=3)
+    options = tiny_gmmoe_options(data, 'small', total_iter=2, checkpoint_freq=1)
+    options['datasets']['train']['batch_size_per_gpu'] = 4
+    done = run_basicsr(['train', '-opt', str(write_yaml(tmp_path / 'run.yml', options))], tmp_path, plugin_env)
+    assert done.returncode == 2
+    assert '3 training sample(s)' in done.stderr and 'batch_size_per_gpu: 4' in done.stderr
+    assert not list((tmp_path / 'experiments' / 'small' / 'models').iterdir())
