@@ -9,7 +9,9 @@ Patches (see each function's docstring):
 
 * ``functional_tensor``: ``torchvision.transforms.functional_tensor`` was removed in torchvision
   0.17; ``basicsr.data.degradations`` imports ``rgb_to_grayscale`` from it, so ``import basicsr``
-  fails with ``ModuleNotFoundError``.
+  fails with ``ModuleNotFoundError``. The shim lives in the start-up hook ``gmmoe_basicsr_hook``
+  (installed with this package, it supplies the module to any program before basicsr asks for it);
+  this patch calls its ``install_functional_tensor_shim()`` for interpreters without the hook.
 * ``load_resume_state``: ``basicsr.train.load_resume_state`` maps the state onto
   ``torch.cuda.current_device()`` (fails on CPU-only machines) and unpickles it with torch's default
   ``weights_only=True``, which rejects the ``collections.Counter`` that ``MultiStepRestartLR`` keeps.
@@ -59,19 +61,13 @@ def _source(obj):
 
 
 def _patch_functional_tensor():
-    """Provide ``torchvision.transforms.functional_tensor`` where torchvision no longer has it."""
-    try:
-        importlib.import_module('torchvision.transforms.functional_tensor')
-        return False
-    except ImportError:
-        pass
-    from torchvision.transforms import functional
+    """Provide ``torchvision.transforms.functional_tensor`` where torchvision no longer has it.
 
-    shim = types.ModuleType('torchvision.transforms.functional_tensor')
-    shim.rgb_to_grayscale = functional.rgb_to_grayscale
-    shim.__doc__ = 'gmmoe_arch.compat: stand-in for the module removed in torchvision 0.17.'
-    sys.modules[shim.__name__] = shim
-    return True
+    True when this call loaded the stand-in (see ``gmmoe_basicsr_hook.install_functional_tensor_shim``).
+    """
+    import gmmoe_basicsr_hook
+
+    return gmmoe_basicsr_hook.install_functional_tensor_shim()
 
 
 def resume_map_location(storage, loc):
