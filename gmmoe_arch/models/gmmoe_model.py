@@ -249,6 +249,8 @@ class GMMoEModel(SRModel):
         logger = get_root_logger()
         logger.info(f'Network: {name}, with parameters: {sum(p.numel() for p in bare.parameters()):,d} '
                     '(structure in the log file)')
+        if not logger.isEnabledFor(logging.INFO):
+            return
         record = logger.makeRecord(logger.name, logging.INFO, __file__, 0, str(bare), None, None)
         for handler in logger.handlers:
             if isinstance(handler, logging.FileHandler):

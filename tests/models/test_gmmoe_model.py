@@ -187,3 +187,76 @@ def test_compile_is_opt_in(tmp_path, monkeypatch):
     assert calls == [('GMMoE', {}), ('GMMoE', {'mode': 'max-autotune'})]  # in place: state-dict names kept
     with pytest.raises(ValueError, match='train.compile'):
         build_model(make_opt(tmp_path, compile='yes'))
+
+
+def checkpoint_files(tmp_path):
+    return {f: (tmp_path / d / f).read_bytes() for d in ('models', 'training_states') for f in os.listdir(tmp_path / d)}
+
+
+def test_exploding_step_at_a_save_iteration_is_not_saved(tmp_path):
+    # An lr of 1e9 leaves finite weights (~1e9) whose output is not finite: the loss of this step was
+    # fine, so only a check at save time can keep the checkpoint from being written and named good.
+    model = build_model(make_opt(tmp_path))
+    model.feed_data(batch())
+    model.optimize_parameters(1)
+    model.save(0, 1)
+    saved = checkpoint_files(tmp_path)
+    for group in model.optimizer_g.param_groups:
+        group['lr'] = 1e9
+    model.optimize_parameters(2)
+    assert all(torch.isfinite(p).all() for p in model.net_g.parameters())
+    with pytest.raises(TrainingDiverged, match=r'not finite at iteration 2 .*not written.*checkpoint is .*net_g_1\.pth'):
+        model.save(0, 2)
+    with pytest.raises(TrainingDiverged):
+        model.save(-1, -1)
+    assert checkpoint_files(tmp_path) == saved
+
+
+def test_step_to_non_finite_weights_stops_at_once(tmp_path):
+    model = build_model(make_opt(tmp_path))
+    for group in model.optimizer_g.param_groups:
+        group['lr'] = float('inf')
+    model.feed_data(batch())
+    with pytest.raises(TrainingDiverged, match='weights are not finite at iteration 1 .after the optimiser step'):
+        model.optimize_parameters(1)
+
+
+def test_final_save_keeps_the_last_iteration(tmp_path):
+    opt = make_opt(tmp_path)
+    opt['logger'] = {'save_checkpoint_freq': 2}
+    model = build_model(opt)
+    model.feed_data(batch())
+    for it in (1, 2, 3):
+        model.optimize_parameters(it)
+        if it % 2 == 0:
+            model.save(0, it)
+    model.save(-1, -1)
+    assert set(checkpoint_files(tmp_path)) == {'net_g_2.pth', '2.state', 'net_g_3.pth', 'net_g_latest.pth'}
+    last = torch.load(tmp_path / 'models' / 'net_g_3.pth', weights_only=True)['params']
+    latest = torch.load(tmp_path / 'models' / 'net_g_latest.pth', weights_only=True)['params']
+    assert all(torch.equal(last[k], latest[k]) for k in latest)
+
+
+def test_network_structure_goes_to_the_log_file_only(tmp_path):
+    import io
+    import logging
+
+    from basicsr.utils import get_root_logger
+
+    logger = get_root_logger()
+    console = io.StringIO()
+    handlers = [logging.FileHandler(tmp_path / 'train.log'), logging.StreamHandler(console)]
+    level = logger.level
+    for handler in handlers:
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        build_model(make_opt(tmp_path))
+    finally:
+        for handler in handlers:
+            logger.removeHandler(handler)
+            handler.close()
+        logger.setLevel(level)
+    text = (tmp_path / 'train.log').read_text()
+    assert 'Network: GMMoE, with parameters:' in text and '(MSFEblock): SFEB(' in text
+    assert 'Network: GMMoE, with parameters:' in console.getvalue() and 'MSFEblock' not in console.getvalue()
