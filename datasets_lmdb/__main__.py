@@ -4,15 +4,18 @@ Examples::
 
     datasets_lmdb pack --preset lol_v1 --root datasets/LOL --out datasets/LOL_lmdb
     datasets_lmdb pack --lq rain/input --gt rain/target --out rain_lmdb --pair-rule 'rain-(.*)->norain-\\1'
+    datasets_lmdb pack --lq rain/input --gt rain/target --out rain_lmdb \\
+        --pair-rule '{"lq": "rain-(.*)", "gt": "norain-\\\\1"}'
     datasets_lmdb verify datasets/LOL_lmdb
     datasets_lmdb presets
 """
 import argparse
 import sys
 
+from .output import PackError
 from .pack import DEFAULT_FORM, FORMS, pack_pairs
 from .presets import PRESETS, pack_preset, preset_tree
-from .verify import verify
+from .verify import find_leftovers, verify
 
 
 def _parser():
@@ -27,15 +30,16 @@ def _parser():
     pack.add_argument('--out', required=True,
                       help='output folder: <out>/{lq,gt}.lmdb, or <out>/{train,val}/{lq,gt}.lmdb for presets')
     pack.add_argument('--pair-rule', default='identical',
-                      help="'identical' (same file stems), 'lol_v2_real' (lowN <-> normalN) or "
-                           "'REGEX->TEMPLATE' on stems, e.g. 'rain-(.*)->norain-\\1' (generic packing only)")
+                      help="'identical' (same file stems), 'lol_v2_real' (lowN <-> normalN), "
+                           "'REGEX->TEMPLATE' on stems, e.g. 'rain-(.*)->norain-\\1', or the same as JSON: "
+                           "'{\"lq\": \"rain-(.*)\", \"gt\": \"norain-\\\\1\"}' (generic packing only)")
     pack.add_argument('--form', choices=FORMS, default=DEFAULT_FORM,
                       help=f'stored form: raw arrays (fast to read) or PNG bytes like BasicSR (default {DEFAULT_FORM})')
     pack.add_argument('--workers', type=int, default=None, help='reader processes (default: up to 4)')
     pack.add_argument('--overwrite', action='store_true', help='replace existing lq.lmdb/gt.lmdb')
     pack.add_argument('--skip-unpaired', action='store_true', help='ignore files without a partner')
     pack.add_argument('--no-progress', action='store_true', help='no progress bar')
-    check = sub.add_parser('verify', help='decode every entry and check it against meta_info.txt')
+    check = sub.add_parser('verify', help='decode every entry, check checksums, meta_info.txt and lq/gt pairs')
     check.add_argument('path', help='an *.lmdb folder or a folder holding some')
     check.add_argument('--no-progress', action='store_true', help='no progress bar')
     sub.add_parser('presets', help='print the folder trees the presets expect')
@@ -59,6 +63,19 @@ def _pack(args, parser):
         print(f'{n} pairs -> {args.out}')
 
 
+def _verify(args):
+    notes = []
+    checked, problems = verify(args.path, progress=not args.no_progress, notes=notes)
+    for db, n in checked.items():
+        print(f'{db}: {n} entries')
+    for note in notes + find_leftovers(args.path):
+        print(f'NOTE: {note}')
+    for problem in problems:
+        print(f'PROBLEM: {problem}')
+    print('FAILED' if problems else 'OK')
+    return 1 if problems else 0
+
+
 def main(argv=None):
     """Entry point of ``datasets_lmdb`` / ``python -m datasets_lmdb``; returns the exit status."""
     parser = _parser()
@@ -67,16 +84,10 @@ def main(argv=None):
         if args.command == 'pack':
             _pack(args, parser)
         elif args.command == 'verify':
-            checked, problems = verify(args.path, progress=not args.no_progress)
-            for db, n in checked.items():
-                print(f'{db}: {n} entries')
-            for problem in problems:
-                print(f'PROBLEM: {problem}')
-            print('FAILED' if problems else 'OK')
-            return 1 if problems else 0
+            return _verify(args)
         else:
             print('\n'.join(f'{name}:\n{preset_tree(name)}' for name in PRESETS))
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, PackError) as err:
         print(f'datasets_lmdb: error: {err}', file=sys.stderr)
         return 2
     return 0

@@ -12,42 +12,50 @@ The key of a pair is the lq file's stem. ``meta_info.txt`` lines follow BasicSR:
 :mod:`gmmoe_arch.data.image_io`). Images are stored as OpenCV reads them (BGR, 8/16-bit,
 grayscale kept single-channel).
 
-Atomicity: both databases are written into ``<out_dir>/.partial-<pid>-*`` and renamed into place only
-when every pair was read and stored; a failure or interrupt removes the partial folder, and leftovers
-of killed runs are removed by the next run. Existing ``lq.lmdb``/``gt.lmdb`` are never touched
-without ``overwrite``.
+Safety (see :mod:`datasets_lmdb.output`): one pack at a time per output folder (a lock); both
+databases are written into ``<out_dir>/.partial-<pid>-*``, flushed, and moved into place only when every
+pair was read and stored, as one unit marked with the run's generation (``pack_info.json``); a failure,
+interrupt or full disk removes the partial folder and leaves existing databases as they were. Existing
+``lq.lmdb``/``gt.lmdb`` are never touched without ``overwrite``. Sources are read by the same decoder
+as ``LLIEPairedDataset`` (:func:`gmmoe_arch.data.image_io.decode`): truncated files and decompression
+bombs are refused, never packed. Raw entries carry a CRC-32 that ``verify`` checks.
 
 ``basicsr.utils.lmdb_util`` is reused where it serves: the ``png`` form uses its encoding settings
 (``compress_level=1``) and the benchmark packs with ``make_lmdb_from_imgs`` itself; its
 ``LmdbMaker`` is not used because it exits the process when a path exists and always writes
 ``.png`` meta lines, and its ``read_img_worker`` does not report unreadable files.
 """
+import errno
 import multiprocessing
 import os
 import shutil
 import tempfile
+import uuid
 
 import cv2
 import lmdb
 from tqdm import tqdm
 
-from gmmoe_arch.data.image_io import encode_raw, shape3
+from gmmoe_arch.data.image_io import DataError, encode_raw, read_image_file, shape3
+from gmmoe_arch.data.pack_info import write_pack_info
 from gmmoe_arch.data.pairing import SHOWN, check_sizes, culprits, list_images, pair_stems
+
+from .output import PARTIAL, SIDES, PackError, output_locks, remove_leftovers, replace_pair
 
 FORMS = ('raw', 'png')
 DEFAULT_FORM = 'raw'
 PNG_COMPRESS_LEVEL = 1  # basicsr.utils.lmdb_util's default
 COMMIT_EVERY = 64
-_PARTIAL = '.partial-'
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 def find_pairs(lq_dir, gt_dir, pair_rule='identical', skip_unpaired=False):
     """``[(key, lq_path, gt_path)]`` for the images of two folders (see ``gmmoe_arch.data.pairing``)."""
-    lq, gt = list_images(lq_dir, 'lq folder'), list_images(gt_dir, 'gt folder')
+    lq, gt = list_images(lq_dir, '--lq folder'), list_images(gt_dir, '--gt folder')
     stems = pair_stems(lq, gt, pair_rule, skip_unpaired=skip_unpaired, where=(lq_dir, gt_dir))
     non_ascii = [lq_stem for lq_stem, _ in stems if not lq_stem.isascii() or ' ' in lq_stem]
     if non_ascii:
-        raise ValueError(f'LMDB keys must be ASCII without spaces; rename: {culprits(non_ascii)} in {lq_dir}')
+        raise DataError(f'LMDB keys must be ASCII without spaces; rename: {culprits(non_ascii)} in {lq_dir}')
     return [(lq_stem, os.path.join(lq_dir, lq[lq_stem]), os.path.join(gt_dir, gt[gt_stem]))
             for lq_stem, gt_stem in stems]
 
@@ -58,7 +66,7 @@ def encode(img, form):
         return encode_raw(img), 'raw', img.dtype.name
     ok, buf = cv2.imencode('.png', img, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESS_LEVEL])
     if not ok:
-        raise ValueError('PNG encoding failed')
+        raise DataError('PNG encoding failed')
     return buf.tobytes(), 'png', str(PNG_COMPRESS_LEVEL)
 
 
@@ -68,11 +76,10 @@ def _read_pair(job):
     key, lq_path, gt_path, form = job
     entries = []
     for path in (lq_path, gt_path):
-        img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-        if img is None:
-            return key, None, f'{path}: not a readable image'
-        if img.dtype.name not in ('uint8', 'uint16'):
-            return key, None, f'{path}: unsupported pixel type {img.dtype} (use 8- or 16-bit images)'
+        try:
+            img = read_image_file(path)
+        except DataError as err:
+            return key, None, str(err)
         buf, ext, tag = encode(img, form)
         entries.append((buf, shape3(img), ext, tag))
     if entries[0][1][:2] != entries[1][1][:2]:
@@ -81,28 +88,40 @@ def _read_pair(job):
 
 
 class _Writer:
-    """One LMDB being written, with its ``meta_info.txt`` lines."""
+    """One LMDB being written, with its ``meta_info.txt`` lines; ``written`` counts the bytes put."""
 
     def __init__(self, path, map_size):
         self.path = path
         self.env = lmdb.open(path, map_size=map_size)
         self.txn = self.env.begin(write=True)
         self.lines = []
+        self.written = 0
 
     def put(self, key, buf, shape, ext, tag):
         self.txn.put(key.encode('ascii'), buf)
+        self.written += len(buf)
         self.lines.append(f'{key}.{ext} ({shape[0]},{shape[1]},{shape[2]}) {tag}\n')
         if len(self.lines) % COMMIT_EVERY == 0:
             self.txn.commit()
             self.txn = self.env.begin(write=True)
 
-    def close(self, keep):
-        if keep:
-            self.txn.commit()
-            with open(os.path.join(self.path, 'meta_info.txt'), 'w', encoding='ascii') as f:
-                f.writelines(self.lines)
-        else:
-            self.txn.abort()
+    def finish(self, generation, side, form):
+        """Commit, flush to disk, and write ``meta_info.txt`` and the pack marker."""
+        self.txn.commit()
+        self.txn = None
+        self.env.sync(True)
+        with open(os.path.join(self.path, 'meta_info.txt'), 'w', encoding='ascii') as f:
+            f.writelines(self.lines)
+            f.flush()
+            os.fsync(f.fileno())
+        write_pack_info(self.path, generation, side, form, len(self.lines))
+
+    def close(self):
+        if self.txn is not None:
+            try:
+                self.txn.abort()
+            except lmdb.Error:  # a transaction whose commit failed is already gone
+                pass
         self.env.close()
 
 
@@ -112,28 +131,6 @@ def _results(jobs, workers):
         return
     with multiprocessing.get_context('fork').Pool(workers) as pool:
         yield from pool.imap(_read_pair, jobs, chunksize=2)
-
-
-def _remove_leftovers(out_dir):
-    """Remove ``.partial-<pid>-*`` folders of pack runs that are no longer alive."""
-    for name in os.listdir(out_dir):
-        if not name.startswith(_PARTIAL):
-            continue
-        pid = name[len(_PARTIAL):].split('-', 1)[0]
-        if pid.isdigit() and _alive(int(pid)):
-            continue
-        print(f'datasets_lmdb: removing {os.path.join(out_dir, name)} left by an interrupted run')
-        shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 def check_targets(out_dir, overwrite):
@@ -162,7 +159,7 @@ def pack_pairs(lq_dir, gt_dir, out_dir, pair_rule='identical', form=None, worker
     """
     form = _check_form(form)
     pairs, sizes = plan_pack(lq_dir, gt_dir, out_dir, pair_rule, overwrite, skip_unpaired)
-    return write_pairs(pairs, sizes, out_dir, form, workers, progress)
+    return write_pairs(pairs, sizes, out_dir, form, workers, progress, overwrite)
 
 
 def _check_form(form):
@@ -179,42 +176,90 @@ def plan_pack(lq_dir, gt_dir, out_dir, pair_rule='identical', overwrite=False, s
     return pairs, check_sizes([(lq, gt) for _, lq, gt in pairs])
 
 
-def write_pairs(pairs, sizes, out_dir, form=None, workers=None, progress=True):
-    """Write planned ``pairs`` (from :func:`plan_pack`) atomically into ``out_dir/{lq,gt}.lmdb``."""
+def write_pairs(pairs, sizes, out_dir, form=None, workers=None, progress=True, overwrite=False):
+    """Write planned ``pairs`` (from :func:`plan_pack`) into ``out_dir/{lq,gt}.lmdb``, holding its lock."""
+    with output_locks([out_dir]):
+        return write_pairs_locked(pairs, sizes, out_dir, form, workers, progress, overwrite)
+
+
+def write_pairs_locked(pairs, sizes, out_dir, form=None, workers=None, progress=True, overwrite=False):
+    """:func:`write_pairs` for a caller that holds ``out_dir``'s lock (see :func:`~.output.output_locks`)."""
     form = _check_form(form)
+    check_targets(out_dir, overwrite)  # again, under the lock: another run may have finished meanwhile
+    remove_leftovers(out_dir)
     workers = workers or min(4, os.cpu_count() or 1)
     # upper bound of one database: 4 channels of 16 bits per pixel, plus LMDB page overhead
     map_size = sum(h * w for h, w in sizes) * 8 + (64 << 20)
-    os.makedirs(out_dir, exist_ok=True)
-    _remove_leftovers(out_dir)
-    tmp = tempfile.mkdtemp(prefix=f'{_PARTIAL}{os.getpid()}-', dir=out_dir)
+    tmp = tempfile.mkdtemp(prefix=f'{PARTIAL}{os.getpid()}-', dir=out_dir)
+    keep_tmp = False
     try:
-        writers = [_Writer(os.path.join(tmp, f'{side}.lmdb'), map_size) for side in ('lq', 'gt')]
-        jobs = [(key, lq, gt, form) for key, lq, gt in pairs]
-        results = _results(jobs, workers)
-        errors, complete = [], False
+        writers = [_Writer(os.path.join(tmp, f'{side}.lmdb'), map_size) for side in SIDES]
         try:
-            for key, entries, error in tqdm(results, total=len(jobs), unit='pair', disable=not progress,
-                                            desc=f'pack {os.path.basename(os.path.dirname(pairs[0][1]))}'):
-                if error:
-                    errors.append(error)
-                    if len(errors) >= SHOWN:
-                        break
-                    continue
-                for writer, entry in zip(writers, entries):
-                    writer.put(key, *entry)
-            complete = not errors
+            _store(pairs, writers, out_dir, form, workers, progress)
+        except (lmdb.Error, OSError) as err:
+            raise PackError(_write_failure(out_dir, err, writers)) from None
         finally:
-            results.close()
             for writer in writers:
-                writer.close(keep=complete)
-        if errors:
-            raise ValueError(f'{out_dir} not written, {len(errors)}+ pair(s) failed: {culprits(errors)}')
-        for side in ('lq', 'gt'):
-            target = os.path.join(out_dir, f'{side}.lmdb')
-            if os.path.exists(target):
-                shutil.rmtree(target)
-            os.replace(os.path.join(tmp, f'{side}.lmdb'), target)
+                writer.close()
+        try:
+            replace_pair(tmp, out_dir)
+        except PackError:
+            keep_tmp = True
+            raise
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not keep_tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
     return len(pairs)
+
+
+def _store(pairs, writers, out_dir, form, workers, progress):
+    """Read, encode and store every pair; finish both databases only when all succeeded."""
+    jobs = [(key, lq, gt, form) for key, lq, gt in pairs]
+    results = _results(jobs, workers)
+    errors = []
+    try:
+        for key, entries, error in tqdm(results, total=len(jobs), unit='pair', disable=not progress,
+                                        desc=f'pack {os.path.basename(os.path.dirname(pairs[0][1]))}'):
+            if error:
+                errors.append(error)
+                if len(errors) >= SHOWN:
+                    break
+                continue
+            for writer, entry in zip(writers, entries):
+                writer.put(key, *entry)
+    finally:
+        results.close()
+    if errors:
+        raise DataError(f'{out_dir} not written, {len(errors)}+ pair(s) failed: {culprits(errors)}')
+    generation = uuid.uuid4().hex
+    for writer, side in zip(writers, SIDES):
+        writer.finish(generation, side, form)
+
+
+def _write_failure(out_dir, err, writers):
+    """One line for a failed write: a full disk said as such, with what was written so far."""
+    try:
+        free = shutil.disk_usage(out_dir).free
+    except OSError:
+        free = None
+    what = f'{type(err).__name__}: {err}' if isinstance(err, lmdb.Error) else str(err)
+    kept = 'existing lq.lmdb/gt.lmdb are untouched' if any(
+        os.path.exists(os.path.join(out_dir, f'{s}.lmdb')) for s in SIDES) else 'nothing was written'
+    if _disk_full(err, free, writers):
+        written = sum(w.written for w in writers)
+        return (f'{out_dir}: not written, the disk is full ({_mb(free)} free after {_mb(written)} of data; {what}); '
+                f'{kept}. Free space or choose another --out, then run again')
+    return f'{out_dir}: not written ({what}); {kept}'
+
+
+def _disk_full(err, free, writers):
+    if getattr(err, 'errno', None) in _FULL_ERRNOS or 'No space left' in str(err):
+        return True
+    # LMDB reports a short write as EIO: less room than one commit of average entries means a full disk
+    entries = sum(len(w.lines) for w in writers)
+    one_commit = COMMIT_EVERY * sum(w.written for w in writers) / max(entries, 1) + (1 << 20)
+    return free is not None and free < one_commit
+
+
+def _mb(n):
+    return 'unknown' if n is None else f'{n / 2 ** 20:.1f} MB'

@@ -19,7 +19,10 @@ Packed output (fixed layout): ``<out>/train/{lq,gt}.lmdb`` and ``<out>/val/{lq,g
 """
 import os
 
-from .pack import plan_pack, write_pairs
+from gmmoe_arch.data.image_io import MissingDataError
+
+from .output import output_locks
+from .pack import plan_pack, write_pairs_locked
 
 #: preset -> split -> (lq folder, gt folder, pair rule), folders relative to the root
 PRESETS = {
@@ -61,7 +64,8 @@ def _splits(preset):
 def pack_preset(preset, root, out_dir, **kwargs):
     """Pack every split of ``preset`` found under ``root`` into ``out_dir/<split>/{lq,gt}.lmdb``.
 
-    All folders, pairs, image headers and targets are checked before anything is written. ``kwargs`` go to
+    All folders, pairs, image headers and targets are checked before anything is written, and every
+    split folder is locked for the whole run (see :mod:`datasets_lmdb.output`). ``kwargs`` go to
     :func:`~datasets_lmdb.pack.pack_pairs` (``form``, ``workers``, ``progress``, ``overwrite``,
     ``skip_unpaired``). Returns ``{split: number of pairs}``.
     """
@@ -69,10 +73,13 @@ def pack_preset(preset, root, out_dir, **kwargs):
     missing = [os.path.join(root, d) for lq, gt, _ in splits.values() for d in (lq, gt)
                if not os.path.isdir(os.path.join(root, d))]
     if missing:
-        raise FileNotFoundError(f'--root {root} does not hold the {preset} tree; missing: '
-                                f'{", ".join(missing)}. Expected:\n{preset_tree(preset, root)}')
+        raise MissingDataError(f'--root {root} does not hold the {preset} tree; missing: '
+                               f'{", ".join(missing)}. Expected:\n{preset_tree(preset, root)}')
     overwrite, skip_unpaired = kwargs.pop('overwrite', False), kwargs.pop('skip_unpaired', False)
-    plans = {split: plan_pack(os.path.join(root, lq), os.path.join(root, gt), os.path.join(out_dir, split), rule,
-                              overwrite, skip_unpaired)
+    outs = {split: os.path.join(out_dir, split) for split in splits}
+    plans = {split: plan_pack(os.path.join(root, lq), os.path.join(root, gt), outs[split], rule, overwrite,
+                              skip_unpaired)
              for split, (lq, gt, rule) in splits.items()}
-    return {split: write_pairs(*plan, os.path.join(out_dir, split), **kwargs) for split, plan in plans.items()}
+    with output_locks(outs.values()):
+        return {split: write_pairs_locked(*plan, outs[split], overwrite=overwrite, **kwargs)
+                for split, plan in plans.items()}

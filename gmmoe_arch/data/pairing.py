@@ -5,18 +5,24 @@ stem to its gt stem:
 
 * ``'identical'``: same stem (``a.png`` <-> ``a.jpg`` too).
 * ``'lol_v2_real'``: LOL-v2 Real's ``low00001`` <-> ``normal00001``.
-* ``{'lq': REGEX, 'gt': TEMPLATE}`` (or the string ``'REGEX->TEMPLATE'``): the lq stem must match
-  REGEX in full; the gt stem is ``TEMPLATE`` with ``\\1``/``\\g<name>`` filled in, e.g.
-  ``{'lq': 'rain-(.*)', 'gt': r'norain-\\1'}`` for deraining folders.
+* ``{'lq': REGEX, 'gt': TEMPLATE}`` (also as a JSON/YAML string ``'{"lq": ..., "gt": ...}'``, or the
+  string ``'REGEX->TEMPLATE'``): the lq stem must match REGEX in full; the gt stem is ``TEMPLATE`` with
+  ``\\1``/``\\g<name>`` filled in, e.g. ``{'lq': 'rain-(.*)', 'gt': r'norain-\\1'}`` for deraining folders.
 
-Every check raises ``ValueError``/``FileNotFoundError`` naming the option and the first few culprits.
+Problems with the data (missing folders, unpaired or unreadable files) raise
+:class:`~gmmoe_arch.data.image_io.DataError` (``MissingDataError``, also a ``FileNotFoundError``, for
+missing folders), a bad ``pair_rule`` a ``ValueError``; each names the option and the first few culprits.
 """
 import os
 import re
 
-from .image_io import IMAGE_EXTENSIONS, read_size
+import yaml
+
+from .image_io import IMAGE_EXTENSIONS, DataError, MissingDataError, read_size
 
 SHOWN = 5
+#: where a user who lacks a data folder is sent
+WHERE_TO_LOOK = '`datasets_lmdb presets` prints the folder trees each dataset needs; see docs/data.md'
 _META_LINE = re.compile(r'^(\S+)\s+\((\d+),\s*(\d+),\s*(\d+)\)(?:\s+(\S+))?\s*$')
 
 
@@ -35,7 +41,8 @@ def stem(name):
 def list_images(folder, option):
     """Map stem -> file name for the images directly inside ``folder`` (option named in errors)."""
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f'{option}: folder not found: {folder}')
+        raise MissingDataError(f'{option}: folder not found: {folder}; put the images there or change {option} '
+                               f'({WHERE_TO_LOOK})')
     images, others = {}, []
     for name in sorted(os.listdir(folder)):
         if name.startswith('.') or not os.path.isfile(os.path.join(folder, name)):
@@ -44,12 +51,13 @@ def list_images(folder, option):
             others.append(name)
             continue
         if stem(name) in images:
-            raise ValueError(f'{option}: two images share the name {stem(name)!r} in {folder}: '
+            raise DataError(f'{option}: two images share the name {stem(name)!r} in {folder}: '
                              f'{images[stem(name)]}, {name}')
         images[stem(name)] = name
     if not images:
         extra = f'; it holds only {culprits(others)}' if others else ''
-        raise ValueError(f'{option}: no images ({", ".join(IMAGE_EXTENSIONS)}) in {folder}{extra}')
+        raise DataError(f'{option}: no images ({", ".join(IMAGE_EXTENSIONS)}) in {folder}{extra} '
+                        f'({WHERE_TO_LOOK})')
     return images
 
 
@@ -59,12 +67,14 @@ def make_rule(pair_rule):
         return lambda s: s
     if pair_rule == 'lol_v2_real':
         pair_rule = {'lq': 'low(.*)', 'gt': r'normal\1'}
+    if isinstance(pair_rule, str) and pair_rule.lstrip().startswith('{'):
+        pair_rule = _parse_mapping(pair_rule)
     if isinstance(pair_rule, str) and '->' in pair_rule:
         lq, gt = pair_rule.split('->', 1)
         pair_rule = {'lq': lq, 'gt': gt}
     if not (isinstance(pair_rule, dict) and set(pair_rule) == {'lq', 'gt'}):
         raise ValueError(f"pair_rule: expected 'identical', 'lol_v2_real', {{lq: REGEX, gt: TEMPLATE}} "
-                         f"or 'REGEX->TEMPLATE', got {pair_rule!r}")
+                         f"(a mapping or its JSON/YAML text) or 'REGEX->TEMPLATE', got {pair_rule!r}")
     try:
         pattern = re.compile(pair_rule['lq'])
     except re.error as err:
@@ -83,6 +93,15 @@ def make_rule(pair_rule):
     return rule
 
 
+def _parse_mapping(text):
+    """``'{"lq": ..., "gt": ...}'`` (JSON, or YAML's ``{lq: ..., gt: ...}``) -> dict."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        problem = getattr(err, 'problem', None) or err
+        raise ValueError(f'pair_rule: {text!r} is not a JSON/YAML mapping ({problem})') from None
+
+
 def read_pair_list(path):
     """Read a ``meta_info_file``: lines ``LQ_NAME [GT_NAME]``; returns ``[(lq_stem, gt_stem|None)]``.
 
@@ -90,7 +109,7 @@ def read_pair_list(path):
     a gt name, so BasicSR meta_info files can be used as they are.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f'meta_info_file: file not found: {path}')
+        raise MissingDataError(f'meta_info_file: file not found: {path}')
     pairs = []
     with open(path, encoding='utf-8') as f:
         for line in f:
@@ -100,7 +119,7 @@ def read_pair_list(path):
             gt = fields[1] if len(fields) > 1 and not fields[1].startswith('(') else None
             pairs.append((stem(fields[0]), stem(gt) if gt else None))
     if not pairs:
-        raise ValueError(f'meta_info_file: no entries in {path}')
+        raise DataError(f'meta_info_file: no entries in {path}')
     return pairs
 
 
@@ -118,8 +137,8 @@ def pair_stems(lq_stems, gt_stems, pair_rule='identical', pair_list=None, skip_u
         pairs = [(lq, gt if gt is not None else rule(lq)) for lq, gt in pair_list]
         missing = [f'{lq} -> {gt}' for lq, gt in pairs if lq not in lq_stems or gt not in gt_stems]
         if missing:
-            raise ValueError(f'meta_info_file: {len(missing)} listed pair(s) not found in {where[0]} '
-                             f'/ {where[1]}: {culprits(missing)}')
+            raise DataError(f'meta_info_file: {len(missing)} listed pair(s) not found in {where[0]} '
+                            f'/ {where[1]}: {culprits(missing)}')
         return sorted(pairs)
     pairs, lonely_lq = [], []
     for lq in sorted(lq_stems):
@@ -132,8 +151,8 @@ def pair_stems(lq_stems, gt_stems, pair_rule='identical', pair_list=None, skip_u
     if (lonely_lq or lonely_gt) and not (skip_unpaired and pairs):
         parts = [f'{len(v)} in {w} without a partner: {culprits(v)}'
                  for v, w in ((lonely_lq, where[0]), (lonely_gt, where[1])) if v]
-        raise ValueError(f'unpaired images (pair_rule={pair_rule!r}): {"; ".join(parts)}. Fix the '
-                         'folders, choose pairs with meta_info_file, or set skip_unpaired')
+        raise DataError(f'unpaired images (pair_rule={pair_rule!r}): {"; ".join(parts)}. Fix the '
+                        'folders, choose pairs with meta_info_file, or set skip_unpaired')
     return pairs
 
 
@@ -148,17 +167,17 @@ def check_sizes(pairs):
         for path in (lq_path, gt_path):
             try:
                 pair.append(read_size(path))
-            except ValueError:
-                unreadable.append(path)
+            except DataError as err:
+                unreadable.append(str(err))
         if len(pair) < 2:
             continue
         if pair[0] != pair[1]:
             mismatched.append(f'{lq_path} {pair[0][0]}x{pair[0][1]} vs {gt_path} {pair[1][0]}x{pair[1][1]}')
         sizes.append(pair[0])
     if unreadable:
-        raise ValueError(f'{len(unreadable)} unreadable image(s): {culprits(unreadable)}')
+        raise DataError(f'{len(unreadable)} unreadable image(s): {culprits(unreadable)}')
     if mismatched:
-        raise ValueError(f'{len(mismatched)} pair(s) with different lq/gt sizes (h x w): {culprits(mismatched)}')
+        raise DataError(f'{len(mismatched)} pair(s) with different lq/gt sizes (h x w): {culprits(mismatched)}')
     return sizes
 
 
@@ -169,11 +188,12 @@ def read_lmdb_meta(lmdb_dir, option):
     when the folder, its ``data.mdb`` or its ``meta_info.txt`` is missing or a line is malformed.
     """
     if not os.path.isdir(lmdb_dir):
-        raise FileNotFoundError(f'{option}: LMDB folder not found: {lmdb_dir}')
+        raise MissingDataError(f'{option}: LMDB folder not found: {lmdb_dir}; pack the dataset with '
+                               f'`datasets_lmdb pack` or change {option} ({WHERE_TO_LOOK})')
     for needed in ('data.mdb', 'meta_info.txt'):
         if not os.path.isfile(os.path.join(lmdb_dir, needed)):
-            raise FileNotFoundError(f'{option}: {lmdb_dir} is not a complete LMDB (no {needed}); '
-                                    'pack it with `datasets_lmdb pack`')
+            raise MissingDataError(f'{option}: {lmdb_dir} is not a complete LMDB (no {needed}); '
+                                   'pack it again with `datasets_lmdb pack --overwrite` (see docs/data.md)')
     meta = {}
     with open(os.path.join(lmdb_dir, 'meta_info.txt'), encoding='utf-8') as f:
         for number, line in enumerate(f, 1):
@@ -181,11 +201,11 @@ def read_lmdb_meta(lmdb_dir, option):
                 continue
             match = _META_LINE.match(line.strip())
             if match is None:
-                raise ValueError(f'{option}: {lmdb_dir}/meta_info.txt line {number} is not '
+                raise DataError(f'{option}: {lmdb_dir}/meta_info.txt line {number} is not '
                                  f'"NAME.EXT (h,w,c) TAG": {line.strip()!r}')
             name = match.group(1)
             key = name.rsplit('.', 1)[0]
             meta[key] = tuple(int(match.group(i)) for i in (2, 3, 4))
     if not meta:
-        raise ValueError(f'{option}: {lmdb_dir}/meta_info.txt lists no images')
+        raise DataError(f'{option}: {lmdb_dir}/meta_info.txt lists no images')
     return meta

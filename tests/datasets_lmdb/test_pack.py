@@ -11,7 +11,7 @@ from basicsr.data import build_dataset
 from conftest import write_pairs
 from datasets_lmdb import pack_pairs, pack_preset, verify
 from datasets_lmdb.__main__ import main
-from gmmoe_arch.data.image_io import decode
+from gmmoe_arch.data.image_io import DataError, decode
 
 
 def pack(src, out, **kwargs):
@@ -124,7 +124,7 @@ def test_failed_pack_leaves_no_partial_database(tmp_path):
     before = stored(tmp_path / 'out' / 'gt.lmdb', '003')
     png = (src / 'gt' / '003.png').read_bytes()
     (src / 'gt' / '003.png').write_bytes(png[:len(png) // 2])  # header intact, pixels cut off
-    with pytest.raises(ValueError, match=r'003\.png: not a readable image'):
+    with pytest.raises(DataError, match=r'003\.png: not a decodable image'):
         pack(src, tmp_path / 'out', overwrite=True, workers=2)
     assert sorted(os.listdir(tmp_path / 'out')) == ['gt.lmdb', 'lq.lmdb']  # no .partial-* left
     assert stored(tmp_path / 'out' / 'gt.lmdb', '003') == before  # the old database is untouched
