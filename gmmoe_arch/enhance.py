@@ -18,11 +18,15 @@ those whole-image averages and inject them into every tile (:class:`ImageStatist
 stays a close approximation of whole-image inference, not an exact copy (see
 ``docs/enhance.md`` for measured differences).
 """
+import fnmatch
 import glob
 import math
 import os
-from contextlib import nullcontext
+import secrets
+import tempfile
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from threading import Lock
 
 import cv2
 import numpy as np
@@ -31,14 +35,14 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from .data.image_io import IMAGE_EXTENSIONS
+from .enhance_cli import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_PIXELS, DEFAULT_OVERLAP, DEFAULT_STAT_PASSES
 
-DEFAULT_MAX_PIXELS = 512 * 512
-DEFAULT_OVERLAP = 96
-DEFAULT_STAT_PASSES = 1
 MIN_TILE = 256
 PRECISIONS = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 EXIF_ORIENTATION = 0x0112
+WRITE_CHUNK = 16 * 2**20
+_PILLOW_LIMIT = Lock()
 
 
 class EnhanceError(Exception):
@@ -135,6 +139,23 @@ def _mismatch_report(net, state_dict, limit=5):
     return '; '.join(parts)
 
 
+def describe_size(config):
+    """``'width-8 network (enc [1, 1, 1], middle 1, dec [1, 1, 1])'`` for an :func:`infer_config` result."""
+    channels = f', {config["img_channel"]} channels' if config['img_channel'] != 3 else ''
+    return (f'width-{config["width"]} network (enc {config["enc_blk_nums"]}, middle {config["middle_blk_num"]}, '
+            f'dec {config["dec_blk_nums"]}{channels})')
+
+
+def _size_mismatch(weights, state_dict, net, preset, option_file):
+    """The message for a checkpoint of another network size than the one built, else None."""
+    held, built = infer_config(state_dict), infer_config(net.state_dict())
+    if held is None or built is None or held == built:
+        return None
+    chosen, flag = (f'--preset {preset}', '--preset') if preset is not None else (f'--opt {option_file}', '--opt')
+    return (f'checkpoint {weights} holds a {describe_size(held)}; {chosen} is a {describe_size(built)}; '
+            f'drop {flag} to read the size off the checkpoint')
+
+
 def load_network(weights=None, preset=None, option_file=None, device='auto', random_weights=False):
     """Build a GM-MoE network, load ``weights`` strictly, and return it in eval mode on ``device``.
 
@@ -167,6 +188,9 @@ def load_network(weights=None, preset=None, option_file=None, device='auto', ran
         try:
             net.load_state_dict(dict(state_dict), strict=True)
         except RuntimeError as exc:
+            sizes = _size_mismatch(weights, state_dict, net, preset, option_file)
+            if sizes:
+                raise EnhanceError(sizes) from exc
             report = _mismatch_report(net, state_dict) or str(exc).splitlines()[0]
             raise EnhanceError(f'checkpoint {weights} does not fit the network ({source}): {report}') from exc
     net.requires_grad_(False)
@@ -349,9 +373,15 @@ def _global_pool_input(func, args, kwargs):
     return None
 
 
-def _sweep(net, x, plan, inject, out=None, gates=None, record=True):
-    """One pass of ``net`` over the tiles of ``x``; returns the :class:`ImageStatistics` it recorded
-    (nothing with ``record=False``)."""
+def _sweep(net, tile_input, plan, inject, add_output=None, gates=None, record=True):
+    """One pass of ``net`` over the tiles of ``plan``; returns the :class:`ImageStatistics` it recorded
+    (nothing with ``record=False``).
+
+    Args:
+        tile_input: ``tile_input(y0, y1, x0, x1)`` -> that tile's ``(1, 3, h, w)`` float32 input.
+        add_output: ``add_output(y0, y1, x0, x1, pred)`` receives each tile's ``(1, 3, h, w)`` float32 CPU
+            output multiplied by its blending share, in the order :meth:`TilePlan.tiles` yields them.
+    """
     from gmmoe_arch import record_gates
 
     device = next(net.parameters()).device
@@ -359,14 +389,24 @@ def _sweep(net, x, plan, inject, out=None, gates=None, record=True):
     with ImageStatistics(inject, record) as stats, record_gates(net) as tile_gates:
         for y0, y1, x0, x1, share in plan.tiles():
             stats.set_tile(share, pad, device)
-            pred = net(x[..., y0:y1, x0:x1].to(device))
-            if out is not None:
-                out[..., y0:y1, x0:x1] += pred.float().cpu() * torch.from_numpy(share)
+            pred = net(tile_input(y0, y1, x0, x1).to(device))
+            if add_output is not None:
+                add_output(y0, y1, x0, x1, pred.float().cpu() * torch.from_numpy(share))
             if gates is not None:
                 weight = float(share.sum(dtype=np.float64)) / (plan.h * plan.w)
                 for path, g in tile_gates.items():
                     gates[path] = gates.get(path, 0) + weight * g[0].double().cpu().numpy()
     return stats
+
+
+def _run(net, tile_input, plan, add_output, precision, gates, stat_passes):
+    """The statistics passes, then the output pass (see :func:`enhance_tensor`)."""
+    device = next(net.parameters()).device
+    inject = None
+    with torch.inference_mode(), autocast(device, precision):
+        for _ in range(stat_passes if len(plan) > 1 else 0):
+            inject = _sweep(net, tile_input, plan, inject).means()
+        _sweep(net, tile_input, plan, inject, add_output, gates, record=False)
 
 
 def enhance_tensor(net, x, plan, precision='fp32', gates=None, stat_passes=DEFAULT_STAT_PASSES):
@@ -380,19 +420,54 @@ def enhance_tensor(net, x, plan, precision='fp32', gates=None, stat_passes=DEFAU
         gates (dict | None): filled with each expert block's gate weights ``(n_experts,)``, the
             mean over tiles weighted by the output pixels each tile accounts for.
     """
-    device = next(net.parameters()).device
     out = torch.zeros_like(x)
-    inject = None
-    with torch.inference_mode(), autocast(device, precision):
-        for _ in range(stat_passes if len(plan) > 1 else 0):
-            inject = _sweep(net, x, plan, inject).means()
-        _sweep(net, x, plan, inject, out, gates, record=False)
+
+    def add(y0, y1, x0, x1, pred):
+        out[..., y0:y1, x0:x1] += pred
+
+    _run(net, lambda y0, y1, x0, x1: x[..., y0:y1, x0:x1], plan, add, precision, gates, stat_passes)
     return out
+
+
+class RowBlender:
+    """Sums blended tile outputs over a band of rows and hands each row on as soon as it is final.
+
+    Tiles arrive row of tiles by row of tiles (as :meth:`TilePlan.tiles` yields them), so when a
+    tile starting at row ``y0`` arrives, no later tile touches the rows above ``y0``: those are
+    passed to ``emit(r0, r1, rows)`` (``rows``: ``(r1 - r0, W, 3)`` float32) and dropped. Only the
+    band of rows the current row of tiles covers is held in float32, never the whole image.
+    """
+
+    def __init__(self, width, emit):
+        self.top = 0
+        self.acc = np.zeros((0, width, 3), np.float32)
+        self.emit = emit
+
+    def add(self, y0, y1, x0, x1, pred):
+        """Add ``pred`` (``(1, 3, y1-y0, x1-x0)`` tensor, already weighted) at its place."""
+        if y0 > self.top:
+            self.flush(y0)
+        if y1 - self.top > len(self.acc):
+            grown = np.zeros((y1 - self.top,) + self.acc.shape[1:], np.float32)
+            grown[:len(self.acc)] = self.acc
+            self.acc = grown
+        self.acc[y0 - self.top:y1 - self.top, x0:x1] += pred[0].numpy().transpose(1, 2, 0)
+
+    def flush(self, stop):
+        """Hand on rows ``[top, stop)``: every tile covering them has been added."""
+        if stop > self.top:
+            self.emit(self.top, stop, self.acc[:stop - self.top])
+            self.acc = self.acc[stop - self.top:]
+            self.top = stop
 
 
 def enhance_image(net, img, tile=None, overlap=DEFAULT_OVERLAP, max_pixels=DEFAULT_MAX_PIXELS,
                   precision='fp32', stat_passes=DEFAULT_STAT_PASSES, gates=None):
     """Enhance one image array; return an array of the same shape and dtype.
+
+    Memory: besides ``img`` and the returned array, only one tile and one band of rows (a tile's
+    height x the image's width) are held in float32; each tile is converted from ``img`` when the
+    network needs it and each output row is converted to ``img``'s dtype once it is final.
 
     Args:
         img (np.ndarray): ``H x W``, ``H x W x 1``, ``H x W x 3`` (RGB) or ``H x W x 4`` (RGBA);
@@ -401,63 +476,101 @@ def enhance_image(net, img, tile=None, overlap=DEFAULT_OVERLAP, max_pixels=DEFAU
         precision (str): ``'fp32'``, ``'bf16'`` or ``'fp16'`` (CUDA only), via autocast.
         stat_passes (int), gates (dict | None): see :func:`enhance_tensor`.
     """
-    rgb, alpha, gray, scale = _split(img)
-    plan = plan_tiles(rgb.shape[0], rgb.shape[1], tile, overlap, max_pixels, getattr(net, 'padder_size', 1))
-    x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
-    del rgb
-    y = enhance_tensor(net, x, plan, precision, gates, stat_passes)[0].numpy().transpose(1, 2, 0)
-    return _merge(y, alpha, gray, scale, img.dtype)
+    img, scale = _check_image(img)
+    plan = plan_tiles(img.shape[0], img.shape[1], tile, overlap, max_pixels, getattr(net, 'padder_size', 1))
+    out = np.empty_like(img)
+    if img.ndim == 3 and img.shape[2] == 4:
+        out[..., 3] = img[..., 3]  # alpha passes through untouched
+
+    def emit(r0, r1, rows):
+        rows = _from_network(rows, img.ndim == 2, scale, img.dtype)
+        if img.ndim == 2:
+            out[r0:r1] = rows
+        else:
+            out[r0:r1, :, :3] = rows
+
+    blender = RowBlender(img.shape[1], emit)
+    _run(net, lambda y0, y1, x0, x1: _to_network(img[y0:y1, x0:x1], scale), plan, blender.add, precision,
+         gates, stat_passes)
+    blender.flush(img.shape[0])
+    return out
 
 
-def _split(img):
-    """Array -> (RGB float32 in [0, 1], alpha or None, was-gray, integer scale or None)."""
+def _check_image(img):
+    """``(img, scale)``: ``img`` as ``H x W`` or ``H x W x 3|4`` (a single channel squeezed), ``scale`` the
+    integer dtype's maximum (None for float); :class:`EnhanceError` for anything else."""
     img = np.asarray(img)
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[..., 0]
     if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (3, 4)) or 0 in img.shape:
         raise EnhanceError(f'image of shape {img.shape}: expected H x W, H x W x 3 or H x W x 4')
     if img.dtype in (np.uint8, np.uint16):
-        scale = float(np.iinfo(img.dtype).max)
-    elif np.issubdtype(img.dtype, np.floating):
-        scale = None
-    else:
-        raise EnhanceError(f'image dtype {img.dtype}: expected uint8, uint16 or float')
-    gray = img.ndim == 2
-    alpha = img[..., 3] if not gray and img.shape[2] == 4 else None
-    rgb = np.repeat(img[..., None], 3, axis=2) if gray else img[..., :3]
+        return img, float(np.iinfo(img.dtype).max)
+    if np.issubdtype(img.dtype, np.floating):
+        return img, None
+    raise EnhanceError(f'image dtype {img.dtype}: expected uint8, uint16 or float')
+
+
+def _to_network(part, scale):
+    """An image region (gray, RGB or RGBA) -> ``(1, 3, h, w)`` float32 RGB in [0, 1] (gray replicated)."""
+    rgb = np.repeat(part[..., None], 3, axis=2) if part.ndim == 2 else part[..., :3]
     rgb = rgb.astype(np.float32)
     if scale is not None:
         rgb /= scale
-    return rgb, alpha, gray, scale
+    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
 
 
-def _merge(y, alpha, gray, scale, dtype):
-    """Inverse of :func:`_split` for the network's ``H x W x 3`` float output."""
+def _from_network(y, gray, scale, dtype):
+    """The network's ``h x w x 3`` float output -> ``dtype`` pixels (gray via ITU-R 601 luma), clipped."""
     if gray:
         y = y @ LUMA
-    np.clip(y, 0, 1, out=y)
+    y = np.clip(y, 0, 1)
     if scale is not None:
         y *= scale
         np.rint(y, out=y)
-    y = y.astype(dtype)
-    if alpha is not None:
-        y = np.concatenate([y, alpha[..., None]], axis=2)
-    return y
+    return y.astype(dtype)
 
 
 # ---------------------------------------------------------------- files
 
 
-def _orientation(path):
-    """EXIF orientation (1-8) of an image file, 1 when absent or unreadable."""
+@contextmanager
+def _pillow_bomb_check_off():
+    """Pillow's decompression-bomb check suspended: :func:`read_header` reads only the header and
+    applies the caller's own limit right after. A lock keeps two of these from interleaving."""
     from PIL import Image
 
+    with _PILLOW_LIMIT:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def read_header(path):
+    """``((width, height), orientation)`` from an image file's header, without decoding any pixel.
+
+    ``(None, 1)`` when Pillow cannot parse the header (OpenCV may still decode the file); the
+    orientation is the EXIF tag (1-8), 1 when absent or unreadable. Raises :class:`EnhanceError`
+    when the file cannot be opened at all.
+    """
+    from PIL import Image, UnidentifiedImageError
+
     try:
-        with Image.open(path) as im:
-            value = im.getexif().get(EXIF_ORIENTATION, 1)
-    except Exception:  # Pillow cannot parse every file cv2 reads; no EXIF then
-        return 1
-    return value if value in range(1, 9) else 1
+        with _pillow_bomb_check_off(), Image.open(path) as im:
+            size = im.size
+            try:
+                orientation = im.getexif().get(EXIF_ORIENTATION, 1)
+            except Exception:  # a damaged EXIF block: no orientation, the pixels may still be fine
+                orientation = 1
+    except OSError as exc:
+        if exc.errno is not None and not isinstance(exc, UnidentifiedImageError):  # missing, unreadable, a folder
+            raise EnhanceError(f'{path}: cannot be read ({exc.strerror or exc})') from exc
+        return None, 1  # Pillow cannot parse this header (e.g. "Truncated File Read"); OpenCV decides
+    except Exception:  # Pillow's parsers raise SyntaxError, struct.error, ... on damaged headers; OpenCV decides
+        return None, 1
+    return size, orientation if orientation in range(1, 9) else 1
 
 
 def _apply_orientation(img, orientation):
@@ -468,43 +581,124 @@ def _apply_orientation(img, orientation):
     return np.ascontiguousarray(ops[orientation](img)) if orientation in ops else img
 
 
-def read_image(path):
+def read_image(path, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
     """Read an image file as an upright RGB(A)/gray array of its own dtype (8/16-bit, float TIFF).
 
-    OpenCV decodes the pixels (``IMREAD_UNCHANGED`` keeps 16 bits and alpha but ignores EXIF);
-    the EXIF orientation is read with Pillow and applied here.
+    The size declared in the header is checked against ``max_image_pixels`` (None: no limit)
+    before any pixel is decoded. OpenCV decodes the pixels (``IMREAD_UNCHANGED`` keeps 16 bits and
+    alpha but ignores EXIF); the EXIF orientation is read with Pillow and applied here.
     """
-    from basicsr.utils import imfrombytes
-
+    size, orientation = read_header(path)
+    if size is not None and max_image_pixels is not None and size[0] * size[1] > max_image_pixels:
+        raise EnhanceError(f'{path}: its header declares {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, more '
+                           f'than --max-image-pixels {max_image_pixels:,} (memory grows with the image: about 9 '
+                           'bytes per pixel for 8-bit RGB); raise --max-image-pixels to enhance it anyway')
     try:
-        with open(path, 'rb') as f:
-            content = f.read()
-    except OSError as exc:
-        raise EnhanceError(f'{path}: cannot be read ({exc.strerror or exc})') from exc
-    try:
-        img = imfrombytes(content, flag='unchanged') if content else None
-    except Exception as exc:  # cv2.error on some truncated files
-        raise EnhanceError(f'{path}: not a readable image ({exc})') from exc
+        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:  # e.g. above OpenCV's own pixel limit, some truncated files
+        raise EnhanceError(f'{path}: not a readable image ({str(exc).strip().splitlines()[-1]})') from exc
     if img is None:
         raise EnhanceError(f'{path}: not a readable image (empty, truncated or unsupported format)')
     if img.ndim == 3 and img.shape[2] == 2:  # gray + alpha
         img = np.stack([img[..., 0]] * 3 + [img[..., 1]], axis=2)
     if img.ndim == 3:
-        img = img[..., [2, 1, 0, 3][:img.shape[2]]]
-    return _apply_orientation(img, _orientation(path))
+        _swap_red_blue(img)
+    return _apply_orientation(img, orientation)
+
+
+def _swap_red_blue(img, rows=256):
+    """BGR(A) <-> RGB(A) in place, a band of rows at a time (no second copy of a large image)."""
+    for r in range(0, img.shape[0], rows):
+        band = img[r:r + rows]
+        band[..., [0, 2]] = band[..., [2, 0]]
+
+
+def write_file(path, data):
+    """Write ``data`` (bytes-like) to ``path`` so that ``path`` only ever holds a complete file.
+
+    The bytes go to a hidden temporary file in the same folder (created if missing), which is
+    flushed to disk (fsync) and then renamed over ``path``. On any failure (disk full, no
+    permission, ...) the temporary file is removed, ``path`` is left as it was, and
+    :class:`EnhanceError` names the file and the reason.
+    """
+    path = str(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f'.{os.path.basename(path)}.{os.getpid()}-{secrets.token_hex(4)}.partial')
+    fd = None
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        view = memoryview(data).cast('B')
+        while view:
+            view = view[os.write(fd, view[:WRITE_CHUNK]):]
+        os.fsync(fd)
+        os.close(fd)
+        fd = None
+        os.replace(tmp, path)
+    except OSError as exc:
+        if fd is not None:
+            os.close(fd)
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise EnhanceError(f'{path}: cannot be written ({exc.strerror or exc}); nothing was written under '
+                           'that name') from exc
+    _sync_folder(folder)
+
+
+def _sync_folder(folder):
+    """fsync a folder so that a rename in it survives a power cut (best effort: not every OS allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_image(path, img, jpeg_quality=95):
-    """Write an RGB(A)/gray array (uint8, uint16 or float32 for TIFF); parent folders are created."""
-    from basicsr.utils import imwrite
-
+    """Write an RGB(A)/gray array (uint8, uint16 or float32 for TIFF), atomically (:func:`write_file`);
+    the format follows the extension, parent folders are created."""
+    ext = os.path.splitext(str(path))[1]
+    params = [int(cv2.IMWRITE_JPEG_QUALITY), jpeg_quality] if ext.lower() in ('.jpg', '.jpeg') else []
     if img.ndim == 3:
         img = img[..., [2, 1, 0, 3][:img.shape[2]]]
-    params = [int(cv2.IMWRITE_JPEG_QUALITY), jpeg_quality] if str(path).lower().endswith(('.jpg', '.jpeg')) else None
     try:
-        imwrite(np.ascontiguousarray(img), str(path), params=params)
-    except Exception as exc:  # OSError, or cv2.error for a format that cannot hold the dtype
-        raise EnhanceError(f'{path}: cannot be written ({exc})') from exc
+        ok, encoded = cv2.imencode(ext, np.ascontiguousarray(img), params)
+    except cv2.error as exc:  # a format that cannot hold the dtype or channels, an unknown extension
+        raise EnhanceError(f'{path}: cannot be written ({str(exc).strip().splitlines()[-1]})') from exc
+    if not ok:
+        raise EnhanceError(f'{path}: cannot be written (OpenCV could not encode {img.dtype} as {ext})')
+    del img
+    write_file(path, encoded)
+
+
+def check_writable(folders, what):
+    """Raise :class:`EnhanceError` unless files can be created in each of ``folders``.
+
+    A folder that does not exist yet is checked through its nearest existing ancestor (where it
+    would be created). The check creates and removes a probe file, so it finds read-only file
+    systems and missing permissions alike (root ignores permission bits but not a read-only mount).
+    """
+    probed = set()
+    for folder in folders:
+        probe = os.path.abspath(folder or '.')
+        while not os.path.lexists(probe):
+            probe = os.path.dirname(probe)
+        if probe in probed:
+            continue
+        if not os.path.isdir(probe):
+            raise EnhanceError(f'{what} {folder}: {probe} is not a folder')
+        try:
+            fd, name = tempfile.mkstemp(dir=probe, prefix='.gmmoe-probe-')
+            os.close(fd)
+            os.unlink(name)
+        except OSError as exc:
+            raise EnhanceError(f'{what} {folder}: cannot write in {probe} ({exc.strerror or exc})') from exc
+        probed.add(probe)
 
 
 @dataclass
@@ -515,25 +709,94 @@ class Job:
     name: str
 
 
+def _join(folder, name):
+    return os.path.join(folder, name) if folder else name
+
+
+def _subfolders(folder, hidden=True):
+    """``folder`` and every folder below it, depth first in name order, following symlinked folders
+    but entering each real folder once (by device and inode), so that symlink loops end.
+    ``hidden=False`` skips names starting with a dot, as glob's ``**`` does. Unreadable folders
+    are passed over, as ``os.walk`` does."""
+    seen, stack = set(), [folder]
+    while stack:
+        current = stack.pop()
+        try:
+            st = os.stat(current or '.')
+            names = sorted(os.listdir(current or '.'))
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        yield current
+        subs = [_join(current, n) for n in names if hidden or not n.startswith('.')]
+        stack += [d for d in reversed(subs) if os.path.isdir(d)]
+
+
+def _glob(pattern):
+    """Paths matching a glob ``pattern`` (``*``, ``?``, ``[...]`` within a name, ``**`` any number
+    of folders), like ``glob.glob(pattern, recursive=True)`` but safe on symlink loops (see
+    :func:`_subfolders`)."""
+    parts = pattern.split(os.sep)
+    first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    root = os.sep.join(parts[:first]) or (os.sep if pattern.startswith(os.sep) else '')
+    return sorted(set(_match(root, parts[first:])))
+
+
+def _match(folder, parts):
+    """Paths below ``folder`` matching the pattern components ``parts``."""
+    if not parts:
+        return [folder]
+    head, rest = parts[0], parts[1:]
+    if head == '**':
+        return [p for sub in _subfolders(folder, hidden=False) for p in _match(sub, rest or ['*'])]
+    if not glob.has_magic(head):
+        path = _join(folder, head)
+        return _match(path, rest) if os.path.lexists(path) else []
+    try:
+        names = sorted(os.listdir(folder or '.'))
+    except OSError:  # not a folder, or unreadable
+        return []
+    names = [n for n in names if fnmatch.fnmatch(n, head) and (head.startswith('.') or not n.startswith('.'))]
+    return [p for n in names for p in _match(_join(folder, n), rest)]
+
+
+def _image_files(folder):
+    """Image files in ``folder`` and below (symlinked folders followed once): ``(path, path relative to folder)``."""
+    found = []
+    for sub in _subfolders(folder):
+        found += [_join(sub, n) for n in sorted(os.listdir(sub))
+                  if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(_join(sub, n))]
+    return [(f, os.path.relpath(f, folder)) for f in found]
+
+
+def _file_id(path):
+    """``(device, inode)`` of an existing file (symlinks followed), None if there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def collect_jobs(inputs, out_dir, suffix=''):
     """Expand files, folders (recursively, relative structure kept) and globs into :class:`Job` s.
 
+    Folders and ``**`` follow symlinked folders but enter each folder once, so symlink loops end.
     Raises :class:`EnhanceError` for an input that matches nothing, two inputs writing the same
-    output, or an output that would overwrite an input.
+    output, or an output that is an input: the same path, or the same file (device and inode)
+    reached through a hard link, a symlink or another mount.
     """
     jobs = []
     for item in inputs:
         item = str(item)
         if os.path.isdir(item):
-            found = []
-            for root, dirs, files in os.walk(item):
-                dirs.sort()
-                found += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
-            jobs += [(f, os.path.relpath(f, item)) for f in found]
+            jobs += _image_files(item)
         elif os.path.isfile(item):
             jobs.append((item, os.path.basename(item)))
         elif glob.has_magic(item):
-            found = sorted(f for f in glob.glob(item, recursive=True) if os.path.isfile(f))
+            found = [f for f in _glob(item) if os.path.isfile(f)]
             if not found:
                 raise EnhanceError(f'input {item}: the pattern matches no files')
             jobs += [(f, os.path.basename(f)) for f in found]
@@ -541,12 +804,16 @@ def collect_jobs(inputs, out_dir, suffix=''):
             raise EnhanceError(f'input {item}: no such file or folder')
     result, targets = [], {}
     sources = {os.path.realpath(src) for src, _ in jobs}
+    source_ids = {_file_id(src): src for src, _ in jobs}
     for src, rel in jobs:
         stem, ext = os.path.splitext(rel)
         dst = os.path.join(str(out_dir), stem + suffix + ext)
         real = os.path.realpath(dst)
-        if real in sources:
-            raise EnhanceError(f'output {dst} would overwrite the input {src}: choose another -o folder or a --suffix')
+        same = source_ids.get(_file_id(dst)) if os.path.exists(dst) else None
+        if real in sources or same is not None:
+            raise EnhanceError(f'output {dst} would overwrite the input {same or src} (the same file'
+                               f'{"" if real in sources else ", through a hard link or mount"}): choose another '
+                               '-o folder or a --suffix')
         if real in targets and targets[real] != os.path.realpath(src):
             raise EnhanceError(f'inputs {targets[real]} and {src} would both be written to {dst}')
         if real not in targets:
@@ -572,11 +839,14 @@ def enhance_paths(inputs, out_dir, net, suffix='', **options):
 
 
 def enhance_jobs(jobs, net, tile=None, overlap=DEFAULT_OVERLAP, max_pixels=DEFAULT_MAX_PIXELS, precision='fp32',
-                 stat_passes=DEFAULT_STAT_PASSES, record=False, progress=False):
+                 stat_passes=DEFAULT_STAT_PASSES, record=False, progress=False,
+                 max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
     """Enhance each :class:`Job` (from :func:`collect_jobs`); return a :class:`Summary`.
 
-    An image that cannot be read or written is recorded in ``Summary.failed`` and the rest are
-    processed. ``record=True`` fills ``Summary.gates[name] = {block: [w_expert...]}``.
+    The output folders are checked writable first (:func:`check_writable`). An image that cannot
+    be read, is larger than ``max_image_pixels``, runs out of memory or cannot be written is
+    recorded in ``Summary.failed`` and the rest are processed; each output is written atomically
+    (:func:`write_file`). ``record=True`` fills ``Summary.gates[name] = {block: [w_expert...]}``.
     """
     import time
 
@@ -584,21 +854,43 @@ def enhance_jobs(jobs, net, tile=None, overlap=DEFAULT_OVERLAP, max_pixels=DEFAU
 
     check_tiling(tile, overlap, max_pixels)
     autocast(next(net.parameters()).device, precision)  # bad precision/device pairs fail before any work
+    check_writable({os.path.dirname(job.dst) for job in jobs}, 'output folder')
     summary = Summary()
     start = time.perf_counter()
     for job in tqdm(jobs, unit='img', disable=not progress or len(jobs) < 2, dynamic_ncols=True):
+        gates = {} if record else None
         try:
-            img = read_image(job.src)
-            gates = {} if record else None
-            out = enhance_image(net, img, tile, overlap, max_pixels, precision, stat_passes, gates)
-            write_image(job.dst, out)
+            tiles = _enhance_file(job, net, gates, max_image_pixels, tile=tile, overlap=overlap,
+                                  max_pixels=max_pixels, precision=precision, stat_passes=stat_passes)
         except EnhanceError as exc:
             summary.failed.append((job.name, str(exc)))
             continue
         summary.written.append(job.dst)
-        summary.tiles += len(plan_tiles(img.shape[0], img.shape[1], tile, overlap, max_pixels,
-                                        getattr(net, 'padder_size', 1)))
+        summary.tiles += tiles
         if record:
             summary.gates[job.name] = {path: g.tolist() for path, g in gates.items()}
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _enhance_file(job, net, gates, max_image_pixels, **options):
+    """Read, enhance and write one image; return its number of tiles. Running out of memory (host or
+    GPU) is an :class:`EnhanceError` for this image only."""
+    try:
+        img = read_image(job.src, max_image_pixels)
+        tiles = len(plan_tiles(img.shape[0], img.shape[1], options['tile'], options['overlap'],
+                               options['max_pixels'], getattr(net, 'padder_size', 1)))
+        out = enhance_image(net, img, gates=gates, **options)
+        del img  # the input is not needed while the output is encoded and written
+        write_image(job.dst, out)
+    except MemoryError as exc:
+        raise EnhanceError(f'{job.src}: out of memory ({type(exc).__name__}); {_MEMORY_HINT}') from exc
+    except RuntimeError as exc:  # torch reports allocation failures (CPU and CUDA) as RuntimeErrors
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = f'; {_MEMORY_HINT}' if 'memory' in str(exc).lower() else ''
+        raise EnhanceError(f'{job.src}: the network failed on this image ({first}){hint}') from exc
+    return tiles
+
+
+_MEMORY_HINT = 'lower --max-pixels (the tile size) or --max-image-pixels'
+

@@ -1,48 +1,60 @@
-"""The ``gmmoe`` console command: ``gmmoe enhance INPUT... -o OUTDIR --weights net_g.pth``.
+"""The ``gmmoe`` console command: ``gmmoe enhance INPUT... -o OUTDIR --weights net_g.pth`` and ``gmmoe export``.
 
-A thin layer over :mod:`gmmoe_arch.enhance`: parses options, loads the network (every checkpoint
-problem is reported before any image is touched), enhances files, folders and globs, optionally
-writes the per-image gate weights, and prints a summary. Exit status: 0 when every image was
-written, 1 when some failed (each is reported, the rest are processed), 2 for a usage error.
+A thin layer over :mod:`gmmoe_arch.enhance`: parses options, checks that every output folder and the
+gate file can be written, loads the network (every checkpoint problem is reported before any image
+is touched), enhances files, folders and globs, optionally writes the per-image gate weights, and
+prints a summary. Exit status: 0 when every image (and the gate file) was written, 1 when some
+failed (each is reported, the rest are processed), 2 for a usage error.
+
+Parsing imports neither torch nor basicsr (a usage error is printed at once): the defaults the
+parser shows live here, and :mod:`gmmoe_arch.enhance` takes them from this module.
+``gmmoe export`` is dispatched to :mod:`gmmoe_arch.export`, imported only when that command runs.
 
 The allocator tuning of :func:`gmmoe_arch.runtime.configure_allocator` is applied at start;
 ``GMMOE_MALLOC=off`` switches it off.
 """
 import argparse
 import csv
+import io
 import json
 import os
 import sys
 
 PROG = 'gmmoe'
+DEFAULT_MAX_PIXELS = 512 * 512
+DEFAULT_MAX_IMAGE_PIXELS = 150_000_000
+DEFAULT_OVERLAP = 96
+DEFAULT_STAT_PASSES = 1
+PRECISION_NAMES = ('fp32', 'bf16', 'fp16')
+PRESET_NAMES = ('paper', 'released')
 
 
-def build_parser():
-    from gmmoe_arch.enhance import DEFAULT_MAX_PIXELS, DEFAULT_OVERLAP, DEFAULT_STAT_PASSES, PRECISIONS
-
-    parser = argparse.ArgumentParser(prog=PROG, description='GM-MoE low-light image enhancement.')
-    sub = parser.add_subparsers(dest='command', required=True, metavar='{enhance}')
-    p = sub.add_parser('enhance', help='enhance image files, folders or globs',
-                       description='Enhance PNG/JPEG/BMP/TIFF images (8/16-bit, gray, RGB, RGBA) with a '
-                       'GM-MoE checkpoint. Folders are searched recursively and their structure is '
-                       'kept under OUTDIR. Large images run as blended tiles, so memory stays bounded.',
-                       epilog='Example: gmmoe enhance photos/ -o enhanced/ --weights net_g.pth --preset paper')
-    p.add_argument('inputs', nargs='+', metavar='INPUT', help='image files, folders or glob patterns')
-    p.add_argument('-o', '--output', required=True, metavar='OUTDIR', help='folder for the enhanced images')
-    net = p.add_argument_group('network')
+def add_network_arguments(parser):
+    """The options that choose and load the network, shared by ``enhance`` and ``export``:
+    ``--weights``, ``--preset``, ``--opt``, ``--random-weights``."""
+    net = parser.add_argument_group('network')
     net.add_argument('--weights', metavar='FILE',
                      help='checkpoint: released {"params": ...}, ours {"params_ema"/"params": ...} or a state dict')
-    net.add_argument('--preset', choices=['paper', 'released'],
-                     help='network size (default: read off the checkpoint)')
+    net.add_argument('--preset', choices=PRESET_NAMES, help='network size (default: read off the checkpoint)')
     net.add_argument('--opt', metavar='YAML', help='build the network_g of a BasicSR option file instead')
     net.add_argument('--random-weights', action='store_true',
                      help='run without --weights (random network: for smoke tests and benchmarks only)')
+
+
+def add_enhance_arguments(p):
+    """Inputs, output and running options of ``gmmoe enhance``."""
+    p.add_argument('inputs', nargs='+', metavar='INPUT', help='image files, folders or glob patterns')
+    p.add_argument('-o', '--output', required=True, metavar='OUTDIR', help='folder for the enhanced images')
+    add_network_arguments(p)
     run = p.add_argument_group('running')
     run.add_argument('--device', default='auto', help='auto (CUDA if present), cpu, cuda or cuda:N')
-    run.add_argument('--precision', default='fp32', choices=list(PRECISIONS),
+    run.add_argument('--precision', default='fp32', choices=PRECISION_NAMES,
                      help='autocast precision; fp16 needs CUDA (default: fp32)')
     run.add_argument('--max-pixels', type=int, default=DEFAULT_MAX_PIXELS, metavar='N',
                      help=f'tile images with more pixels than this (default: {DEFAULT_MAX_PIXELS})')
+    run.add_argument('--max-image-pixels', type=int, default=DEFAULT_MAX_IMAGE_PIXELS, metavar='N',
+                     help='refuse, before decoding, images whose header declares more pixels than this; memory '
+                     f'grows with the image (default: {DEFAULT_MAX_IMAGE_PIXELS:,})')
     run.add_argument('--tile', type=int, metavar='PX', help='force square tiles of this side (>= 64)')
     run.add_argument('--overlap', type=int, default=DEFAULT_OVERLAP, metavar='PX',
                      help=f'minimum overlap of neighbouring tiles (default: {DEFAULT_OVERLAP})')
@@ -55,23 +67,58 @@ def build_parser():
                      help='write each image\'s per-block expert weights (tiled images: mean over tiles, '
                      'weighted by the output pixels each tile accounts for)')
     out.add_argument('--no-progress', action='store_true', help='no progress bar')
+
+
+def build_parser(command=None):
+    """The ``gmmoe`` parser. ``command='export'`` also adds the options of :mod:`gmmoe_arch.export`
+    (imported only then, so that ``enhance`` never loads it)."""
+    parser = argparse.ArgumentParser(prog=PROG, description='GM-MoE low-light image enhancement.')
+    sub = parser.add_subparsers(dest='command', required=True, metavar='{enhance,export}')
+    p = sub.add_parser('enhance', help='enhance image files, folders or globs',
+                       description='Enhance PNG/JPEG/BMP/TIFF images (8/16-bit, gray, RGB, RGBA) with a '
+                       'GM-MoE checkpoint. Folders are searched recursively and their structure is '
+                       'kept under OUTDIR. Large images run as blended tiles, so memory stays bounded.',
+                       epilog='Example: gmmoe enhance photos/ -o enhanced/ --weights net_g.pth --preset paper')
+    add_enhance_arguments(p)
+    e = sub.add_parser('export', help='export a checkpoint as an ONNX model',
+                       description='Export the network that gmmoe enhance would run (same network options) '
+                       'as an ONNX model.',
+                       epilog='Example: gmmoe export --weights net_g.pth -o gmmoe.onnx')
+    add_network_arguments(e)
+    if command == 'export':
+        from gmmoe_arch.export import add_export_arguments
+
+        add_export_arguments(e)
     return parser
 
 
-def write_gates(path, gates, experts):
-    """``gates[image][block] = [w...]`` -> JSON (``{"experts", "images"}``) or CSV (a row per image and block)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+def gates_text(path, gates, experts):
+    """``gates[image][block] = [w...]`` as the text of ``path``: JSON (``{"experts", "images"}``) for
+    ``.json``, else CSV (a row per image and block)."""
     if path.lower().endswith('.json'):
-        with open(path, 'w', encoding='utf-8') as f:
-            json.dump({'experts': experts, 'images': gates}, f, indent=1)
-        return
-    with open(path, 'w', encoding='utf-8', newline='') as f:
-        writer = csv.writer(f)
-        writer.writerow(['image', 'block'] + experts)
-        for image, blocks in gates.items():
-            for block, weights in blocks.items():
-                writer.writerow([image, block] + [f'{w:.6f}' for w in weights])
+        return json.dumps({'experts': experts, 'images': gates}, indent=1)
+    text = io.StringIO(newline='')
+    writer = csv.writer(text)
+    writer.writerow(['image', 'block'] + experts)
+    for image, blocks in gates.items():
+        for block, weights in blocks.items():
+            writer.writerow([image, block] + [f'{w:.6f}' for w in weights])
+    return text.getvalue()
+
+
+def check_options(args):
+    """Option values no run could use: :class:`~gmmoe_arch.enhance.EnhanceError` before any work."""
+    from gmmoe_arch.enhance import EnhanceError, check_tiling
+
+    if args.gates and not args.gates.lower().endswith(('.json', '.csv')):
+        raise EnhanceError(f'--gates {args.gates}: the file name must end in .json or .csv')
+    if args.gates and os.path.isdir(args.gates):
+        raise EnhanceError(f'--gates {args.gates}: is a folder, not a file')
+    if args.stat_passes < 0:
+        raise EnhanceError(f'--stat-passes {args.stat_passes}: must be >= 0')
+    if args.max_image_pixels < 1:
+        raise EnhanceError(f'--max-image-pixels {args.max_image_pixels}: must be positive')
+    check_tiling(args.tile, args.overlap, args.max_pixels)
 
 
 def enhance_command(args):
@@ -79,39 +126,54 @@ def enhance_command(args):
     from gmmoe_arch import enhance
     from gmmoe_arch.archs.gmmoe_arch import expert_names
 
-    if args.gates and not args.gates.lower().endswith(('.json', '.csv')):
-        raise enhance.EnhanceError(f'--gates {args.gates}: the file name must end in .json or .csv')
-    if args.stat_passes < 0:
-        raise enhance.EnhanceError(f'--stat-passes {args.stat_passes}: must be >= 0')
-    enhance.check_tiling(args.tile, args.overlap, args.max_pixels)
+    check_options(args)
     jobs = enhance.collect_jobs(args.inputs, args.output, args.suffix)
+    enhance.check_writable({os.path.dirname(job.dst) for job in jobs}, 'output folder')
+    if args.gates:
+        enhance.check_writable([os.path.dirname(os.path.abspath(args.gates))], f'--gates {args.gates}: folder')
     enhance.autocast(enhance.resolve_device(args.device), args.precision)
     net = enhance.load_network(args.weights, args.preset, args.opt, args.device, args.random_weights)
     device = next(net.parameters()).device
     print(f'{PROG} enhance: network on {device}, {args.precision}', file=sys.stderr, flush=True)
     summary = enhance.enhance_jobs(jobs, net, tile=args.tile, overlap=args.overlap, max_pixels=args.max_pixels,
                                    precision=args.precision, stat_passes=args.stat_passes, record=bool(args.gates),
-                                   progress=not args.no_progress)
+                                   progress=not args.no_progress, max_image_pixels=args.max_image_pixels)
     for name, message in summary.failed:
         print(f'{PROG} enhance: failed: {message}', file=sys.stderr)
+    gates_lost = False
     if args.gates:
-        write_gates(args.gates, summary.gates, expert_names(net))
+        try:
+            enhance.write_file(args.gates, gates_text(args.gates, summary.gates, expert_names(net)).encode())
+        except enhance.EnhanceError as exc:
+            print(f'{PROG} enhance: failed: gate weights: {exc}', file=sys.stderr)
+            gates_lost = True
     done = len(summary.written)
     per = f', {summary.seconds / done:.2f} s/image' if done else ''
     print(f'{PROG} enhance: {done} image(s) written to {args.output}, {len(summary.failed)} failed; '
           f'{summary.tiles} tile(s), {summary.seconds:.1f} s{per}'
-          + (f'; gate weights in {args.gates}' if args.gates else ''))
-    return 1 if summary.failed else 0
+          + (f'; gate weights in {args.gates}' if args.gates and not gates_lost else ''))
+    return 1 if summary.failed or gates_lost else 0
+
+
+def export_command(args):
+    """Run ``gmmoe export`` (:func:`gmmoe_arch.export.export_command`); return the exit status."""
+    from gmmoe_arch.export import export_command as run
+
+    return run(args)
+
+
+COMMANDS = {'enhance': enhance_command, 'export': export_command}
 
 
 def main(argv=None):
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     from gmmoe_arch import runtime
     from gmmoe_arch.enhance import EnhanceError
 
     runtime.configure_allocator()
     try:
-        return enhance_command(args)
+        return COMMANDS[args.command](args)
     except EnhanceError as exc:
         print(f'{PROG} {args.command}: error: {exc}', file=sys.stderr)
         return 2

@@ -73,7 +73,8 @@ def test_bad_checkpoint_gives_one_clear_error(case, ref_ckpt, tmp_path):
     assert str(path) in msg
     expected = {'missing_file': 'no such file', 'not_checkpoint': 'not a PyTorch checkpoint',
                 'no_tensors': 'expected a state dict of tensors',
-                'wrong_preset': 'intro.weight (8, 3, 3, 3) vs (24, 3, 3, 3)',
+                'wrong_preset': 'holds a width-8 network (enc [1, 1, 1, 1], middle 1, dec [1, 1, 1, 1]); --preset paper '
+                                'is a width-24 network (enc [1, 1, 1, 1], middle 1, dec [1, 1, 1, 1]); drop --preset',
                 'missing_key': '1 missing: encoders.1.0.GateNetwork.0.weight'}[case]
     assert expected in msg
 
@@ -137,10 +138,19 @@ def test_injecting_the_image_statistics_into_the_whole_image_changes_nothing(ref
     x = smooth_image(100, 90)
     plan = TilePlan(100, 90, [(0, 100)], [(0, 90)])
     plain, injected, zeroed = (torch.zeros_like(x) for _ in range(3))
+
+    def tile(y0, y1, x0, x1):
+        return x[..., y0:y1, x0:x1]
+
+    def into(out):
+        def add(y0, y1, x0, x1, pred):
+            out[..., y0:y1, x0:x1] += pred
+        return add
+
     with torch.inference_mode():
-        stats = _sweep(ref_net, x, plan, None, plain).means()
-        _sweep(ref_net, x, plan, stats, injected)
-        _sweep(ref_net, x, plan, {k: v * 0 for k, v in stats.items()}, zeroed)
+        stats = _sweep(ref_net, tile, plan, None, into(plain)).means()
+        _sweep(ref_net, tile, plan, stats, into(injected))
+        _sweep(ref_net, tile, plan, {k: v * 0 for k, v in stats.items()}, into(zeroed))
         direct = ref_net(x)
     assert len(stats) == 27  # 9 expert blocks x (gate, channel attention, SCA)
     torch.testing.assert_close(plain, direct, rtol=0, atol=1e-6)

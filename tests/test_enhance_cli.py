@@ -60,7 +60,7 @@ def test_gates_csv_and_clean_exit(photos, reference_dir, tmp_path, capsys):
 @pytest.mark.parametrize('extra, message', [
     ([], 'no --weights given'),
     (['--weights', 'missing.pth'], 'checkpoint missing.pth: no such file'),
-    (['--weights', '{ref}', '--preset', 'paper'], 'does not fit the network (preset paper)'),
+    (['--weights', '{ref}', '--preset', 'paper'], 'holds a width-8 network'),
     (['--random-weights', '--gates', 'g.txt'], '--gates g.txt: the file name must end in .json or .csv'),
     (['--random-weights', '--overlap', '600'], '--overlap 600: must be under half the tile side (512 px)'),
     (['--random-weights', '--device', 'cpu', '--precision', 'fp16'], 'fp16 needs a CUDA device'),
