@@ -199,6 +199,17 @@ class CheckpointWriteError(OSError):
 _PERMANENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG}
 
 
+def _os_error_in_chain(exc):
+    """The first ``OSError`` among ``exc``'s causes and contexts, or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def atomic_torch_save(obj, path):
     """``torch.save(obj, path)`` through a temporary file in the same folder, flushed, fsynced and renamed.
 
@@ -218,8 +229,10 @@ def atomic_torch_save(obj, path):
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if isinstance(exc, RuntimeError) and not isinstance(exc, OSError):  # torch's writer wraps OS errors
-            raise OSError(getattr(exc.__cause__, 'errno', None) or errno.EIO, str(exc)) from exc
+        if isinstance(exc, RuntimeError):  # torch's zip writer reports a failed write as "unexpected pos"
+            cause = _os_error_in_chain(exc)
+            raise OSError(cause.errno if cause else errno.EIO,
+                          cause.strerror if cause else f'torch.save failed: {exc}') from exc
         raise
     dir_fd = os.open(folder, os.O_RDONLY)
     try:

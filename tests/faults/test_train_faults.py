@@ -1,0 +1,111 @@
+"""Faults during ``basicsr train`` / ``basicsr test``: full disk, damaged checkpoints, hostile pickles, bad options."""
+import errno
+import os
+
+import pytest
+import torch
+import yaml
+from conftest import run_basicsr, tiny_gmmoe_options, write_pairs, write_yaml
+
+from gmmoe_arch import cli, compat
+
+
+def train(tmp_path, env, options, *extra, cwd=None):
+    opt = write_yaml(tmp_path / f'{options["name"]}.yml', options)
+    return run_basicsr(['train', '-opt', str(opt), *extra], cwd or tmp_path, env)
+
+
+def test_disk_full_during_training_stops_with_an_error(tmp_path, small_disk, plugin_env):
+    # 160 KB hold the log and the option file, not the first 238 KB network checkpoint.
+    disk = small_disk(160 * 1024)
+    data = write_pairs(tmp_path / 'data', n=4)
+    done = train(tmp_path, plugin_env, tiny_gmmoe_options(data, 'full', total_iter=4, checkpoint_freq=2), cwd=disk)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert 'cannot write network checkpoint' in done.stderr and 'No space left on device' in done.stderr
+    assert 'Traceback' not in done.stderr
+    exp = disk / 'experiments' / 'full'
+    assert os.listdir(exp / 'models') == [] and os.listdir(exp / 'training_states') == []  # no partial file left
+    assert 'End of training' not in ''.join(p.read_text() for p in exp.glob('*.log'))
+
+
+def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / 'net_g_latest.pth'
+    compat.atomic_torch_save({'params': {'w': torch.ones(3)}}, path)
+    before = path.read_bytes()
+
+    def fill_disk(obj, f):
+        f.write(b'PK\x03\x04 half a checkpoint')
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, 'save', fill_disk)
+    with pytest.raises(compat.CheckpointWriteError, match='cannot write network checkpoint .*No space left'):
+        compat.save_checkpoint({'params': {}}, str(path), 'network checkpoint')
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ['net_g_latest.pth']
+
+
+def test_resume_falls_back_to_the_newest_intact_pair(tmp_path, plugin_env):
+    data = write_pairs(tmp_path / 'data', n=4)
+    options = tiny_gmmoe_options(data, 'resume', total_iter=4, checkpoint_freq=2)
+    options['train']['scheduler']['periods'] = [6]  # the resumed run goes on to 6
+    assert train(tmp_path, plugin_env, options).returncode == 0
+    exp = tmp_path / 'experiments' / 'resume'
+    newest = exp / 'models' / 'net_g_4.pth'
+    newest.write_bytes(newest.read_bytes()[:5000])  # as a kill or a full disk under upstream left it
+    options['train']['total_iter'] = 6
+    done = train(tmp_path, plugin_env, options, '--auto_resume')
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f'skipping iteration 4: {newest} missing or damaged' in done.stdout
+    log = max(exp.glob('train_resume_*.log'), key=lambda p: p.stat().st_mtime).read_text()
+    assert 'iter: 2.' in log.split('Resuming training from epoch')[1].splitlines()[0]
+    assert 'iter:       6,' in log and (exp / 'models' / 'net_g_6.pth').is_file()
+
+
+class Hostile:
+    """Unpickling this creates a folder: proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def test_hostile_checkpoint_runs_no_code_even_when_torch_allows_it(tmp_path, plugin_env):
+    marker = tmp_path / 'pwned'
+    evil = tmp_path / 'evil.pth'
+    torch.save({'params': Hostile(marker)}, evil)
+    data = write_pairs(tmp_path / 'data', n=2)
+    options = tiny_gmmoe_options(data, 'hostile', total_iter=1, checkpoint_freq=1)
+    test_opt = {'name': 'hostile', 'model_type': 'GMMoEModel', 'num_gpu': 0,
+                'datasets': {'test_1': options['datasets']['val']}, 'network_g': options['network_g'],
+                'path': {'pretrain_network_g': str(evil), 'strict_load_g': True}, 'val': options['val']}
+    env = dict(plugin_env, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD='1')
+    done = run_basicsr(['test', '-opt', str(write_yaml(tmp_path / 'test.yml', test_opt))], tmp_path, env)
+    assert done.returncode == 2 and f'cannot load network checkpoint {evil}' in done.stderr
+    assert not marker.exists()
+
+    assert train(tmp_path, plugin_env, options).returncode == 0
+    saved = tmp_path / 'experiments' / 'hostile' / 'models' / 'net_g_1.pth'
+    saved.write_bytes(evil.read_bytes())
+    options['train']['total_iter'] = 2
+    done = train(tmp_path, env, options, '--auto_resume')
+    assert done.returncode == 2 and f'cannot load network checkpoint {saved}' in done.stderr
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize('edit, message', [
+    (lambda o: o['network_g'].update(width='eight'), "network_g.width must be an integer >= 1, got 'eight'"),
+    (lambda o: o['network_g'].update(width=-4), 'network_g.width must be an integer >= 1, got -4'),
+    (lambda o: o['datasets']['train'].update(gt_size='big'),
+     "datasets.train.gt_size must be an integer >= 1, got 'big'"),
+    (lambda o: o['logger'].update(save_checkpoint_freq=0), 'logger.save_checkpoint_freq must be an integer >= 1'),
+    (lambda o: o['network_g'].update(enc_blk_nums=[1, 'x']), "network_g.enc_blk_nums[1] must be an integer"),
+])
+def test_wrong_option_types_are_one_line_errors(tmp_path, capsys, edit, message):
+    options = tiny_gmmoe_options(tmp_path, 'types', total_iter=1, checkpoint_freq=1)
+    edit(options)
+    path = tmp_path / 'opt.yml'
+    path.write_text(yaml.safe_dump(options))
+    assert cli.main(['train', '-opt', str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(path) in err and len(err.strip().splitlines()) == 1
