@@ -45,13 +45,14 @@ def find_leftovers(path):
 
 
 def check_lmdb(path, progress=True):
-    """Decode every entry of one LMDB. Returns ``(meta, problems, unchecked)``: ``{key: (h, w, c)}``,
-    messages, and the number of raw entries without a checksum (packed before checksums existed)."""
+    """Decode every entry of one LMDB. Returns ``(meta, problems, unchecked)``: ``{key: (h, w, c)}`` (``None``
+    when the database cannot be opened), messages, and the number of raw entries without a checksum
+    (packed before checksums existed)."""
     try:
         meta = read_lmdb_meta(path, path)
         env = lmdb_env(path)
     except (OSError, ValueError) as err:
-        return {}, [str(err)], 0
+        return None, [str(err)], 0
     problems, seen, unchecked = [], set(), 0
     try:
         with env.begin(write=False) as txn:
@@ -88,9 +89,12 @@ def verify(path, progress=True, notes=None):
     (empty when everything is sound). Remarks that are not problems (raw entries without a checksum)
     are appended to ``notes`` when a list is given.
     """
-    problems, metas = [], {}
+    problems, metas, broken = [], {}, set()
     for db in find_lmdbs(path):
-        metas[db], found, unchecked = check_lmdb(db, progress)
+        meta, found, unchecked = check_lmdb(db, progress)
+        metas[db] = meta or {}
+        if meta is None:
+            broken.add(db)
         problems += found
         if unchecked and notes is not None:
             notes.append(f'{db}: {unchecked} raw entries carry no checksum (packed by an older version); '
@@ -106,7 +110,7 @@ def verify(path, progress=True, notes=None):
                         '--overwrite)' if leftovers(os.path.dirname(db)) else '')
                 problems.append(f'{db}: no sibling {os.path.basename(other)}{hint}')
             continue
-        if side == 'lq.lmdb':
+        if side == 'lq.lmdb' and not {db, other} & broken:
             problems += _check_siblings(db, other, metas[db], metas[other])
     return {db: len(meta) for db, meta in metas.items()}, problems
 

@@ -11,6 +11,7 @@ from basicsr.data import build_dataset
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs
 
 from datasets_lmdb import PRESETS, pack_pairs, pack_preset
+from gmmoe_arch.data.image_io import DataError, MissingDataError
 
 SIZE = (24, 32)  # h, w of the generated images
 
@@ -205,8 +206,9 @@ def test_missing_option_and_bad_backend(pairs):
 
 
 def test_missing_folder(pairs):
-    msg = build_error(options(pairs / 'nowhere', pairs / 'gt'), FileNotFoundError)
-    assert 'dataroot_lq' in msg and 'nowhere' in msg
+    msg = build_error(options(pairs / 'nowhere', pairs / 'gt'), MissingDataError)
+    assert 'dataroot_lq' in msg and str(pairs / 'nowhere') in msg
+    assert '`datasets_lmdb presets`' in msg and 'docs/data.md' in msg
 
 
 def test_empty_folder(pairs):
@@ -220,7 +222,7 @@ def test_unpaired_files(pairs):
     rng = np.random.default_rng(5)
     write(pairs / 'lq' / 'only_lq.png', noise(rng, (*SIZE, 3)))
     write(pairs / 'gt' / 'only_gt.png', noise(rng, (*SIZE, 3)))
-    msg = build_error(options(pairs / 'lq', pairs / 'gt'))
+    msg = build_error(options(pairs / 'lq', pairs / 'gt'), DataError)
     assert 'only_lq' in msg and 'only_gt' in msg and 'dataroot_lq' in msg and 'dataroot_gt' in msg
 
 
@@ -234,7 +236,7 @@ def test_lol_v2_real_names_need_their_rule(tmp_path):
 
 def test_unreadable_image(pairs):
     (pairs / 'gt' / '1.png').write_bytes(b'this is not a png')
-    msg = build_error(options(pairs / 'lq', pairs / 'gt'))
+    msg = build_error(options(pairs / 'lq', pairs / 'gt'), DataError)
     assert 'unreadable' in msg and str(pairs / 'gt' / '1.png') in msg
 
 
@@ -294,3 +296,20 @@ def test_lmdb_size_mismatch_from_meta_info(pairs):
     meta.write_text(meta.read_text().replace('1.raw (24,32,3)', '1.raw (24,30,3)'))
     msg = build_error(options(pairs / 'db' / 'lq.lmdb', pairs / 'db' / 'gt.lmdb', 'lmdb'))
     assert '1 (24, 32) vs 1 (24, 30)' in msg
+
+
+def test_image_damaged_after_building_is_a_data_error_naming_it(pairs):
+    dataset = build_dataset(options(pairs / 'lq', pairs / 'gt'))
+    png = (pairs / 'gt' / '2.png').read_bytes()
+    (pairs / 'gt' / '2.png').write_bytes(png[:len(png) // 2])
+    with pytest.raises(DataError, match=r"LLIEPairedDataset 'test': .*gt/2\.png: not a decodable image"):
+        dataset[2]
+    os.remove(pairs / 'lq' / '1.png')
+    with pytest.raises(MissingDataError, match=r'lq/1\.png: file not found'):
+        dataset[1]
+
+
+def test_verify_checksum_is_an_lmdb_option(pairs):
+    opt = options(pairs / 'lq', pairs / 'gt')
+    opt['io_backend']['verify_checksum'] = True
+    assert 'verify_checksum' in build_error(opt)

@@ -162,14 +162,17 @@ def test_preset_with_wrong_root_shows_the_expected_tree(tmp_path, capsys):
     assert not (tmp_path / 'out').exists()
 
 
-def test_cli_generic_pack_with_regex_rule(tmp_path, capsys):
+@pytest.mark.parametrize('rule', [r'rain-(.*)->norain-\1', '{"lq": "rain-(.*)", "gt": "norain-\\\\1"}',
+                                  "{lq: 'rain-(.*)', gt: 'norain-\\1'}"])
+def test_cli_generic_pack_with_regex_rule(tmp_path, capsys, rule):
+    """The arrow form, the README's JSON form (as the shell passes it) and YAML's flow mapping."""
     rng = np.random.default_rng(1)
     for i in (1, 2):
         for folder, name in (('in', f'rain-{i}.jpg'), ('target', f'norain-{i}.jpg')):
             os.makedirs(tmp_path / folder, exist_ok=True)
             cv2.imwrite(str(tmp_path / folder / name), rng.integers(0, 256, (16, 12, 3)).astype(np.uint8))
     argv = ['pack', '--lq', str(tmp_path / 'in'), '--gt', str(tmp_path / 'target'), '--out', str(tmp_path / 'db'),
-            '--pair-rule', r'rain-(.*)->norain-\1', '--workers', '1', '--no-progress']
+            '--pair-rule', rule, '--workers', '1', '--no-progress']
     assert main(argv) == 0
     assert '2 pairs' in capsys.readouterr().out
     assert (tmp_path / 'db' / 'lq.lmdb' / 'meta_info.txt').read_text().split()[0] == 'rain-1.raw'
@@ -186,3 +189,12 @@ def test_preset_checks_every_split_before_writing(tmp_path):
     with pytest.raises(ValueError, match=r'eval15/low without a partner: 5'):
         pack_preset('lol_v1', str(tmp_path), str(tmp_path / 'out'), workers=1, progress=False)
     assert not (tmp_path / 'out').exists()
+
+
+def test_cli_bad_json_pair_rule_is_one_line(tmp_path, capsys):
+    write_pairs(tmp_path, n=1)
+    argv = ['pack', '--lq', str(tmp_path / 'lq'), '--gt', str(tmp_path / 'gt'), '--out', str(tmp_path / 'db'),
+            '--pair-rule', '{"lq": "rain-(.*)", "gt": "norain-\\1"', '--no-progress']
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'pair_rule' in err and 'JSON/YAML' in err
