@@ -78,7 +78,7 @@ def test_every_benchmark_has_its_files():
     for key in BENCHMARKS:
         for variant in ('', '_released'):
             assert {f'train_gmmoe_{key}{variant}.yml', f'test_gmmoe_{key}{variant}.yml'} <= names
-        assert f'train_gmmoe_{key}_lmdb.yml' in names
+        assert {f'train_gmmoe_{key}_lmdb.yml', f'test_gmmoe_{key}_lmdb.yml'} <= names
     assert {'train_gmmoe_demo.yml', 'test_gmmoe_demo.yml', 'train_gmmoe_derain_example.yml',
             'train_gmmoe_dehaze_example.yml'} <= names
 
@@ -123,7 +123,7 @@ def test_option_file_builds(path, tmp_path, monkeypatch, reference_dir):
 
 @pytest.mark.parametrize('key', BENCHMARKS + ('demo',))
 def test_test_files_load_what_training_writes(key):
-    for variant in ('', '_released') if key != 'demo' else ('',):
+    for variant in ('', '_released', '_lmdb') if key != 'demo' else ('',):
         train, test = (load(OPTIONS / f'{p}_gmmoe_{key}{variant}.yml') for p in ('train', 'test'))
         assert test['network_g'] == train['network_g']
         assert test['path']['pretrain_network_g'] == f'experiments/{train["name"]}/models/net_g_latest.pth'
