@@ -14,9 +14,7 @@ import os
 import sys
 
 from gmmoe_arch import compat
-from gmmoe_arch.data import image_io
-
-DataError = getattr(image_io, "DataError", ())  # TEMP until helper lands
+from gmmoe_arch.data.image_io import DataError
 from gmmoe_arch.models.gmmoe_model import TrainingDiverged
 
 PLUGIN_GROUP = 'basicsr.plugins'
