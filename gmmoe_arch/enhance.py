@@ -715,23 +715,23 @@ def _join(folder, name):
 
 def _subfolders(folder, hidden=True):
     """``folder`` and every folder below it, depth first in name order, following symlinked folders
-    but entering each real folder once (by device and inode), so that symlink loops end.
-    ``hidden=False`` skips names starting with a dot, as glob's ``**`` does. Unreadable folders
-    are passed over, as ``os.walk`` does."""
-    seen, stack = set(), [folder]
+    except into a folder that is already on the way down (same device and inode), so that symlink
+    loops end. ``hidden=False`` skips names starting with a dot, as glob's ``**`` does. Unreadable
+    folders are passed over, as ``os.walk`` does."""
+    stack = [(folder, frozenset())]
     while stack:
-        current = stack.pop()
+        current, above = stack.pop()
         try:
             st = os.stat(current or '.')
             names = sorted(os.listdir(current or '.'))
         except OSError:
             continue
-        if (st.st_dev, st.st_ino) in seen:
+        here = (st.st_dev, st.st_ino)
+        if here in above:
             continue
-        seen.add((st.st_dev, st.st_ino))
         yield current
         subs = [_join(current, n) for n in names if hidden or not n.startswith('.')]
-        stack += [d for d in reversed(subs) if os.path.isdir(d)]
+        stack += [(d, above | {here}) for d in reversed(subs) if os.path.isdir(d)]
 
 
 def _glob(pattern):
@@ -763,7 +763,7 @@ def _match(folder, parts):
 
 
 def _image_files(folder):
-    """Image files in ``folder`` and below (symlinked folders followed once): ``(path, path relative to folder)``."""
+    """Image files in ``folder`` and below (symlinked folders followed, loops not): ``(path, relative path)``."""
     found = []
     for sub in _subfolders(folder):
         found += [_join(sub, n) for n in sorted(os.listdir(sub))
@@ -783,7 +783,8 @@ def _file_id(path):
 def collect_jobs(inputs, out_dir, suffix=''):
     """Expand files, folders (recursively, relative structure kept) and globs into :class:`Job` s.
 
-    Folders and ``**`` follow symlinked folders but enter each folder once, so symlink loops end.
+    Folders and ``**`` follow symlinked folders, but never into a folder they are already inside,
+    so symlink loops end.
     Raises :class:`EnhanceError` for an input that matches nothing, two inputs writing the same
     output, or an output that is an input: the same path, or the same file (device and inode)
     reached through a hard link, a symlink or another mount.

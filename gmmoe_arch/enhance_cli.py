@@ -59,8 +59,8 @@ def add_enhance_arguments(p):
     run.add_argument('--overlap', type=int, default=DEFAULT_OVERLAP, metavar='PX',
                      help=f'minimum overlap of neighbouring tiles (default: {DEFAULT_OVERLAP})')
     run.add_argument('--stat-passes', type=int, default=DEFAULT_STAT_PASSES, metavar='N',
-                     help='extra passes over the tiles of a tiled image that estimate its whole-image '
-                     f'statistics (gates, attention pools); 0 = each tile uses its own (default: {DEFAULT_STAT_PASSES})')
+                     help='extra passes over the tiles of a tiled image that estimate its whole-image statistics '
+                     f'(gates, attention pools); 0 = each tile uses its own (default: {DEFAULT_STAT_PASSES})')
     out = p.add_argument_group('output')
     out.add_argument('--suffix', default='', help='added to each output name before the extension')
     out.add_argument('--gates', metavar='FILE.json|FILE.csv',

@@ -72,3 +72,57 @@ def test_usage_errors_come_before_any_work(photos, reference_dir, tmp_path, caps
     err = capsys.readouterr().err
     assert message in err and 'Traceback' not in err
     assert not out.exists()
+
+
+def test_parsing_imports_neither_torch_nor_basicsr():
+    """The command module on its own (as the console script would load it without the package's imports):
+    a usage error and --help need no torch."""
+    path = os.path.join(REPO, 'gmmoe_arch', 'enhance_cli.py')
+    script = ('import contextlib, importlib.util, io, sys\n'
+              f'spec = importlib.util.spec_from_file_location("cli_alone", {path!r})\n'
+              'cli = importlib.util.module_from_spec(spec); spec.loader.exec_module(cli)\n'
+              'codes = []\n'
+              'for argv in (["enhance"], ["enhance", "--help"], ["enhance", "x.png", "-o", "out", "--tile", "big"]):\n'
+              '    try:\n'
+              '        with contextlib.redirect_stdout(io.StringIO()):\n'
+              '            cli.build_parser(argv[0]).parse_args(argv)\n'
+              '    except SystemExit as exit:\n'
+              '        codes.append(exit.code)\n'
+              'print(codes, sorted(m for m in ("torch", "basicsr", "cv2", "gmmoe_arch") if m in sys.modules))\n')
+    done = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == '[2, 0, 2] []', done.stdout + done.stderr
+    assert 'the following arguments are required: INPUT, -o/--output' in done.stderr
+    assert "argument --tile: invalid int value: 'big'" in done.stderr
+
+
+def test_parser_choices_match_the_library():
+    from gmmoe_arch import PRESETS
+    from gmmoe_arch.enhance import PRECISIONS
+    from gmmoe_arch.enhance_cli import PRECISION_NAMES, PRESET_NAMES
+
+    assert set(PRECISION_NAMES) == set(PRECISIONS) and set(PRESET_NAMES) == set(PRESETS)
+
+
+def test_export_subcommand_shares_the_network_options_and_dispatches(monkeypatch, capsys):
+    """``gmmoe export`` gets enhance's network options plus gmmoe_arch.export's own, and runs its command;
+    ``gmmoe enhance`` never imports gmmoe_arch.export."""
+    import types
+
+    calls = []
+    fake = types.ModuleType('gmmoe_arch.export')
+    fake.add_export_arguments = lambda parser: parser.add_argument('-o', '--output', required=True)
+    fake.export_command = lambda args: calls.append(args) or 7
+    monkeypatch.setitem(sys.modules, 'gmmoe_arch.export', fake)
+    assert main(['export', '--weights', 'w.pth', '--preset', 'paper', '-o', 'm.onnx']) == 7
+    args = calls[0]
+    assert (args.weights, args.preset, args.opt, args.random_weights, args.output) == ('w.pth', 'paper', None, False,
+                                                                                        'm.onnx')
+    with pytest.raises(SystemExit):
+        main(['export', '--weights', 'w.pth', '-o', 'm.onnx', '--tile', '64'])
+    assert 'unrecognized arguments: --tile 64' in capsys.readouterr().err
+
+    fake.add_export_arguments = None  # enhance must not touch the export module at all
+    with pytest.raises(SystemExit):
+        main(['enhance', '--help'])
+    help_text = capsys.readouterr().out
+    assert '--weights' in help_text and '--max-image-pixels' in help_text
