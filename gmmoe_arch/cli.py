@@ -122,6 +122,15 @@ def check_option_file(path, phase):
     return opt
 
 
+def worker_message(exc):
+    """The original message of an error re-raised from a DataLoader worker (which prepends a traceback)."""
+    text = str(exc)
+    if 'Original Traceback' not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]
+    return last.split(': ', 1)[1] if last.startswith(f'{type(exc).__module__}.{type(exc).__name__}: ') else last
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog='basicsr',
@@ -182,7 +191,7 @@ def main(argv=None):
     except DataError as exc:
         if os.environ.get('GMMOE_TRACEBACK'):
             raise
-        print(f'basicsr {args.phase}: data error: {exc}', file=sys.stderr)
+        print(f'basicsr {args.phase}: data error: {worker_message(exc)}', file=sys.stderr)
         return 2
     except (KeyError, ValueError, FileNotFoundError, NotImplementedError) as exc:
         if os.environ.get('GMMOE_TRACEBACK'):

@@ -8,6 +8,7 @@ import torch
 from conftest import run_basicsr as run, tiny_train_options, write_pairs, write_yaml
 
 from gmmoe_arch import cli
+from gmmoe_arch.data.image_io import DataError
 
 def test_train_then_test_with_basicsr_pipelines(tmp_path, plugin_env):
     data = write_pairs(tmp_path / 'data')
@@ -100,3 +101,19 @@ def test_diverged_training_stops_with_a_message(tmp_path, plugin_env):
     done = run(['train', '-opt', str(write_yaml(tmp_path / 'nan.yml', opt))], tmp_path, plugin_env)
     assert done.returncode == 3, done.stderr[-2000:]
     assert 'basicsr train: stopped:' in done.stderr and 'Traceback' not in done.stderr
+
+
+class _BadImages(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        raise DataError(f'datasets.train: img{i}.png is truncated')
+
+
+def test_data_error_from_a_loader_worker_keeps_its_own_message():
+    loader = torch.utils.data.DataLoader(_BadImages(), num_workers=1)
+    with pytest.raises(DataError) as caught:
+        next(iter(loader))
+    assert 'Original Traceback' in str(caught.value)
+    assert cli.worker_message(caught.value) == 'datasets.train: img0.png is truncated'
