@@ -7,11 +7,16 @@ Command line: ``datasets_lmdb pack|verify|presets ...`` (or ``python -m datasets
   progress=True, overwrite=False, skip_unpaired=False) -> int``: ``out_dir/{lq,gt}.lmdb``.
 * :func:`pack_preset` ``(preset, root, out_dir, **kwargs) -> {split: int}``:
   ``out_dir/{train,val}/{lq,gt}.lmdb`` from a known dataset tree (:data:`PRESETS`).
-* :func:`verify` ``(path, progress=True) -> (checked, problems)``: decode and check every entry.
+* :func:`verify` ``(path, progress=True, notes=None) -> (checked, problems)``: decode and check every
+  entry (checksums, shapes, keys, lq/gt pack runs); :func:`find_leftovers` names interrupted packs.
+
+Bad data raises :class:`~gmmoe_arch.data.image_io.DataError`; a busy output folder or a failed write
+(a full disk) raises :class:`~datasets_lmdb.output.PackError`, each with a one-line message.
 """
+from .output import PackError
 from .pack import DEFAULT_FORM, FORMS, find_pairs, pack_pairs
 from .presets import PRESETS, pack_preset, preset_tree
-from .verify import verify
+from .verify import find_leftovers, verify
 
-__all__ = ['DEFAULT_FORM', 'FORMS', 'PRESETS', 'find_pairs', 'pack_pairs', 'pack_preset', 'preset_tree',
-           'verify']
+__all__ = ['DEFAULT_FORM', 'FORMS', 'PRESETS', 'PackError', 'find_leftovers', 'find_pairs', 'pack_pairs',
+           'pack_preset', 'preset_tree', 'verify']

@@ -131,6 +131,16 @@ def replace_pair(partial, folder):
                 os.rename(target, os.path.join(partial, f'previous-{side}.lmdb'))
         for side in SIDES:
             os.rename(os.path.join(partial, f'{side}.lmdb'), os.path.join(folder, f'{side}.lmdb'))
+        _fsync_dir(folder)
     except OSError as err:
         raise PackError(f'{folder}: moving the new lq.lmdb/gt.lmdb into place failed ({err}); the previous ones '
                         f'are in {partial}') from None
+
+
+def _fsync_dir(folder):
+    """Make the renames in ``folder`` durable (a rename is atomic at once, but on disk only after this)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -3,8 +3,8 @@
 Layout of one packed pair, readable by ``LLIEPairedDataset`` (and, in ``png`` form, by BasicSR's
 ``PairedImageDataset``)::
 
-    <out_dir>/lq.lmdb/{data.mdb, lock.mdb, meta_info.txt}
-    <out_dir>/gt.lmdb/{data.mdb, lock.mdb, meta_info.txt}
+    <out_dir>/lq.lmdb/{data.mdb, lock.mdb, meta_info.txt, pack_info.json}
+    <out_dir>/gt.lmdb/{data.mdb, lock.mdb, meta_info.txt, pack_info.json}
 
 The key of a pair is the lq file's stem. ``meta_info.txt`` lines follow BasicSR:
 ``KEY.png (h,w,c) 1`` for the ``png`` form (PNG, compression 1, exactly what
@@ -149,8 +149,8 @@ def pack_pairs(lq_dir, gt_dir, out_dir, pair_rule='identical', form=None, worker
     Args:
         lq_dir, gt_dir (str): folders of low-light (input) and normal-light (target) images.
         out_dir (str): created if needed; receives ``lq.lmdb`` and ``gt.lmdb``.
-        pair_rule: ``'identical'``, ``'lol_v2_real'``, ``{'lq': REGEX, 'gt': TEMPLATE}`` or
-            ``'REGEX->TEMPLATE'`` (see ``gmmoe_arch.data.pairing``).
+        pair_rule: ``'identical'``, ``'lol_v2_real'``, ``{'lq': REGEX, 'gt': TEMPLATE}`` (or its JSON/YAML
+            text) or ``'REGEX->TEMPLATE'`` (see ``gmmoe_arch.data.pairing``).
         form (str | None): ``'raw'`` (default, fastest to read) or ``'png'`` (BasicSR's form).
         workers (int | None): reader processes (default: up to 4, one per CPU); 1 reads in-process.
         progress (bool): show a tqdm bar.
