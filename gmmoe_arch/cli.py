@@ -110,7 +110,6 @@ def check_option_file(path, phase):
     if not isinstance(opt['datasets'], dict) or not opt['datasets']:
         raise UserError(f'option file {path}: "datasets" must map phases (train, val, test_1, ...) '
                         'to dataset options')
-    check_option_types(path, opt)
     num_gpu = opt['num_gpu']
     if num_gpu != 'auto':
         import torch
@@ -119,6 +118,7 @@ def check_option_file(path, phase):
         if num_gpu > torch.cuda.device_count():
             raise UserError(f'option file {path}: num_gpu: {num_gpu} but this machine has '
                             f'{torch.cuda.device_count()} CUDA device(s); use num_gpu: auto')
+    check_option_types(path, opt)
     return opt
 
 
