@@ -97,21 +97,27 @@ def table(names, means):
     return '\n'.join(lines)
 
 
-def grid(rows, path, height=220):
-    """Rows of [input, gamma, CLAHE, GM-MoE, ground truth], labelled, saved as a PNG."""
+def grid(rows, path, height=220, gap=4):
+    """Rows of [input, gamma, CLAHE, GM-MoE, ground truth], labelled, saved as a PNG.
+
+    Every row is as wide as the widest one at ``height``: rows of square photos are made taller instead
+    of being padded, which left a blank block beside them.
+    """
     labels = ('input', 'gamma', 'CLAHE', 'GM-MoE', 'ground truth')
+    aspects = [sum(img.shape[1] / img.shape[0] for img in row) for row in rows]
+    width = round(height * max(aspects)) + gap * (len(labels) - 1)
     out_rows = []
-    for row in rows:
+    for row, aspect in zip(rows, aspects):
+        row_height = (width - gap * (len(labels) - 1)) / aspect
+        edges = np.round(np.cumsum([0] + [row_height * img.shape[1] / img.shape[0] for img in row])).astype(int)
         tiles = []
-        for img, label in zip(row, labels):
-            tile = cv2.resize(img, (round(img.shape[1] * height / img.shape[0]), height), interpolation=cv2.INTER_AREA)
+        for img, label, left, right in zip(row, labels, edges[:-1], edges[1:]):
+            tile = cv2.resize(img, (int(right - left), round(row_height)), interpolation=cv2.INTER_AREA)
             cv2.putText(tile, label, (6, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 3, cv2.LINE_AA)
             cv2.putText(tile, label, (6, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1, cv2.LINE_AA)
-            tiles += [tile, np.full((height, 4, 3), 255, np.uint8)]
-        out_rows.append(np.concatenate(tiles[:-1], axis=1))
-    width = max(r.shape[1] for r in out_rows)
-    out_rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in out_rows]
-    cv2.imwrite(path, np.concatenate(out_rows, axis=0))
+            tiles += [tile, np.full((tile.shape[0], gap, 3), 255, np.uint8)]
+        out_rows += [np.concatenate(tiles[:-1], axis=1), np.full((gap, width, 3), 255, np.uint8)]
+    cv2.imwrite(path, np.concatenate(out_rows[:-1], axis=0))
 
 
 def main(argv=None):
