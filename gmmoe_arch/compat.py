@@ -25,6 +25,8 @@ Patches (see each function's docstring):
   epoch but the loader drops the last partial batch, so training ends short of ``total_iter`` (a
   2,000,000-iteration recipe near 1,983,800). The training sampler is padded to whole batches
   (:class:`FullBatchSampler`), and a dataset smaller than one batch is an error naming both numbers.
+* ``safe Counter``: ``collections.Counter`` (kept by ``MultiStepRestartLR``) is added to torch's safe
+  globals, so even upstream's own resume (``python -m basicsr.train``, which no patch reaches) reads it.
 * ``init_dist``: ``basicsr.utils.dist_util.init_dist`` hard-codes the NCCL backend and
   ``torch.cuda.set_device``, so distributed runs without GPUs cannot start.
 * ``model_to_device``: ``BaseModel.model_to_device`` wraps DDP with a CUDA ``device_ids``, which
@@ -41,12 +43,10 @@ project passes the current working directory as ``root_path`` to the unchanged p
 import collections
 import contextlib
 import errno
-import importlib
 import inspect
 import os
 import sys
 import tempfile
-import types
 import zipfile
 from collections import OrderedDict
 
@@ -391,6 +391,13 @@ def apply():
 
     import basicsr.test
     import basicsr.train
+    import torch
+
+    # MultiStepRestartLR keeps a Counter in its state: allowing it lets upstream's own loader (the copy
+    # that `python -m basicsr.train` runs, which no patch reaches) read a resume state under weights_only.
+    if collections.Counter not in torch.serialization.get_safe_globals():
+        torch.serialization.add_safe_globals([collections.Counter])
+        done.append('safe Counter')
     from basicsr.models import base_model
     from basicsr.utils import dist_util, options
 
