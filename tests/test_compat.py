@@ -44,9 +44,13 @@ def test_resume_state_with_counter_loads_on_cpu(tmp_path):
     scheduler.step()
     states = tmp_path / 'experiments' / 'x' / 'training_states'
     states.mkdir(parents=True)
-    for it in (2, 10, 4):
+    models = tmp_path / 'models'
+    models.mkdir()
+    for it in (2, 10, 4, 12):
         torch.save({'epoch': 0, 'iter': it, 'optimizers': [optimizer.state_dict()],
                     'schedulers': [scheduler.state_dict()]}, states / f'{it}.state')
+        torch.save({'params': net.state_dict()}, models / f'net_g_{it}.pth')
+    (models / 'net_g_12.pth').unlink()  # a state whose network checkpoint is missing is no pair
     opt = {'name': 'x', 'auto_resume': True, 'network_g': {},
            'path': {'training_states': str(states), 'models': str(tmp_path / 'models'), 'resume_state': None}}
     state = compat.load_resume_state(opt)
