@@ -57,9 +57,11 @@ def channel_mean_max(x):
 def pad_to_min_size(x, size):
     """Replicate-pad ``x`` on the right/bottom so both spatial sides are at least ``size``."""
     h, w = x.shape[-2:]
-    if h >= size and w >= size:
+    if not torch.compiler.is_exporting() and h >= size and w >= size:
         return x
-    return F.pad(x, (0, max(0, size - w), 0, max(0, size - h)), mode='replicate')
+    # Exporting, the pad (possibly by zero) stays in the graph for every size: a branch on h, w would be
+    # decided once, at the traced size; sym_max keeps the amounts symbolic (plain max on ints otherwise).
+    return F.pad(x, (0, torch.sym_max(0, size - w), 0, torch.sym_max(0, size - h)), mode='replicate')
 
 
 @EXPERT_REGISTRY.register()

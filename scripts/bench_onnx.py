@@ -1,0 +1,98 @@
+"""Benchmark the exported ONNX model in onnxruntime against PyTorch on the CPU (a measurement, not a test).
+
+Exports the network (default: the paper preset, random weights with every branch active) with
+:func:`gmmoe_arch.export.export_onnx`, or reads ``--model``, and times one fp32 forward of a
+``(1, 3, H, W)`` input in three ways: PyTorch's straightforward path (``fast=False``, what the model
+was exported from), PyTorch's default CPU path (``fast='auto'``: the fast path) and onnxruntime's CPU
+provider (all graph optimisations, as many intra-op threads as torch uses). Each run times the three
+in a rotated order; it prints the medians over ``--runs`` runs after a warm-up, the ratios paired
+run by run (median of the per-run ratios), and max |diff| of each output against the straightforward
+path. The allocator tuning the ``gmmoe`` command applies is on (``GMMOE_MALLOC=off`` switches it off).
+Examples::
+
+    python scripts/bench_onnx.py                          # paper preset, 600x400, 7 runs
+    python scripts/bench_onnx.py --model paper.onnx --size 1200x800 --runs 5
+"""
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from gmmoe_arch.runtime import configure_allocator  # noqa: E402
+
+configure_allocator()
+
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+import torch  # noqa: E402
+
+from gmmoe_arch import GMMoE  # noqa: E402
+from gmmoe_arch.archs.gmmoe_arch import activate_branches  # noqa: E402
+from gmmoe_arch.export import export_onnx  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--preset', default='paper', choices=['paper', 'released'])
+    parser.add_argument('--model', help='an exported model of the same network and seed (skips the export)')
+    parser.add_argument('--size', default='600x400', help='WIDTHxHEIGHT (default: 600x400)')
+    parser.add_argument('--runs', type=int, default=7)
+    parser.add_argument('--seed', type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    w, h = (int(v) for v in args.size.lower().split('x'))
+    torch.manual_seed(args.seed)
+    net = activate_branches(GMMoE(preset=args.preset)).eval()
+    folder = tempfile.mkdtemp(prefix='bench_onnx_')
+    path = args.model or os.path.join(folder, f'{args.preset}.onnx')
+    if not args.model:
+        seconds, _ = timed(lambda: export_onnx(net, path))
+        print(f'export: {seconds:.0f} s, {os.path.getsize(path) / 2**20:.1f} MiB')
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+    x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(args.seed))
+    feed = {session.get_inputs()[0].name: x.numpy()}
+
+    def torch_path(fast):
+        def run():
+            net.set_fast(fast)
+            with torch.no_grad():
+                return net(x).numpy()
+        return run
+
+    ways = {'torch plain': torch_path(False), 'torch fast': torch_path('auto'),
+            'onnxruntime': lambda: session.run(None, feed)[0]}
+    outputs = {name: fn() for name, fn in ways.items()}  # warm-up (fast-path weights, ORT's first-run setup)
+    reference = outputs['torch plain']
+    for name, out in outputs.items():
+        print(f'{name:12s} max |diff| vs torch plain: {np.abs(out - reference).max():.2e}')
+    times = {name: [] for name in ways}
+    names = list(ways)
+    for run in range(args.runs):
+        for name in names[run % len(names):] + names[:run % len(names)]:
+            times[name].append(timed(ways[name])[0])
+    print(f'{args.preset} preset, 1x3x{h}x{w} fp32, {torch.get_num_threads()} threads, {args.runs} runs '
+          f'(torch {torch.__version__}, onnxruntime {ort.__version__}):')
+    for name, ts in times.items():
+        print(f'  {name:12s} median {statistics.median(ts):.3f} s  (min {min(ts):.3f}, max {max(ts):.3f})')
+    for base in ('torch plain', 'torch fast'):
+        ratios = [b / o for b, o in zip(times[base], times['onnxruntime'])]
+        print(f'  onnxruntime speed-up over {base}: {statistics.median(ratios):.2f}x '
+              f'(paired, range {min(ratios):.2f}-{max(ratios):.2f}x)')
+
+
+if __name__ == '__main__':
+    main()
