@@ -1,20 +1,22 @@
 """Benchmark the exported ONNX model in onnxruntime against PyTorch on the CPU (a measurement, not a test).
 
 Exports the network (default: the paper preset, random weights with every branch active) with
-:func:`gmmoe_arch.export.export_onnx`, or reads ``--model``, and times one fp32 forward of a
+:func:`gmmoe_arch.export.export_onnx` (to ``--model`` if given, else a temporary file; an existing
+``--model`` of the same preset and seed is reused), and times one fp32 forward of a
 ``(1, 3, H, W)`` input in three ways: PyTorch's straightforward path (``fast=False``, what the model
 was exported from), PyTorch's default CPU path (``fast='auto'``: the fast path) and onnxruntime's CPU
-provider (all graph optimisations, as many intra-op threads as torch uses). Each run times the three
+provider (all graph optimisations), both with ``--threads`` intra-op threads (default: torch's). Each run times the three
 in a rotated order; it prints the medians over ``--runs`` runs after a warm-up, the ratios paired
 run by run (median of the per-run ratios), and max |diff| of each output against the straightforward
 path. The allocator tuning the ``gmmoe`` command applies is on (``GMMOE_MALLOC=off`` switches it off).
 Examples::
 
     python scripts/bench_onnx.py                          # paper preset, 600x400, 7 runs
-    python scripts/bench_onnx.py --model paper.onnx --size 1200x800 --runs 5
+    python scripts/bench_onnx.py --model /tmp/paper.onnx --threads 1 --runs 11
 """
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -37,10 +39,11 @@ from gmmoe_arch.export import export_onnx  # noqa: E402
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--preset', default='paper', choices=['paper', 'released'])
-    parser.add_argument('--model', help='an exported model of the same network and seed (skips the export)')
+    parser.add_argument('--model', help='where to export the model; reused if it exists (same preset and seed)')
     parser.add_argument('--size', default='600x400', help='WIDTHxHEIGHT (default: 600x400)')
     parser.add_argument('--runs', type=int, default=7)
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--threads', type=int, help='intra-op threads of torch and onnxruntime')
     return parser.parse_args(argv)
 
 
@@ -52,14 +55,24 @@ def timed(fn):
 
 def main(argv=None):
     args = parse_args(argv)
-    w, h = (int(v) for v in args.size.lower().split('x'))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     net = activate_branches(GMMoE(preset=args.preset)).eval()
     folder = tempfile.mkdtemp(prefix='bench_onnx_')
-    path = args.model or os.path.join(folder, f'{args.preset}.onnx')
-    if not args.model:
-        seconds, _ = timed(lambda: export_onnx(net, path))
-        print(f'export: {seconds:.0f} s, {os.path.getsize(path) / 2**20:.1f} MiB')
+    try:
+        path = args.model or os.path.join(folder, f'{args.preset}.onnx')
+        if not os.path.exists(path):
+            seconds, _ = timed(lambda: export_onnx(net, path))
+            print(f'export: {seconds:.0f} s, {os.path.getsize(path) / 2**20:.1f} MiB')
+        benchmark(net, path, args)
+    finally:
+        shutil.rmtree(folder)
+
+
+def benchmark(net, path, args):
+    """Time and compare torch's two paths and onnxruntime on the model at ``path``; print the results."""
+    w, h = (int(v) for v in args.size.lower().split('x'))
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])

@@ -39,7 +39,7 @@ def export_parser():
 
 @pytest.fixture(scope='module')
 def exported(tmp_path_factory):
-    """``(net, model path, exit status, stderr)`` of ``gmmoe export --weights small.pth -o small.onnx --no-check``."""
+    """``(net, model path, exit status)`` of ``gmmoe export --weights small.pth -o out/small.onnx --no-check``."""
     folder = tmp_path_factory.mktemp('export')
     net = small_net()
     torch.save({'params': net.state_dict()}, folder / 'small.pth')
@@ -50,7 +50,7 @@ def exported(tmp_path_factory):
 
 
 def test_export_writes_one_model_and_nothing_else(exported):
-    net, path, status = exported
+    _, path, status = exported
     assert status == 0
     assert sorted(p.name for p in path.parent.iterdir()) == ['small.onnx']  # no staging folder left behind
 
