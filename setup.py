@@ -57,6 +57,9 @@ class StrategyWithHook:
         wheel.writestr(HOOK_PTH, HOOK_PTH_LINE)
 
 
+EXPORT_REQUIRES = ['onnx>=1.17', 'onnxscript>=0.5', 'onnxruntime>=1.20']
+
+
 setup(
     name='gmmoe',
     version='0.1.0',
@@ -79,7 +82,11 @@ setup(
         'pillow',
         'scikit-image',
     ],
-    extras_require={'test': ['pytest>=7']},
+    extras_require={
+        # `gmmoe export` (ONNX): onnxscript and onnx for torch's exporter, onnxruntime for the check
+        'export': EXPORT_REQUIRES,
+        'test': ['pytest>=7'] + EXPORT_REQUIRES,
+    },
     entry_points={
         'console_scripts': [
             'basicsr = gmmoe_arch.cli:main',
