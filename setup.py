@@ -71,8 +71,8 @@ setup(
     py_modules=['gmmoe_basicsr_hook'],
     cmdclass={'build_py': BuildPyWithHook, 'editable_wheel': EditableWheelWithHook},
     install_requires=[
-        'torch>=2.1',
-        'torchvision>=0.16',
+        'torch>=2.6',  # weights_only loading by default, torch.serialization.safe_globals, torch.compiler.is_exporting
+        'torchvision>=0.21',
         'basicsr>=1.4.2',
         'numpy',
         'opencv-python',
