@@ -20,7 +20,8 @@ from basicsr.utils.registry import Registry
 from torch import nn
 
 from .fast_ops import (FastPath, addcmul, compute_dtype, conv, conv_add, fast_channel_mean_max, layer_norm_nchw,
-                       merge_parallel_convs, mul, scaled_conv, spatial_mean)
+                       merge_parallel_convs, mul, scaled_conv)
+from .pooling import GlobalMean, global_mean
 
 EXPERT_REGISTRY = Registry('expert')
 
@@ -124,7 +125,7 @@ class ChannelAttention(nn.Module):
             nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1), nn.Sigmoid())
 
     def forward(self, z):
-        return z * self.conv_du(z.mean((2, 3), keepdim=True))
+        return z * self.conv_du(global_mean(z))
 
 
 class SpatialAttention(nn.Module):
@@ -196,7 +197,7 @@ class DetailExpert(FastPath, nn.Module):
         else:
             y5 = conv(y23[:, h:], *w['c5'], padding=1)
         z = torch.cat([y23[:, :h], y5, y4], dim=1)
-        a_c = conv(conv(spatial_mean(z), *w['se.conv_du.0'], act='relu'), *w['se.conv_du.2'],
+        a_c = conv(conv(global_mean(z), *w['se.conv_du.0'], act='relu'), *w['se.conv_du.2'],
                    act='sigmoid')
         a_s = conv(fast_channel_mean_max(z), *w['sa.conv1'], padding=3, act='sigmoid')
         if z.shape[0] == 1:  # c6(z * a_c + z * a_s) = (c6's kernel * a_c)(z) + a_s * (c6's kernel)(z)
@@ -225,7 +226,7 @@ class FeatureExpert(FastPath, nn.Module):
         self.conv55 = nn.Conv2d(c, c, 5, padding=2)
         self.conv1 = nn.Conv2d(c, 2 * c, 1)
         self.conv2 = nn.Conv2d(2 * c, 2 * c, 3, padding=1, groups=2 * c)
-        self.sca = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c, c, 1))
+        self.sca = nn.Sequential(GlobalMean(), nn.Conv2d(c, c, 1))
         self.conv3 = nn.Conv2d(c, c, 1)
         self.norm2 = LayerNorm2d(c)
         self.conv4 = nn.Conv2d(c, 2 * c, 1)
@@ -253,7 +254,7 @@ class FeatureExpert(FastPath, nn.Module):
         x = conv(layer_norm_nchw(u, self.norm1), *w['conv135'], padding=2)
         x = conv(conv(x, *w['conv1']), *w['conv2'], padding=1, groups=self.conv2.groups)
         x = simple_gate(x)
-        s = conv(spatial_mean(x), *w['sca.1'])
+        s = conv(global_mean(x), *w['sca.1'])
         if x.shape[0] == 1:  # conv3(x * s) with s folded into conv3's kernel
             weight, bias = w['conv3']
             y = conv_add(x, weight * s.reshape(1, -1, 1, 1), bias, u)
@@ -262,11 +263,11 @@ class FeatureExpert(FastPath, nn.Module):
         return conv_add(simple_gate(conv(layer_norm_nchw(y, self.norm2), *w['conv4'])), *w['conv5'], y)
 
 
-class Gate(FastPath, nn.Module):
+class Gate(nn.Module):
     """Per-image softmax gate: ``(B, C, H, W) -> (B, n_experts)`` weights that sum to one.
 
-    Global average pool, Linear C -> C/4, ReLU, Linear C/4 -> n (no biases), softmax of the
-    logits divided by ``temperature`` (released: 3).
+    Global average pool (:func:`.pooling.global_mean`), Linear C -> C/4, ReLU, Linear C/4 -> n (no
+    biases), softmax of the logits divided by ``temperature`` (released: 3).
     """
 
     def __init__(self, channels, n_experts, temperature=3.0):
@@ -278,12 +279,8 @@ class Gate(FastPath, nn.Module):
                                  nn.Linear(hidden, n_experts, bias=False))
         self.temperature = float(temperature)
 
-    def forward_plain(self, u):
-        return torch.softmax(self.mlp(u.mean((2, 3))) / self.temperature, dim=1)
-
-    def forward_fast(self, u):
-        """As :meth:`forward_plain`, pooling with :func:`spatial_mean`."""
-        return torch.softmax(self.mlp(spatial_mean(u).flatten(1)) / self.temperature, dim=1)
+    def forward(self, u):
+        return torch.softmax(self.mlp(global_mean(u).flatten(1)) / self.temperature, dim=1)
 
 
 def build_expert(spec, channels):

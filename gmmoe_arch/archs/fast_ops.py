@@ -8,8 +8,8 @@ Every function here computes what the straightforward layers compute, up to floa
   are summed equal one conv whose kernel is their zero-padded kernels summed (1x1 + 3x3 + 5x5 ->
   one 5x5: one pass over the input and 13% fewer multiply-adds).
 * :func:`scaled_conv`: a per-channel scale after a conv (``beta``, ``gamma``) folded into the conv.
-* :func:`channel_mean`: the per-pixel channel mean as a 1x1 conv; :func:`channel_max`,
-  :func:`spatial_mean`: reductions that are faster than torch's on CPU (bf16 especially).
+* :func:`channel_mean`: the per-pixel channel mean as a 1x1 conv; :func:`channel_max`: a
+  reduction faster than torch's on CPU (bf16 especially); global means are :mod:`.pooling`'s.
 * :func:`dilated_depthwise`: a dilated depthwise conv as an undilated one over the phase sub-grids.
 * :func:`conv`, :func:`conv_add`: on CPU without grad, a conv and the ReLU/sigmoid or residual
   addition after it as one oneDNN call (the post-op fusion ``torch.compile`` uses), no extra pass.
@@ -129,23 +129,6 @@ def channel_max(x):
             h = x.shape[1] // 2
             x = torch.maximum(x[:, :h], x[:, h:])
     return x.amax(1, keepdim=True)
-
-
-def spatial_mean(x):
-    """``(B, C, H, W) -> (B, C, 1, 1)`` mean over pixels; in bf16/fp16 on CPU without grad, a matrix
-    product with ones (the GEMM accumulates in fp32; 3x faster than the reduction there).
-
-    In float32 (where the GEMM gains ~2 ms per full-resolution map but rounds differently from
-    torch's reduction, which tiled inference compares against), and under a torch function mode
-    (the tiled enhancer's ``ImageStatistics`` intercepts ``x.mean((2, 3))``), it is
-    ``x.mean((2, 3), keepdim=True)`` itself.
-    """
-    if (_plain_reduction(x) or x.dtype not in (torch.bfloat16, torch.float16)
-            or torch._C._is_torch_function_mode_enabled()):
-        return x.mean((2, 3), keepdim=True)
-    b, c, h, w = x.shape
-    pixels = x.permute(0, 2, 3, 1).reshape(b, h * w, c)
-    return torch.matmul(pixels.new_ones(b, 1, h * w), pixels).div_(h * w).reshape(b, c, 1, 1)
 
 
 def fast_channel_mean_max(x):
