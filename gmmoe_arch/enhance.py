@@ -11,12 +11,19 @@ Images: ``H x W`` (gray), ``H x W x 3`` (RGB) or ``H x W x 4`` (RGBA), ``uint8``
 luma); alpha is passed through untouched; the output has the input's shape and dtype.
 
 Memory: images above ``max_pixels`` run as overlapping tiles blended with raised-cosine ramps
-normalised by the summed weights, so memory is bounded by the tile size, not the image size.
+normalised by the summed weights, so the network's memory is bounded by the tile size, not the
+image size; the image itself is held only in its own dtype (input and output) plus one float32
+band of rows (:class:`RowBlender`), and files whose header declares more than
+``max_image_pixels`` are refused before decoding.
 GM-MoE has image-global operations (the gates, the detail expert's channel attention and the
 feature expert's SCA average over the whole map): statistics passes over the tiles estimate
 those whole-image averages and inject them into every tile (:class:`ImageStatistics`). Tiling
 stays a close approximation of whole-image inference, not an exact copy (see
 ``docs/enhance.md`` for measured differences).
+
+Files: outputs are written atomically (:func:`write_file`: temporary name, fsync, rename); an
+output that is an input (same path or same device and inode) is refused; folders and globs
+follow symlinked folders but not symlink loops.
 """
 import fnmatch
 import glob

@@ -2,6 +2,7 @@
 
     python scripts/bench_enhance.py                      # 4000x3000, paper preset, CPU
     python scripts/bench_enhance.py --size 1200x800 --stat-passes 0
+    python scripts/bench_enhance.py --size 8000x8000 --width 8 --stat-passes 0   # memory of a large image
 
 Writes a synthetic dim 8-bit PNG of the given size, then runs the same code path as the command
 (:func:`gmmoe_arch.enhance.enhance_paths`, allocator tuning included) with random weights, which
@@ -35,6 +36,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--size', default='4000x3000', help='WIDTHxHEIGHT of the test photo')
     parser.add_argument('--preset', default='paper', choices=['paper', 'released'])
+    parser.add_argument('--width', type=int, default=None,
+                        help="the preset's block counts at this width (e.g. 8: a cheap network for memory tests)")
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--precision', default='fp32')
     parser.add_argument('--max-pixels', type=int, default=None)
@@ -57,10 +60,16 @@ def main():
         small = (rng.random((h // 50 + 1, w // 50 + 1, 3)) * 70).astype(np.uint8)
         cv2.imwrite(os.path.join(tmp, 'photo.png'), cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC))
         del small
-        net = enhance.load_network(preset=args.preset, device=args.device, random_weights=True)
+        if args.width:
+            from gmmoe_arch import PRESETS, GMMoE
+
+            net = GMMoE(**dict(PRESETS[args.preset], width=args.width)).eval().requires_grad_(False).to(args.device)
+        else:
+            net = enhance.load_network(preset=args.preset, device=args.device, random_weights=True)
         base = current_rss_gb()
         plan = enhance.plan_tiles(h, w, None, options['overlap'], options['max_pixels'], net.padder_size)
-        print(f'{w}x{h} ({w * h / 1e6:.1f} MP), preset {args.preset}, {args.device}, {args.precision}, '
+        network = f'preset {args.preset}' + (f' at width {args.width}' if args.width else '')
+        print(f'{w}x{h} ({w * h / 1e6:.1f} MP), {network}, {args.device}, {args.precision}, '
               f'torch threads {torch.get_num_threads()}; {len(plan)} tiles of about '
               f'{plan.ys[0][1]}x{plan.xs[0][1]}, overlap >= {options["overlap"]}, '
               f'{options["stat_passes"]} statistics pass(es); RSS after loading: {base:.2f} GB', flush=True)
