@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from basicsr.utils.registry import Registry
 from torch import nn
 
-from .fast_ops import (FastPath, addcmul, compute_dtype, conv, conv_add, fast_channel_mean_max, layer_norm_nchw,
-                       merge_parallel_convs, mul, scaled_conv)
+from .fast_ops import (compute_dtype, conv, conv_add, conv_mul, fast_channel_mean_max, layer_norm_nchw,
+                       merge_parallel_convs, scaled_conv, sum_of_products)
+from .fast_path import FastPath
 from .pooling import GlobalMean, global_mean
 
 EXPERT_REGISTRY = Registry('expert')
@@ -104,15 +105,15 @@ class ColourExpert(FastPath, nn.Module):
     def forward_fast(self, u):
         """As :meth:`forward_plain`, overwriting its own intermediates where autograd allows."""
         w = self.fused(compute_dtype(u))
-        p = conv(u, *w['conv1'])
-        q = F.conv2d(pad_to_min_size(p, 3), *w['conv2'], stride=2)
+        p = conv(u, *w[self.conv1])
+        q = F.conv2d(pad_to_min_size(p, 3), *w[self.conv2], stride=2)
         v = F.max_pool2d(pad_to_min_size(q, 7), kernel_size=7, stride=3)
-        v = conv(v, *w['conv_max'], padding=1, act='relu')
-        v = conv(v, *w['conv3'], padding=1, act='relu')
-        v = F.interpolate(conv(v, *w['conv3_'], padding=1), size=u.shape[-2:], mode='bilinear', align_corners=False)
-        t = conv_add(p, *w['conv_f'], v)
-        g = conv(t, *w['conv4'], act='sigmoid')
-        return mul(g, u)
+        v = conv(v, *w[self.conv_max], padding=1, act='relu')
+        v = conv(v, *w[self.conv3], padding=1, act='relu')
+        v = F.interpolate(conv(v, *w[self.conv3_], padding=1), size=u.shape[-2:], mode='bilinear',
+                          align_corners=False)
+        t = conv_add(p, *w[self.conv_f], v)
+        return conv_mul(t, *w[self.conv4], u, act='sigmoid')
 
 
 class ChannelAttention(nn.Module):
@@ -188,22 +189,22 @@ class DetailExpert(FastPath, nn.Module):
     def forward_fast(self, u):
         """As :meth:`forward_plain` with ``c2``/``c3`` as one conv, ``c4`` split, attentions summed in place."""
         w = self.fused(compute_dtype(u))
-        y1 = conv(u, *w['c1'], act='relu')
-        y23 = conv(y1, *w['c23'], padding=1, act='relu')
-        y4 = conv_add(y23, *w['c4_y23'], conv(y1, *w['c4_y1'], padding=1), padding=1, act='relu')
+        y1 = conv(u, *w[self.c1], act='relu')
+        y23 = conv(y1, *w.c23, padding=1, act='relu')
+        y4 = conv_add(y23, *w.c4_y23, conv(y1, *w.c4_y1, padding=1), padding=1, act='relu')
         h = self.c2.out_channels
         if torch.is_grad_enabled():  # the slice's copy and its gradient's copy cost more than the zeros
-            y5 = conv(y23, *w['c5_y23'], padding=1)
+            y5 = conv(y23, *w.c5_y23, padding=1)
         else:
-            y5 = conv(y23[:, h:], *w['c5'], padding=1)
+            y5 = conv(y23[:, h:], *w[self.c5], padding=1)
         z = torch.cat([y23[:, :h], y5, y4], dim=1)
-        a_c = conv(conv(global_mean(z), *w['se.conv_du.0'], act='relu'), *w['se.conv_du.2'],
-                   act='sigmoid')
-        a_s = conv(fast_channel_mean_max(z), *w['sa.conv1'], padding=3, act='sigmoid')
+        squeeze, excite = self.se.conv_du[0], self.se.conv_du[2]
+        a_c = conv(conv(global_mean(z), *w[squeeze], act='relu'), *w[excite], act='sigmoid')
+        a_s = conv(fast_channel_mean_max(z), *w[self.sa.conv1], padding=3, act='sigmoid')
+        weight, bias = w[self.c6]
         if z.shape[0] == 1:  # c6(z * a_c + z * a_s) = (c6's kernel * a_c)(z) + a_s * (c6's kernel)(z)
-            weight, bias = w['c6']
-            return addcmul(conv_add(z, weight * a_c.reshape(1, -1, 1, 1), bias, u), conv(z, weight, None), a_s)
-        return conv_add(addcmul(z * a_c, z, a_s), *w['c6'], u)
+            return conv_mul(z, weight, None, a_s, plus=conv_add(z, weight * a_c.reshape(1, -1, 1, 1), bias, u))
+        return conv_add(sum_of_products(z, a_c, z, a_s), weight, bias, u)
 
 
 @EXPERT_REGISTRY.register()
@@ -246,21 +247,22 @@ class FeatureExpert(FastPath, nn.Module):
     def fused_params(self):
         """The 1x1/3x3/5x5 convs as one 5x5; ``beta`` folded into ``conv3``, ``gamma`` into ``conv5``."""
         return {'conv135': merge_parallel_convs(self.conv11, self.conv33, self.conv55),
-                'conv3': scaled_conv(self.conv3, self.beta), 'conv5': scaled_conv(self.conv5, self.gamma)}
+                'conv3_beta': scaled_conv(self.conv3, self.beta), 'conv5_gamma': scaled_conv(self.conv5, self.gamma)}
 
     def forward_fast(self, u):
         """As :meth:`forward_plain` with the merged/folded convs of :meth:`fused_params` and ``F.layer_norm``."""
         w = self.fused(compute_dtype(u))
-        x = conv(layer_norm_nchw(u, self.norm1), *w['conv135'], padding=2)
-        x = conv(conv(x, *w['conv1']), *w['conv2'], padding=1, groups=self.conv2.groups)
+        x = conv(layer_norm_nchw(u, self.norm1), *w.conv135, padding=2)
+        x = conv(conv(x, *w[self.conv1]), *w[self.conv2], padding=1, groups=self.conv2.groups)
         x = simple_gate(x)
-        s = conv(global_mean(x), *w['sca.1'])
+        pool, project = self.sca
+        s = conv(pool(x), *w[project])
+        weight, bias = w.conv3_beta
         if x.shape[0] == 1:  # conv3(x * s) with s folded into conv3's kernel
-            weight, bias = w['conv3']
             y = conv_add(x, weight * s.reshape(1, -1, 1, 1), bias, u)
         else:
-            y = conv_add(mul(x, s), *w['conv3'], u)
-        return conv_add(simple_gate(conv(layer_norm_nchw(y, self.norm2), *w['conv4'])), *w['conv5'], y)
+            y = conv_add(x * s, weight, bias, u)
+        return conv_add(simple_gate(conv(layer_norm_nchw(y, self.norm2), *w[self.conv4])), *w.conv5_gamma, y)
 
 
 class Gate(nn.Module):

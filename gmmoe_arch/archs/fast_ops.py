@@ -1,4 +1,4 @@
-"""Exact rewrites behind GM-MoE's fast path, and the cache of parameters derived for it.
+"""Exact rewrites behind GM-MoE's fast path.
 
 Every function here computes what the straightforward layers compute, up to float rounding:
 
@@ -11,20 +11,18 @@ Every function here computes what the straightforward layers compute, up to floa
 * :func:`channel_mean`: the per-pixel channel mean as a 1x1 conv; :func:`channel_max`: a
   reduction faster than torch's on CPU (bf16 especially); global means are :mod:`.pooling`'s.
 * :func:`dilated_depthwise`: a dilated depthwise conv as an undilated one over the phase sub-grids.
-* :func:`conv`, :func:`conv_add`: on CPU without grad, a conv and the ReLU/sigmoid or residual
-  addition after it as one oneDNN call (the post-op fusion ``torch.compile`` uses), no extra pass.
+* :func:`conv`, :func:`conv_add`, :func:`conv_mul`: on CPU without grad, a conv and the
+  ReLU/sigmoid, residual addition or product after it as one oneDNN call (the post-op fusion
+  ``torch.compile`` uses) or as an in-place pass over the conv's own output.
 
-Modules with a fast path derive their merged/folded weights in :meth:`FastPath.fused_params` and
-read them, with their convs' own weights, from :meth:`FastPath.fused` in the compute dtype (under
-autocast, cached bf16/fp16 copies instead of a cast per call). The derivation is differentiable, so in training (grad enabled) it is rebuilt on every call and
-gradients reach the original parameters. Without grad the result is cached and rebuilt when a
-parameter is replaced or changed in place (``optimizer.step()``, ``load_state_dict``); changes made
-through ``param.data`` are invisible to autograd's version counter, so after those call
-``net.eval()`` or ``net.fuse()`` again (BasicSR's EMA and validation do call ``eval()``).
+No function here writes into a tensor it was given: without grad, the in-place passes
+(:func:`_add_into`, :func:`_mul_into`) write only into tensors allocated in the same function
+(a conv's output, a product), so an input that several experts read stays as it was.
 """
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+from .torch_private import onednn_conv, onednn_conv_add
 
 
 def layer_norm_nchw(x, norm):
@@ -53,10 +51,6 @@ def merge_parallel_convs(*convs):
     return weight, bias
 
 
-_ONEDNN_CONV = (getattr(torch.ops.mkldnn, '_convolution_pointwise', None)
-                if torch.backends.mkldnn.is_available() else None)
-
-
 def _plain_reduction(x):
     """Whether ``x`` is outside the fast path's own CPU kernels: with grad (they have no backward),
     under ``torch.compile`` (which fuses on its own), off the CPU, or not channels-last."""
@@ -70,7 +64,7 @@ def _onednn_dtype(x, weight):
     It applies on CPU without grad (its kernel has no backward) outside ``torch.compile`` (which fuses
     on its own), to channels-last fp32 inputs or to bf16 under autocast, as ``F.conv2d`` would run.
     """
-    if _ONEDNN_CONV is None or _plain_reduction(x):
+    if _plain_reduction(x):
         return None
     dtype = compute_dtype(x) or x.dtype
     if dtype not in (torch.float32, torch.bfloat16) or weight.dtype not in (torch.float32, torch.bfloat16):
@@ -86,7 +80,7 @@ def conv(x, weight, bias, padding=0, act=None, groups=1, dilation=1):
     """
     dtype = _onednn_dtype(x, weight)
     if dtype is not None:
-        return _ONEDNN_CONV(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype),
+        return onednn_conv(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype),
                             [padding, padding], [1, 1], [dilation, dilation], groups, act or 'none', [], '')
     y = F.conv2d(x, weight, bias, padding=padding, groups=groups, dilation=dilation)
     if act == 'relu':
@@ -102,10 +96,31 @@ def conv_add(x, weight, bias, other, padding=0, act=None):
     """
     dtype = _onednn_dtype(x, weight)
     if dtype is not None and other.dtype == dtype and other.is_contiguous(memory_format=torch.channels_last):
-        return _ONEDNN_CONV.binary(x.to(dtype), other, weight.to(dtype), None if bias is None else bias.to(dtype),
+        return onednn_conv_add(x.to(dtype), other, weight.to(dtype), None if bias is None else bias.to(dtype),
                                    [padding, padding], [1, 1], [1, 1], 1, 'add', None, act, [], None)
-    y = add(F.conv2d(x, weight, bias, padding=padding), other)
+    y = _add_into(F.conv2d(x, weight, bias, padding=padding), other)
     return F.relu(y, inplace=not torch.is_grad_enabled()) if act == 'relu' else y
+
+
+def conv_mul(x, weight, bias, times, plus=None, padding=0, act=None):
+    """``act(F.conv2d(x, weight, bias, padding=padding)) * times (+ plus)``, ``times`` and ``plus``
+    broadcastable to the conv's output, ``act`` as in :func:`conv`.
+
+    Without grad the product (and sum) is written into the conv's output, one pass.
+    """
+    return _mul_into(conv(x, weight, bias, padding=padding, act=act), times, plus)
+
+
+def sum_of_products(a, x, b, y):
+    """``a * x + b * y`` (broadcasting); without grad the second product is added into the first."""
+    first = a * x
+    return first.addcmul_(b, y) if _writable(first, b, y) else first + b * y
+
+
+def upsample_add(x, weight, skip, upscale=2):
+    """``pixel_shuffle(F.conv2d(x, weight), upscale) + skip`` (a bias-free 1x1 conv, as the decoder's
+    ``ups``), the kernel's gradient kept contiguous; without grad the sum is written into the shuffled map."""
+    return _add_into(F.pixel_shuffle(F.conv2d(x, contiguous_grad(weight)), upscale), skip)
 
 
 def channel_mean(x):
@@ -163,39 +178,50 @@ def scaled_conv(conv, scale):
     return conv.weight * s.view(-1, 1, 1, 1), conv.bias * s
 
 
-def _reusable(a, *others):
-    return not torch.is_grad_enabled() and all(torch.result_type(a, o) == a.dtype for o in others)
+def _writable(own, *others):
+    """Whether ``own`` may hold the result of an element-wise op with ``others``: no grad (autograd
+    may need ``own``), and the result has ``own``'s dtype and shape."""
+    return (not torch.is_grad_enabled() and all(torch.result_type(own, o) == own.dtype for o in others)
+            and own.shape == torch.broadcast_shapes(own.shape, *(o.shape for o in others)))
 
 
-def add(a, b):
-    """``a + b``; without grad, written into ``a`` (a fresh intermediate of the caller) if the dtype stays."""
-    return a.add_(b) if _reusable(a, b) else a + b
+def _add_into(own, other):
+    """``own + other``, written into ``own`` where :func:`_writable`. Only for an ``own`` allocated by
+    the calling function (a conv's output, a product): nobody else can hold it."""
+    return own.add_(other) if _writable(own, other) else own + other
 
 
-def mul(a, b):
-    """``a * b``; without grad, written into ``a`` (a fresh intermediate of the caller) if the dtype stays."""
-    return a.mul_(b) if _reusable(a, b) else a * b
+def _mul_into(own, times, plus=None):
+    """``own * times (+ plus)``, written into ``own`` where :func:`_writable`; ``own`` as for
+    :func:`_add_into`, ``times`` and ``plus`` are only read."""
+    if plus is None:
+        return own.mul_(times) if _writable(own, times) else own * times
+    return torch.addcmul(plus, own, times, out=own) if _writable(own, times, plus) else plus + own * times
 
 
-def addcmul(a, b, c):
-    """``a + b * c``; without grad, written into ``a`` (a fresh intermediate) if the dtype stays."""
-    return a.addcmul_(b, c) if _reusable(a, b, c) else a + b * c
+def weighted_sum(weights, terms, in_place):
+    """``sum_i weights[:, i] * terms_i`` for ``(B, n)`` ``weights`` and ``n`` ``(B, C, H, W)`` terms, drawn
+    from the iterable ``terms`` one at a time (so only one is alive at once).
+
+    ``in_place`` (the fast path): without grad each product is accumulated into the first one, a
+    buffer allocated here; else ``total + w_i * term_i`` as written.
+    """
+    total = None
+    for i, term in enumerate(terms):
+        w = weights[:, i, None, None, None]
+        if total is None:
+            total = w * term
+        elif in_place and _writable(total, w, term):
+            total.addcmul_(w, term)
+        else:
+            total = total + w * term
+    return total
 
 
 def compute_dtype(x):
     """The dtype convs on ``x`` run in: the autocast dtype of ``x``'s device where autocast is on, else None."""
     kind = x.device.type
     return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
-
-
-def _own_convs(module, prefix=''):
-    """``(path, conv)`` for the ``nn.Conv2d`` layers of ``module``, not descending into nested fast modules."""
-    for name, child in module.named_children():
-        path = prefix + name
-        if isinstance(child, nn.Conv2d):
-            yield path, child
-        elif not isinstance(child, FastPath):
-            yield from _own_convs(child, path + '.')
 
 
 class _ContiguousGrad(torch.autograd.Function):
@@ -225,61 +251,3 @@ def _strides(t):
 def contiguous_grad(t):
     """``t``; with grad, through :class:`_ContiguousGrad` so that its gradient is contiguous."""
     return _ContiguousGrad.apply(t) if t is not None and t.requires_grad and torch.is_grad_enabled() else t
-
-
-def _cast(tensors, dtype):
-    """``tensors`` (``name -> (weight, bias)``) cast to ``dtype`` (None: unchanged, not copied)."""
-    def one(t):
-        t = contiguous_grad(t)
-        return t if t is None or dtype is None or t.dtype == dtype else t.to(dtype)
-    return {name: tuple(one(t) for t in pair) for name, pair in tensors.items()}
-
-
-def uses_fast_path(fast, device):
-    """Whether the ``fast`` setting (``True``, ``False`` or ``'auto'``) takes the fast path on ``device``."""
-    return fast is True or (fast == 'auto' and torch.device(device).type == 'cpu')
-
-
-class FastPath:
-    """Mixin for modules with a straightforward and a fast forward; ``fast`` picks one
-    (``True``, ``False``, or ``'auto'``: the fast one for CPU inputs).
-
-    Subclasses define ``forward_plain(x)``, ``forward_fast(x)`` and, if they derive weights,
-    ``fused_params() -> dict`` (differentiable in the module's parameters).
-    """
-    fast = 'auto'
-
-    def forward(self, x):
-        return self.forward_fast(x) if uses_fast_path(self.fast, x.device) else self.forward_plain(x)
-
-    def fused_params(self):
-        return {}
-
-    def fused(self, dtype=None):
-        """``name -> (weight, bias)``: the derived weights and every own conv's (by its module path).
-
-        Cast to ``dtype`` (None: the parameters' dtype, no copy); the parameters themselves stay as
-        they are (contiguous: oneDNN reorders kernels for channels-last inputs either way). Rebuilt per call with grad (or under ``torch.compile``), else
-        cached per ``dtype`` until a parameter changes (autocast then casts no weight per call).
-        """
-        def build():
-            params = {path: (conv.weight, conv.bias) for path, conv in _own_convs(self)}
-            params.update(self.fused_params())
-            return _cast(params, dtype)
-
-        if torch.is_grad_enabled() or torch.compiler.is_compiling():
-            return build()
-        params = tuple(self.parameters())
-        key = tuple((p.data_ptr(), p._version) for p in params)
-        cache = self.__dict__.get('_fused_cache')
-        if cache is None or cache[1] != key or any(a is not b for a, b in zip(cache[0], params)):
-            cache = (params, key, {})
-            self.__dict__['_fused_cache'] = cache
-        if dtype not in cache[2]:
-            with torch.inference_mode(False), torch.no_grad():
-                cache[2][dtype] = build()
-        return cache[2][dtype]
-
-    def clear_fused(self):
-        """Drop the cached derived weights (they are rebuilt on the next no-grad fast forward)."""
-        self.__dict__.pop('_fused_cache', None)

@@ -17,8 +17,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint as checkpoint_fn
 
 from .experts import RELEASED_EXPERTS, Gate, build_expert, channel_mean_max
-from .fast_ops import (FastPath, add, addcmul, channel_max, channel_mean, compute_dtype, contiguous_grad, conv, dilated_depthwise,
-                       mul, uses_fast_path)
+from .fast_ops import (channel_max, channel_mean, compute_dtype, conv, conv_mul, dilated_depthwise, sum_of_products,
+                       upsample_add, weighted_sum)
+from .fast_path import FastPath, PathSwitch, uses_fast_path
 
 CHECKPOINT_LEVELS = {False: None, True: 'block', 'block': 'block', 'expert': 'expert'}
 
@@ -64,16 +65,16 @@ class SFEB(FastPath, nn.Module):
         """As :meth:`forward_plain`: the dilated conv as an undilated one over phase sub-grids, and the
         channel mean/max of ``[b1, b2]`` taken without concatenating."""
         w = self.fused(compute_dtype(x))
-        a1 = conv(x, *w['conv0'], padding=2, groups=self.conv0.groups)
-        a2 = dilated_depthwise(a1, *w['conv_spatial'], self.conv_spatial.dilation[0])
-        b1, b2 = conv(a1, *w['conv1']), conv(a2, *w['conv2'])
+        a1 = conv(x, *w[self.conv0], padding=2, groups=self.conv0.groups)
+        a2 = dilated_depthwise(a1, *w[self.conv_spatial], self.conv_spatial.dilation[0])
+        b1, b2 = conv(a1, *w[self.conv1]), conv(a2, *w[self.conv2])
         mean = (channel_mean(b1) + channel_mean(b2)) / 2
         peak = torch.maximum(channel_max(b1), channel_max(b2))
-        s = conv(torch.cat([mean, peak], dim=1), *w['conv_squeeze'], padding=3, act='sigmoid')
-        return mul(conv(addcmul(mul(b1, s[:, 0:1]), b2, s[:, 1:2]), *w['conv']), x)
+        s = conv(torch.cat([mean, peak], dim=1), *w[self.conv_squeeze], padding=3, act='sigmoid')
+        return conv_mul(sum_of_products(b1, s[:, 0:1], b2, s[:, 1:2]), *w[self.conv], x)
 
 
-class ExpertBlock(FastPath, nn.Module):
+class ExpertBlock(PathSwitch, nn.Module):
     """Gated mixture of experts: ``sum_i gate(u)[:, i] * expert_i(u)``, ``(B, C, H, W)`` in and out.
 
     State-dict names follow the released checkpoints: an expert at its released position (colour 0,
@@ -106,20 +107,12 @@ class ExpertBlock(FastPath, nn.Module):
             return expert.released_name + '.' if expert.released_name else ''
         return None
 
-    def forward_plain(self, u):
-        w = self.gate(u)
-        out = w[:, 0, None, None, None] * self.expert(0, u)
-        for i in range(1, len(self.experts)):
-            out = out + w[:, i, None, None, None] * self.expert(i, u)
-        return out
-
-    def forward_fast(self, u):
-        """As :meth:`forward_plain`, accumulating the weighted experts in place (own buffer only)."""
-        w = self.gate(u)
-        out = w[:, 0, None, None, None] * self.expert(0, u)
-        for i in range(1, len(self.experts)):
-            out = addcmul(out, w[:, i, None, None, None], self.expert(i, u))
-        return out
+    def forward(self, u):
+        """``(B, C, H, W) -> (B, C, H, W)``; the experts run one after another (one output alive at a
+        time); the fast path accumulates them in place, into a buffer of its own."""
+        weights = self.gate(u)
+        outputs = (self.expert(i, u) for i in range(len(self.experts)))
+        return weighted_sum(weights, outputs, in_place=self.takes_fast_path(u))
 
     def _to_released_names(self, state_dict, prefix, local_metadata):
         for key in [k for k in state_dict if k.startswith(prefix)]:
@@ -238,7 +231,7 @@ class GMMoE(nn.Module):
             raise ValueError(f'network_g.fast must be true, false or auto, got {enabled!r}')
         self.fast = enabled
         for module in self.modules():
-            if isinstance(module, FastPath):
+            if isinstance(module, PathSwitch):
                 module.fast = enabled
         return self
 
@@ -283,7 +276,7 @@ class GMMoE(nn.Module):
         x = self._blocks(self.middle_blks, x)
         for decoder, up, skip in zip(self.decoders, self.ups, reversed(skips)):
             if fast:  # the 1x1 kernel's gradient kept contiguous (see contiguous_grad)
-                x = add(up[1](F.conv2d(x, contiguous_grad(up[0].weight))), skip)
+                x = upsample_add(x, up[0].weight, skip, up[1].upscale_factor)
             else:
                 x = up(x) + skip
             x = self._blocks(decoder, x)
