@@ -42,8 +42,13 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from .data.image_io import IMAGE_EXTENSIONS
-from .enhance_cli import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_PIXELS, DEFAULT_OVERLAP, DEFAULT_STAT_PASSES
 
+# The command's parser shows these defaults without importing this module (and so torch); its copies in
+# gmmoe_arch/enhance_cli.py are checked equal to these by tests/test_enhance_cli.py.
+DEFAULT_MAX_PIXELS = 512 * 512
+DEFAULT_MAX_IMAGE_PIXELS = 150_000_000
+DEFAULT_OVERLAP = 96
+DEFAULT_STAT_PASSES = 1
 MIN_TILE = 256
 PRECISIONS = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)

@@ -7,7 +7,8 @@ prints a summary. Exit status: 0 when every image (and the gate file) was writte
 failed (each is reported, the rest are processed), 2 for a usage error.
 
 Parsing imports neither torch nor basicsr (a usage error is printed at once): the defaults the
-parser shows live here, and :mod:`gmmoe_arch.enhance` takes them from this module.
+parser shows are copies of :mod:`gmmoe_arch.enhance`'s (a test keeps them equal), and nothing in
+the package imports this module, so ``python -m gmmoe_arch.enhance_cli`` runs it cleanly.
 ``gmmoe export`` is dispatched to :mod:`gmmoe_arch.export`, imported only when that command runs.
 
 The allocator tuning of :func:`gmmoe_arch.runtime.configure_allocator` is applied at start;
@@ -21,6 +22,7 @@ import os
 import sys
 
 PROG = 'gmmoe'
+# copies of gmmoe_arch.enhance's defaults and choices (importing it would import torch)
 DEFAULT_MAX_PIXELS = 512 * 512
 DEFAULT_MAX_IMAGE_PIXELS = 150_000_000
 DEFAULT_OVERLAP = 96

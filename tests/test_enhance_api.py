@@ -79,6 +79,17 @@ def test_bad_checkpoint_gives_one_clear_error(case, ref_ckpt, tmp_path):
     assert expected in msg
 
 
+def test_checkpoint_of_another_size_than_the_option_file_is_named(ref_ckpt, tmp_path):
+    opt = tmp_path / 'net.yml'
+    opt.write_text('network_g:\n  type: GMMoE\n  width: 16\n  enc_blk_nums: [1, 1]\n  middle_blk_num: 2\n'
+                   '  dec_blk_nums: [1, 1]\n')
+    with pytest.raises(EnhanceError) as err:
+        load_network(str(ref_ckpt), option_file=str(opt), device='cpu')
+    assert str(err.value) == (f'checkpoint {ref_ckpt} holds a width-8 network (enc [1, 1, 1, 1], middle 1, dec '
+                              f'[1, 1, 1, 1]); --opt {opt} is a width-16 network (enc [1, 1], middle 2, dec [1, 1]); '
+                              'drop --opt to read the size off the checkpoint')
+
+
 def test_random_weights_need_explicit_consent():
     with pytest.raises(EnhanceError, match='--random-weights'):
         load_network(device='cpu')

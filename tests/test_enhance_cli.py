@@ -64,6 +64,7 @@ def test_gates_csv_and_clean_exit(photos, reference_dir, tmp_path, capsys):
     (['--random-weights', '--gates', 'g.txt'], '--gates g.txt: the file name must end in .json or .csv'),
     (['--random-weights', '--overlap', '600'], '--overlap 600: must be under half the tile side (512 px)'),
     (['--random-weights', '--device', 'cpu', '--precision', 'fp16'], 'fp16 needs a CUDA device'),
+    (['--random-weights', '--max-image-pixels', '0'], '--max-image-pixels 0: must be positive'),
 ])
 def test_usage_errors_come_before_any_work(photos, reference_dir, tmp_path, capsys, extra, message):
     extra = [e.format(ref=reference_dir / 'gmmoe_w8_net_g.pth') for e in extra]
@@ -95,12 +96,13 @@ def test_parsing_imports_neither_torch_nor_basicsr():
     assert "argument --tile: invalid int value: 'big'" in done.stderr
 
 
-def test_parser_choices_match_the_library():
-    from gmmoe_arch import PRESETS
-    from gmmoe_arch.enhance import PRECISIONS
-    from gmmoe_arch.enhance_cli import PRECISION_NAMES, PRESET_NAMES
+def test_parser_defaults_and_choices_match_the_library():
+    from gmmoe_arch import PRESETS, enhance, enhance_cli
 
-    assert set(PRECISION_NAMES) == set(PRECISIONS) and set(PRESET_NAMES) == set(PRESETS)
+    assert set(enhance_cli.PRECISION_NAMES) == set(enhance.PRECISIONS)
+    assert set(enhance_cli.PRESET_NAMES) == set(PRESETS)
+    for name in ('DEFAULT_MAX_PIXELS', 'DEFAULT_MAX_IMAGE_PIXELS', 'DEFAULT_OVERLAP', 'DEFAULT_STAT_PASSES'):
+        assert getattr(enhance_cli, name) == getattr(enhance, name), name
 
 
 def test_export_subcommand_shares_the_network_options_and_dispatches(monkeypatch, capsys):
