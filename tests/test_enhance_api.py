@@ -73,8 +73,9 @@ def test_bad_checkpoint_gives_one_clear_error(case, ref_ckpt, tmp_path):
     assert str(path) in msg
     expected = {'missing_file': 'no such file', 'not_checkpoint': 'not a PyTorch checkpoint',
                 'no_tensors': 'expected a state dict of tensors',
-                'wrong_preset': 'holds a width-8 network (enc [1, 1, 1, 1], middle 1, dec [1, 1, 1, 1]); --preset paper '
-                                'is a width-24 network (enc [1, 1, 1, 1], middle 1, dec [1, 1, 1, 1]); drop --preset',
+                'wrong_preset': 'holds a width-8 network (enc [1, 1, 1, 1], middle 1, dec [1, 1, 1, 1]); '
+                                '--preset paper is a width-24 network (enc [1, 1, 1, 1], middle 1, dec [1, 1, 1, 1]); '
+                                'drop --preset',
                 'missing_key': '1 missing: encoders.1.0.GateNetwork.0.weight'}[case]
     assert expected in msg
 
