@@ -9,9 +9,10 @@ Two baselines on CPU. ``plain`` is the straightforward path as a plain Python pr
 glibc's allocator settings (restored for its runs by :func:`gmmoe_arch.runtime.restore_allocator`,
 which is at least as generous as a warmed-up plain process): what a user without this project gets.
 ``plain+malloc`` is the same path with the allocator tuning that the fast path runs under (the
-``basicsr``/``gmmoe`` commands apply it), so ``fast`` vs ``plain+malloc`` isolates the rewrites. It prints max |diff| and PSNR of each path's
-output against the straightforward fp32 output, and a training-step comparison (AdamW, the
-released PSNR loss) with and without activation checkpointing, including gradient agreement.
+``basicsr``/``gmmoe`` commands apply it), so ``fast`` vs ``plain+malloc`` isolates the rewrites. It
+prints max |diff| and PSNR of each path's output against the straightforward fp32 output, and a
+training-step comparison (AdamW, the released PSNR loss) with and without activation checkpointing,
+including gradient agreement.
 Peak resident memory of each configuration is measured in a fresh child process each (the peak
 only grows within a process). Examples::
 
@@ -24,6 +25,7 @@ Sizes are ``WIDTHxHEIGHT``. ``--device cuda`` measures on a GPU (fp16 autocast a
 autotuning on, peak CUDA memory instead of RSS).
 """
 import argparse
+import functools
 import json
 import math
 import os
@@ -41,6 +43,7 @@ MALLOC_TUNED = configure_allocator()
 
 from gmmoe_arch import GMMoE  # noqa: E402
 from gmmoe_arch.archs.gmmoe_arch import activate_branches  # noqa: E402
+from gmmoe_arch.archs.torch_private import ADAPTERS  # noqa: E402
 from gmmoe_arch.losses.psnr_loss import PSNRLoss  # noqa: E402
 
 psnr_loss = PSNRLoss()  # the released loss: 10/ln10 * mean_over_images(log(mse_per_image + 1e-8))
@@ -155,7 +158,8 @@ def bench_inference(preset, size, args, device):
             walls[name].append(wall)
             cpus[name].append(cpu)
     set_allocator(True)
-    rows = report('time per image', list(modes), walls, cpus, [m for m in modes if m.startswith('plain') and 'bf16' not in m])
+    bases = [m for m in modes if m.startswith('plain') and 'bf16' not in m]
+    rows = report('time per image', list(modes), walls, cpus, bases)
     ref = outputs['plain fp32']
     for name in modes:
         rows[name]['max_abs_diff'] = (outputs[name] - ref).abs().max().item()
@@ -231,7 +235,8 @@ def bench_train(preset, args, device):
     walls, cpus = {n: [] for n in configs}, {n: [] for n in configs}
     for r in range(args.train_runs):
         for name in rotated(list(configs), r):
-            _, wall, cpu = timed(lambda: train_step(nets[name], opts[name], lq, gt, configs[name][1]), device)
+            step = functools.partial(train_step, nets[name], opts[name], lq, gt, configs[name][1])
+            _, wall, cpu = timed(step, device)
             walls[name].append(wall)
             cpus[name].append(cpu)
     set_allocator(True)
@@ -345,6 +350,9 @@ def main(argv=None):
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, CPU: {cpu}, device: {device}'
           + (f' ({torch.cuda.get_device_name(device)})' if device.type == 'cuda' else '')
           + f', allocator tuned: {MALLOC_TUNED}, load average at start: {os.getloadavg()[0]:.1f}')
+    # a private torch API that failed its self-check makes the fast path slower: say which ones are in use
+    print('private torch APIs: ' + ', '.join(f'{a.name} {"in use" if a.uses_private else "FALLBACK"}'
+                                              for a in ADAPTERS))
     results = dict(torch=torch.__version__, cpu=cpu, malloc_tuned=MALLOC_TUNED, args=vars(args).copy())
     results['args']['sizes'] = [list(s) for s in args.sizes]
     if 'infer' in args.parts:

@@ -9,11 +9,12 @@ The network computes what the released GM-MoE computes and loads its checkpoints
   files' configuration: 690,110,505 parameters (690,851,505 with ``conv6``).
 """
 from contextlib import contextmanager
+from typing import Dict, Iterator, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as checkpoint_fn
 
 from .experts import RELEASED_EXPERTS, Gate, build_expert, channel_mean_max
@@ -154,10 +155,12 @@ class GMMoE(nn.Module):
     taking the global maximum of maps too small for its 7x7 pool (see :class:`ColourExpert`).
 
     Fast path: the same function, computed on channels-last activations with merged/folded convs
-    (see :mod:`gmmoe_arch.archs.fast_ops`); without grad, intermediates are overwritten in place
-    and the derived weights are cached (``eval()`` builds them, ``train()`` drops them). It applies
-    to the built-in SFEB, gate blocks and experts; other registered experts run their own
-    ``forward``. ``fast='auto'`` (the default) uses it for CPU inputs, where it is measured faster,
+    (see :mod:`gmmoe_arch.archs.fast_ops`); without grad, intermediates it allocated itself are
+    overwritten in place (never a block's input, which every expert reads) and the derived weights
+    are cached (``eval()`` builds them, ``train()`` drops them). It applies to the built-in SFEB,
+    expert blocks and experts; other registered experts run their own ``forward``. Every global
+    average pool (gates, channel attentions) goes through :func:`.pooling.global_mean` on both
+    paths. ``fast='auto'`` (the default) uses it for CPU inputs, where it is measured faster,
     and the straightforward path on GPUs, where it is not (a batch-1 forward is bound by kernel
     launches; training steps were 0.81-0.89x on an H100); ``True``/``False`` (or :meth:`set_fast`)
     force one path. State dicts are the same either way.
@@ -178,8 +181,11 @@ class GMMoE(nn.Module):
             own inside a recomputed block (least memory, most time). ``false``: off.
     """
 
-    def __init__(self, img_channel=3, width=None, middle_blk_num=None, enc_blk_nums=None, dec_blk_nums=None,
-                 experts=RELEASED_EXPERTS, gate_temperature=3.0, preset=None, fast='auto', checkpoint=False):
+    def __init__(self, img_channel: int = 3, width: Optional[int] = None, middle_blk_num: Optional[int] = None,
+                 enc_blk_nums: Optional[Sequence[int]] = None, dec_blk_nums: Optional[Sequence[int]] = None,
+                 experts: Sequence[Union[str, dict]] = RELEASED_EXPERTS, gate_temperature: float = 3.0,
+                 preset: Optional[str] = None, fast: Union[bool, str] = 'auto',
+                 checkpoint: Union[bool, str] = False) -> None:
         super().__init__()
         if not any(checkpoint is k or (isinstance(k, str) and checkpoint == k) for k in CHECKPOINT_LEVELS):
             raise ValueError(f'network_g.checkpoint must be false, true, block or expert, got {checkpoint!r}')
@@ -260,7 +266,8 @@ class GMMoE(nn.Module):
             x = maybe_checkpoint(block, x, self.checkpoint is not None)
         return x
 
-    def forward(self, inp):
+    def forward(self, inp: Tensor) -> Tensor:
+        """``(B, img_channel, H, W) -> (B, img_channel, H, W)``."""
         h, w = inp.shape[-2:]
         m = self.padder_size
         fast = uses_fast_path(self.fast, inp.device)
@@ -309,7 +316,7 @@ def expert_names(net):
 
 
 @contextmanager
-def record_gates(net):
+def record_gates(net: nn.Module) -> Iterator[Dict[str, Tensor]]:
     """Record every expert block's gate weights during forward passes.
 
     ``with record_gates(net) as gates: net(x)`` leaves ``gates[path]`` = the ``(B, n_experts)``

@@ -3,17 +3,16 @@ import math
 
 import pytest
 import torch
+from arch_helpers import paths_taken, registered_expert
 from conftest import activate_branches, reference_net
 from torch import nn
 
-from gmmoe_arch.archs.experts import EXPERT_REGISTRY
 from gmmoe_arch.archs.gmmoe_arch import SFEB, GMMoE, ExpertBlock
 
 W8 = dict(width=8, enc_blk_nums=[1, 1, 1, 1], middle_blk_num=1, dec_blk_nums=[1, 1, 1, 1])
 SMALL = dict(width=8, enc_blk_nums=[1, 1], middle_blk_num=1, dec_blk_nums=[1, 1])
 
 
-@EXPERT_REGISTRY.register()
 class FastPathTestScaleExpert(nn.Module):
     """A custom expert without a fast path: ``u * (1 + conv(u))``."""
 
@@ -36,12 +35,21 @@ def image(b, h, w, seed=1, dtype=torch.float32):
 
 
 def both_paths(net, x, grad=False):
-    """Outputs of the fast and the straightforward path of ``net`` on ``x``."""
+    """Outputs of the fast and the straightforward path of ``net`` on ``x``, each checked to have
+    run only its own path."""
     with torch.set_grad_enabled(grad):
-        fast = net.set_fast(True)(x)
-        plain = net.set_fast(False)(x)
+        fast = run_on_path(net, x, True)
+        plain = run_on_path(net, x, False)
     net.set_fast(True)
     return fast, plain
+
+
+def run_on_path(net, x, fast):
+    """``net.set_fast(fast)(x)``, asserting that the built-in fast modules took that path."""
+    with paths_taken() as taken:
+        out = net.set_fast(fast)(x)
+    assert taken and set(taken) == {'fast' if fast else 'plain'}, taken
+    return out
 
 
 def psnr(x, ref):
@@ -101,10 +109,14 @@ def test_bf16_autocast_on_reference_weights_no_worse_than_plain_bf16(reference):
 
 
 def gradients(net, x, fast):
-    net.set_fast(fast).zero_grad(set_to_none=True)
+    """``{parameter name: gradient, 'input': gradient}`` of one loss on the chosen path; every
+    parameter must get a gradient."""
+    net.zero_grad(set_to_none=True)
     x = x.clone().requires_grad_(True)
-    out = net(x)
+    out = run_on_path(net, x, fast)
     (out - 0.5).pow(2).mean().backward()
+    missing = [k for k, p in net.named_parameters() if p.grad is None]
+    assert not missing, f'no gradient on the {"fast" if fast else "plain"} path: {missing}'
     grads = {k: p.grad.clone() for k, p in net.named_parameters()}
     grads['input'] = x.grad.clone()
     return grads
@@ -195,17 +207,25 @@ def test_state_dict_unchanged_by_eval_fuse_and_fast_forward():
 
 
 def test_custom_experts_fall_back_to_their_own_forward():
-    net = random_net(seed=12, experts=['ColourExpert', 'FastPathTestScaleExpert', 'FeatureExpert']).eval()
+    with registered_expert(FastPathTestScaleExpert):
+        net = random_net(seed=12, experts=['ColourExpert', 'FastPathTestScaleExpert', 'FeatureExpert']).eval()
+    runs = []
+    for m in net.modules():
+        if isinstance(m, FastPathTestScaleExpert):
+            m.register_forward_hook(lambda *_: runs.append(1))
     fast, plain = both_paths(net, image(1, 21, 26))
     assert (fast - plain).abs().max().item() <= 1e-4
+    assert len(runs) == 2 * 5, 'its own forward, in each of the 5 blocks, on both paths'
 
 
 def test_training_step_under_bf16_autocast_runs_on_the_fast_path():
     net = random_net(seed=13).train()
     with torch.autocast('cpu', dtype=torch.bfloat16):
-        loss = (net(image(1, 16, 16)) - 0.5).pow(2).mean()
+        loss = (run_on_path(net, image(1, 16, 16), True) - 0.5).pow(2).mean()
     loss.backward()
-    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+    missing = [k for k, p in net.named_parameters() if p.grad is None]
+    assert not missing, missing
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters())
 
 
 @pytest.mark.parametrize('kwargs, option', [(dict(checkpoint='yes'), 'network_g.checkpoint'),
@@ -243,7 +263,7 @@ def _ddp_step(rank, port, queue):
     queue.put([str(w.message) for w in caught if 'stride' in str(w.message).lower()])
 
 
-def test_ddp_training_step_on_the_fast_path_warns_of_no_grad_strides():
+def test_ddp_training_step_on_the_fast_path_gives_no_grad_stride_warning():
     import socket
 
     import torch.multiprocessing as mp

@@ -94,3 +94,25 @@ def test_bf16_channels_last_mean_is_within_bf16_rounding_and_float32_is_the_redu
     assert (low.double() - exact).abs().max().item() <= 2 ** -7 * exact.abs().max().item()
     with torch.enable_grad():
         assert torch.equal(_mean_over_pixels(x), x.mean((2, 3), keepdim=True))
+
+
+def test_the_expert_guide_example_pools_through_global_mean_on_both_paths():
+    from pathlib import Path
+
+    from gmmoe_arch.archs.experts import EXPERT_REGISTRY
+
+    guide = (Path(__file__).resolve().parents[2] / 'docs' / 'experts.md').read_text()
+    code = guide.split('```python\n')[1].split('```')[0]
+    try:
+        namespace = {}
+        exec(code, namespace)
+        torch.manual_seed(0)
+        net = GMMoE(**SMALL, experts=['ColourExpert', 'DetailExpert', 'FeatureExpert', 'BrightnessExpert']).eval()
+    finally:
+        EXPERT_REGISTRY._obj_map.pop('BrightnessExpert', None)
+    x = torch.rand(1, 3, 24, 20)
+    fast, plain = pooled_shapes(net, x, True), pooled_shapes(net, x, False)
+    assert len(fast) == len(plain) == (SITES_PER_BLOCK + 1) * 5
+    assert [s for s, _ in fast] == [s for s, _ in plain]
+    with torch.no_grad():
+        assert (net.set_fast(True)(x) - net.set_fast(False)(x)).abs().max().item() <= 1e-4
