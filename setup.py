@@ -68,7 +68,7 @@ setup(
     long_description_content_type='text/markdown',
     python_requires='>=3.9',
     packages=find_packages(include=['gmmoe_arch', 'gmmoe_arch.*', 'datasets_lmdb', 'datasets_lmdb.*']),
-    py_modules=['gmmoe_basicsr_hook'],
+    py_modules=['gmmoe_basicsr_hook', 'gmmoe_console'],
     cmdclass={'build_py': BuildPyWithHook, 'editable_wheel': EditableWheelWithHook},
     install_requires=[
         'torch>=2.6',  # weights_only loading by default, torch.serialization.safe_globals, torch.compiler.is_exporting
@@ -90,7 +90,7 @@ setup(
     entry_points={
         'console_scripts': [
             'basicsr = gmmoe_arch.cli:main',
-            'gmmoe = gmmoe_arch.enhance_cli:main',
+            'gmmoe = gmmoe_console:main',  # parses before importing torch: usage errors at once
             'datasets_lmdb = datasets_lmdb.__main__:main',
         ],
         'basicsr.plugins': ['gmmoe = gmmoe_arch'],

@@ -246,7 +246,7 @@ def enospc_writes(folder, limit=0):
     folder = os.path.realpath(folder)
     written = {'n': 0}
     fds = set()
-    real_open, real_os_open, real_write = builtins.open, os.open, os.write
+    real_open, real_os_open, real_write, real_close = builtins.open, os.open, os.write, os.close
 
     def charge(n):
         written['n'] += n
@@ -282,13 +282,17 @@ def enospc_writes(folder, limit=0):
             fds.add(fd)
         return fd
 
+    def fake_close(fd):
+        fds.discard(fd)  # a later file may get the same number
+        return real_close(fd)
+
     def fake_write(fd, data):
         if fd in fds:
             charge(len(memoryview(data)))
         return real_write(fd, data)
 
-    builtins.open, os.open, os.write = fake_open, fake_os_open, fake_write
+    builtins.open, os.open, os.write, os.close = fake_open, fake_os_open, fake_write, fake_close
     try:
         yield written
     finally:
-        builtins.open, os.open, os.write = real_open, real_os_open, real_write
+        builtins.open, os.open, os.write, os.close = real_open, real_os_open, real_write, real_close

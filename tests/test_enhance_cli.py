@@ -75,22 +75,21 @@ def test_usage_errors_come_before_any_work(photos, reference_dir, tmp_path, caps
     assert not out.exists()
 
 
-def test_parsing_imports_neither_torch_nor_basicsr():
-    """The command module on its own (as the console script would load it without the package's imports):
-    a usage error and --help need no torch."""
-    path = os.path.join(REPO, 'gmmoe_arch', 'enhance_cli.py')
-    script = ('import contextlib, importlib.util, io, sys\n'
-              f'spec = importlib.util.spec_from_file_location("cli_alone", {path!r})\n'
-              'cli = importlib.util.module_from_spec(spec); spec.loader.exec_module(cli)\n'
+def test_usage_errors_and_help_import_neither_torch_nor_basicsr():
+    """The console entry point (``gmmoe_console.main``) parses before importing the package: a usage error
+    and --help of ``gmmoe enhance`` need no torch, basicsr or gmmoe_arch (``gmmoe export``'s options come
+    from the package)."""
+    script = ('import contextlib, io, sys\n'
+              'import gmmoe_console\n'
               'codes = []\n'
               'for argv in (["enhance"], ["enhance", "--help"], ["enhance", "x.png", "-o", "out", "--tile", "big"]):\n'
               '    try:\n'
               '        with contextlib.redirect_stdout(io.StringIO()):\n'
-              '            cli.build_parser(argv[0]).parse_args(argv)\n'
+              '            gmmoe_console.main(argv)\n'
               '    except SystemExit as exit:\n'
               '        codes.append(exit.code)\n'
               'print(codes, sorted(m for m in ("torch", "basicsr", "cv2", "gmmoe_arch") if m in sys.modules))\n')
-    done = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert done.stdout.strip() == '[2, 0, 2] []', done.stdout + done.stderr
     assert 'the following arguments are required: INPUT, -o/--output' in done.stderr
     assert "argument --tile: invalid int value: 'big'" in done.stderr
