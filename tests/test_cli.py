@@ -5,11 +5,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_basicsr as run, tiny_train_options, write_pairs, write_yaml
+from helpers import run_basicsr as run, tiny_train_options, write_pairs, write_yaml
 
 from gmmoe_arch import cli
 from gmmoe_arch.data.image_io import DataError
 
+@pytest.mark.slow
 def test_train_then_test_with_basicsr_pipelines(tmp_path, plugin_env):
     data = write_pairs(tmp_path / 'data')
     opt = write_yaml(tmp_path / 'train.yml', tiny_train_options(data))
@@ -94,6 +95,7 @@ def test_local_rank_spellings():
         assert parser.parse_args(['train', '-opt', 'x.yml'] + flag).local_rank == 1
 
 
+@pytest.mark.slow
 def test_diverged_training_stops_with_a_message(tmp_path, plugin_env):
     data = write_pairs(tmp_path / 'data', n=2)
     opt = tiny_train_options(data, name='nan', model_type='GMMoEModel')

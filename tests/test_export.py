@@ -9,7 +9,7 @@ import argparse
 import onnx
 import pytest
 import torch
-from conftest import activate_branches
+from helpers import activate_branches
 
 from gmmoe_arch import GMMoE
 from gmmoe_arch.archs import experts
@@ -19,6 +19,8 @@ from gmmoe_arch.export import (FP32_TOLERANCE, MIN_OPSET, ExportError, add_expor
 # (height, width). 1x1 and 37x53 take the colour expert's replicate-padded small-map path at their lowest
 # levels, 240x320 and 600x400 the unpadded one (the 4-level network's threshold is 240 px, this one's 60 px).
 SIZES = [(1, 1), (37, 53), (240, 320), (600, 400)]
+
+pytestmark = pytest.mark.slow  # one ONNX export traced by torch.export (tens of seconds)
 
 
 def small_net():

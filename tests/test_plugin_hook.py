@@ -15,10 +15,12 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY_PLUGIN, write_pairs, write_yaml
+from helpers import REPO, TINY_PLUGIN, write_pairs, write_yaml
 
 SITE_PACKAGES = Path(sysconfig.get_paths()['purelib'])
 HOOK_PTH = 'gmmoe_basicsr_hook.pth'
+
+pytestmark = pytest.mark.slow  # interpreters, installs and training runs in subprocesses
 
 
 @pytest.fixture(scope='module', autouse=True)

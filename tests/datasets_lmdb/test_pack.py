@@ -8,7 +8,7 @@ import pytest
 import torch
 from basicsr.data import build_dataset
 
-from conftest import write_pairs
+from helpers import write_pairs
 from datasets_lmdb import pack_pairs, pack_preset, verify
 from datasets_lmdb.__main__ import main
 from gmmoe_arch.data.image_io import DataError, decode

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from basicsr.data import build_dataset
 
-from conftest import enospc_writes, write_pairs
+from helpers import enospc_writes, write_pairs
 from datasets_lmdb import pack_pairs, verify
 from datasets_lmdb.__main__ import main
 from datasets_lmdb.output import PackError

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 import yaml
-from conftest import run_basicsr, tiny_gmmoe_options, write_pairs, write_yaml
+from helpers import run_basicsr, tiny_gmmoe_options, write_pairs, write_yaml
 
 from gmmoe_arch import cli, compat
 
@@ -15,6 +15,7 @@ def train(tmp_path, env, options, *extra, cwd=None):
     return run_basicsr(['train', '-opt', str(opt), *extra], cwd or tmp_path, env)
 
 
+@pytest.mark.slow
 def test_disk_full_during_training_stops_with_an_error(tmp_path, small_disk, plugin_env):
     # 160 KB hold the log and the option file, not the first 238 KB network checkpoint.
     disk = small_disk(160 * 1024)
@@ -43,6 +44,7 @@ def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
     assert path.read_bytes() == before and os.listdir(tmp_path) == ['net_g_latest.pth']
 
 
+@pytest.mark.slow
 def test_resume_falls_back_to_the_newest_intact_pair(tmp_path, plugin_env):
     data = write_pairs(tmp_path / 'data', n=4)
     options = tiny_gmmoe_options(data, 'resume', total_iter=4, checkpoint_freq=2)
@@ -70,6 +72,7 @@ class Hostile:
         return os.mkdir, (self.marker,)
 
 
+@pytest.mark.slow
 def test_hostile_checkpoint_runs_no_code_even_when_torch_allows_it(tmp_path, plugin_env):
     marker = tmp_path / 'pwned'
     evil = tmp_path / 'evil.pth'
