@@ -109,8 +109,9 @@ class ExpertBlock(PathSwitch, nn.Module):
         return None
 
     def forward(self, u):
-        """``(B, C, H, W) -> (B, C, H, W)``; the experts run one after another (one output alive at a
-        time); the fast path accumulates them in place, into a buffer of its own."""
+        """``(B, C, H, W) -> (B, C, H, W)``: the gate, then the experts one after another (only the sum
+        and one expert's output alive at a time); the two paths differ only in that the fast one
+        accumulates the sum in place (into a buffer :func:`.fast_ops.weighted_sum` allocated)."""
         weights = self.gate(u)
         outputs = (self.expert(i, u) for i in range(len(self.experts)))
         return weighted_sum(weights, outputs, in_place=self.takes_fast_path(u))
