@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 from arch_helpers import paths_taken, registered_expert
-from conftest import activate_branches, reference_net
+from helpers import activate_branches, reference_net
 from torch import nn
 
 from gmmoe_arch.archs.gmmoe_arch import SFEB, GMMoE, ExpertBlock

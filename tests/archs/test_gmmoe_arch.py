@@ -6,7 +6,7 @@ import torch
 from basicsr.archs import build_network
 from arch_helpers import registered_expert
 from basicsr.models.base_model import BaseModel
-from conftest import activate_branches, reference_net
+from helpers import activate_branches, reference_net
 from torch import nn
 
 import gmmoe_arch  # noqa: F401  (registers GMMoE)
