@@ -1,9 +1,9 @@
 """The ``gmmoe`` console command: ``gmmoe enhance INPUT... -o OUTDIR --weights net_g.pth`` and ``gmmoe export``.
 
-A thin layer over :mod:`gmmoe_arch.enhance`: parses options, checks that every output folder and the
-gate file can be written, loads the network (every checkpoint problem is reported before any image
-is touched), enhances files, folders and globs, optionally writes the per-image gate weights, and
-prints a summary. Exit status: 0 when every image (and the gate file) was written, 1 when some
+A thin layer over :mod:`gmmoe_arch.enhance`: parses options, checks them and that every output folder
+and the gate file can be written (each check once per run), loads the network (every checkpoint problem
+is reported before any image is touched), enhances files, folders and globs, optionally writes the
+per-image gate weights, and prints a summary. Exit status: 0 when every image (and the gate file) was written, 1 when some
 failed (each is reported, the rest are processed), 2 for a usage error.
 
 Parsing imports neither torch nor basicsr (a usage error is printed at once): the defaults the
@@ -109,37 +109,36 @@ def gates_text(path, gates, experts):
 
 
 def check_options(args):
-    """Option values no run could use: :class:`~gmmoe_arch.enhance.EnhanceError` before any work."""
-    from gmmoe_arch.enhance import EnhanceError, check_tiling
+    """Option values no run could use: :class:`~gmmoe_arch.enhance.EnhanceError` before any work.
+
+    Returns the checked ``(Tiling, RunOptions)`` the run uses (the device resolved once, here)."""
+    from gmmoe_arch import enhance
 
     if args.gates and not args.gates.lower().endswith(('.json', '.csv')):
-        raise EnhanceError(f'--gates {args.gates}: the file name must end in .json or .csv')
+        raise enhance.EnhanceError(f'--gates {args.gates}: the file name must end in .json or .csv')
     if args.gates and os.path.isdir(args.gates):
-        raise EnhanceError(f'--gates {args.gates}: is a folder, not a file')
-    if args.stat_passes < 0:
-        raise EnhanceError(f'--stat-passes {args.stat_passes}: must be >= 0')
+        raise enhance.EnhanceError(f'--gates {args.gates}: is a folder, not a file')
     if args.max_image_pixels < 1:
-        raise EnhanceError(f'--max-image-pixels {args.max_image_pixels}: must be positive')
-    check_tiling(args.tile, args.overlap, args.max_pixels)
+        raise enhance.EnhanceError(f'--max-image-pixels {args.max_image_pixels}: must be positive')
+    tiling = enhance.Tiling(args.tile, args.overlap, args.max_pixels)
+    return tiling, enhance.RunOptions(enhance.resolve_device(args.device), args.precision, args.stat_passes)
 
 
 def enhance_command(args):
-    """Run ``gmmoe enhance``; return the exit status."""
+    """Run ``gmmoe enhance``; return the exit status. Every check runs once, before the network is loaded."""
     from gmmoe_arch import enhance
     from gmmoe_arch.archs.gmmoe_arch import expert_names
 
-    check_options(args)
+    tiling, options = check_options(args)
     jobs = enhance.collect_jobs(args.inputs, args.output, args.suffix)
     enhance.check_writable({os.path.dirname(job.dst) for job in jobs}, 'output folder')
     if args.gates:
         enhance.check_writable([os.path.dirname(os.path.abspath(args.gates))], f'--gates {args.gates}: folder')
-    enhance.autocast(enhance.resolve_device(args.device), args.precision)
-    net = enhance.load_network(args.weights, args.preset, args.opt, args.device, args.random_weights)
+    net = enhance.load_network(args.weights, args.preset, args.opt, options.device, args.random_weights)
     device = next(net.parameters()).device
     print(f'{PROG} enhance: network on {device}, {args.precision}', file=sys.stderr, flush=True)
-    summary = enhance.enhance_jobs(jobs, net, tile=args.tile, overlap=args.overlap, max_pixels=args.max_pixels,
-                                   precision=args.precision, stat_passes=args.stat_passes, record=bool(args.gates),
-                                   progress=not args.no_progress, max_image_pixels=args.max_image_pixels)
+    summary = enhance.enhance_jobs(jobs, net, tiling, options, args.max_image_pixels, record=bool(args.gates),
+                                   progress=not args.no_progress)
     for name, message in summary.failed:
         print(f'{PROG} enhance: failed: {message}', file=sys.stderr)
     gates_lost = False

@@ -24,6 +24,7 @@ def photos(tmp_path):
     return folder
 
 
+@pytest.mark.slow
 def test_subprocess_run_writes_outputs_gates_and_fails_on_a_corrupt_file(photos, reference_dir, tmp_path):
     (photos / 'night' / 'corrupt.jpg').write_bytes(b'\xff\xd8\xff garbage')
     out, gates = tmp_path / 'out', tmp_path / 'gates.json'
@@ -93,6 +94,38 @@ def test_usage_errors_and_help_import_neither_torch_nor_basicsr():
     assert done.stdout.strip() == '[2, 0, 2] []', done.stdout + done.stderr
     assert 'the following arguments are required: INPUT, -o/--output' in done.stderr
     assert "argument --tile: invalid int value: 'big'" in done.stderr
+
+
+def test_each_check_runs_once_per_run_and_each_image_is_planned_once(photos, tmp_path, monkeypatch):
+    """Options, device, inputs and writability are checked once, before the network is loaded; each image is
+    planned once."""
+    from collections import Counter
+
+    from gmmoe_arch import enhance
+    from gmmoe_arch.inference import loading
+
+    counts, order = Counter(), []
+
+    def count(owner, name):
+        real = getattr(owner, name)
+
+        def counted(*args, **kwargs):
+            counts[name] += 1
+            order.append(name)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, counted)
+
+    for owner, name in [(enhance.Tiling, '__post_init__'), (enhance.Tiling, 'plan'), (enhance, 'check_writable'),
+                        (enhance, 'collect_jobs'), (enhance, 'resolve_device'), (loading, 'resolve_device'),
+                        (enhance, 'load_network')]:
+        count(owner, name)
+    code = main(['enhance', str(photos), '-o', str(tmp_path / 'out'), '--random-weights', '--device', 'cpu',
+                 '--tile', '64', '--overlap', '8', '--no-progress', '--gates', str(tmp_path / 'g.json')])
+    assert code == 0
+    assert counts == {'__post_init__': 1, 'resolve_device': 1, 'collect_jobs': 1, 'check_writable': 2,
+                      'load_network': 1, 'plan': 2}
+    assert order.index('load_network') > max(i for i, name in enumerate(order) if name == 'check_writable')
 
 
 def test_parser_defaults_and_choices_match_the_library():

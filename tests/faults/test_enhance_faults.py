@@ -13,10 +13,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, activate_branches, enospc_writes
+from helpers import REPO, activate_branches, enospc_writes
 
 from gmmoe_arch import GMMoE, enhance
 from gmmoe_arch.enhance import EnhanceError, collect_jobs, enhance_paths, read_image, write_image
+from gmmoe_arch.inference import jobs
 from gmmoe_arch.enhance_cli import main
 
 
@@ -170,14 +171,14 @@ def test_running_out_of_memory_on_one_image_does_not_abort_the_batch(tmp_path, t
     src.mkdir()
     for name, size in [('a.png', 20), ('huge.png', 48), ('c.png', 24)]:
         cv2.imwrite(str(src / name), noisy(size, size))
-    real = enhance.enhance_image
+    real = jobs.run_image
 
-    def fails_on_the_large_one(net, img, **kwargs):
+    def fails_on_the_large_one(net, img, *args, **kwargs):
         if img.shape[0] == 48:
             raise error
-        return real(net, img, **kwargs)
+        return real(net, img, *args, **kwargs)
 
-    monkeypatch.setattr(enhance, 'enhance_image', fails_on_the_large_one)
+    monkeypatch.setattr(jobs, 'run_image', fails_on_the_large_one)
     summary = enhance_paths([str(src)], str(tmp_path / 'out'), tiny_net)
     assert [name for name, _ in summary.failed] == ['huge.png']
     message = summary.failed[0][1]
@@ -277,4 +278,4 @@ def test_globs_match_what_glob_matches_on_a_tree_without_loops(tmp_path, monkeyp
                 str(tmp_path / '**' / '*.png'), str(tmp_path / 's*' / '*.png'), 'sub/.h/*.png', 'missing/*.png']
     for pattern in patterns:
         expected = sorted(f for f in glob.glob(pattern, recursive=True))
-        assert enhance._glob(pattern) == [p for p in expected if not p.endswith(os.sep)], pattern
+        assert jobs._glob(pattern) == [p for p in expected if not p.endswith(os.sep)], pattern
