@@ -87,6 +87,10 @@ def test_baselines_and_grid(tmp_path):
     clahe = script.clahe_baseline(dark)
     assert clahe.shape == dark.shape and clahe.mean() > dark.mean()
     path = str(tmp_path / 'grid.png')
-    script.grid([[dark] * 5, [gamma] * 5], path, height=50)
+    square = cv2.resize(gamma, (40, 40))
+    script.grid([[dark] * 5, [square] * 5], path, height=50)
     img = cv2.imread(path)
-    assert img.shape[0] == 2 * 54 and img.shape[1] == 5 * 75 + 4 * 4
+    # the square row is scaled to the landscape row's width (5 x 75 px + 4 gaps), not padded with white
+    assert img.shape[1] == 5 * 75 + 4 * 4 and img.shape[0] == 50 + 4 + 75
+    square_row = img[54:]
+    assert (square_row[:, -4:] != 255).any() and square_row[:, :75].std() > 0
