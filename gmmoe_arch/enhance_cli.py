@@ -3,8 +3,8 @@
 A thin layer over :mod:`gmmoe_arch.enhance`: parses options, checks them and that every output folder
 and the gate file can be written (each check once per run), loads the network (every checkpoint problem
 is reported before any image is touched), enhances files, folders and globs, optionally writes the
-per-image gate weights, and prints a summary. Exit status: 0 when every image (and the gate file) was written, 1 when some
-failed (each is reported, the rest are processed), 2 for a usage error.
+per-image gate weights, and prints a summary. Exit status: 0 when every image (and the gate file) was
+written, 1 when some failed (each is reported, the rest are processed), 2 for a usage error.
 
 Parsing imports neither torch nor basicsr (a usage error is printed at once): the defaults the
 parser shows are copies of :mod:`gmmoe_arch.enhance`'s (a test keeps them equal), and nothing in

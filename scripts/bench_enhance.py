@@ -67,7 +67,7 @@ def main():
         else:
             net = enhance.load_network(preset=args.preset, device=args.device, random_weights=True)
         base = current_rss_gb()
-        plan = enhance.plan_tiles(h, w, None, options['overlap'], options['max_pixels'], net.padder_size)
+        plan = enhance.Tiling(None, options['overlap'], options['max_pixels']).plan(h, w, net.padder_size)
         network = f'preset {args.preset}' + (f' at width {args.width}' if args.width else '')
         print(f'{w}x{h} ({w * h / 1e6:.1f} MP), {network}, {args.device}, {args.precision}, '
               f'torch threads {torch.get_num_threads()}; {len(plan)} tiles of about '

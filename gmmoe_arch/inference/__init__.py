@@ -10,6 +10,6 @@
   the per-image loop and its summary.
 
 Imports run one way: ``jobs -> runner, image_files, tiling``; ``runner -> statistics, tiling``; every
-module -> ``errors``; only ``loading``, ``runner`` and ``statistics`` import torch's network side
-(``archs``).
+module but ``statistics`` -> ``errors``; of the network, ``loading`` imports ``archs.checkpoint_config`` and
+``runner`` imports ``archs.gmmoe_arch`` (``record_gates``) and ``archs.pooling`` (``pooling_hook``).
 """

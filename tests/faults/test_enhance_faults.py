@@ -16,9 +16,9 @@ import torch
 from helpers import REPO, activate_branches, enospc_writes
 
 from gmmoe_arch import GMMoE, enhance
-from gmmoe_arch.enhance import EnhanceError, collect_jobs, enhance_paths, read_image, write_image
-from gmmoe_arch.inference import jobs
+from gmmoe_arch.enhance import EnhanceError, collect_jobs, enhance_paths, read_image
 from gmmoe_arch.enhance_cli import main
+from gmmoe_arch.inference import jobs
 
 
 @pytest.fixture(scope='module')

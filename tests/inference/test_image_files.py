@@ -7,7 +7,6 @@ from PIL import Image, ImageOps
 from gmmoe_arch.inference.image_files import read_image, write_image
 from gmmoe_arch.inference.runner import enhance_image
 
-
 CASES = [  # (extension, shape suffix, dtype)
     ('.png', (3,), np.uint8), ('.png', (3,), np.uint16), ('.png', (), np.uint8), ('.png', (), np.uint16),
     ('.png', (4,), np.uint8), ('.png', (4,), np.uint16),

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 from inference_helpers import CPU, random_image
 
+from gmmoe_arch.inference import runner
 from gmmoe_arch.inference.errors import EnhanceError
-from gmmoe_arch.inference.runner import (RunOptions, _from_network, _to_network, check_image, enhance_image,
-                                         enhance_tensor)
+from gmmoe_arch.inference.runner import RunOptions, enhance_image, enhance_tensor
 from gmmoe_arch.inference.tiling import MIN_TILE, Tiling
 
 
@@ -37,11 +37,12 @@ def test_small_images_are_one_tile_and_bad_tiling_options_are_refused():
 
 def whole_image_reference(net, img, **options):
     """What enhance_image computed before row bands: the whole image in float32, blended, then converted."""
-    img, scale = check_image(img)
+    img, scale = runner.check_image(img)
     tiling = Tiling(options.get('tile'), options.get('overlap', 96), options.get('max_pixels', 512 * 512))
     plan = tiling.plan(img.shape[0], img.shape[1], net.padder_size)
-    y = enhance_tensor(net, _to_network(img, scale), plan, RunOptions(CPU, stat_passes=options.get('stat_passes', 1)))
-    out = _from_network(y[0].numpy().transpose(1, 2, 0), img.ndim == 2, scale, img.dtype)
+    run = RunOptions(CPU, stat_passes=options.get('stat_passes', 1))
+    y = enhance_tensor(net, runner._to_network(img, scale), plan, run)
+    out = runner._from_network(y[0].numpy().transpose(1, 2, 0), img.ndim == 2, scale, img.dtype)
     return np.concatenate([out, img[..., 3:]], axis=2) if img.ndim == 3 and img.shape[2] == 4 else out
 
 
