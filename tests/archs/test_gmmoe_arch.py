@@ -3,8 +3,8 @@ import re
 
 import pytest
 import torch
-from basicsr.archs import build_network
 from arch_helpers import registered_expert
+from basicsr.archs import build_network
 from basicsr.models.base_model import BaseModel
 from helpers import activate_branches, reference_net
 from torch import nn
