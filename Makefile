@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.gmmoe-installed
 
-.PHONY: install demo test
+.PHONY: install demo test lint
 
 install: $(STAMP)
 
@@ -27,3 +27,8 @@ test: $(STAMP)
 	@mkdir -p build
 	$(PY) -m pytest -q -p no:cacheprovider --junitxml=build/test-report.xml tests
 	@echo "test report: build/test-report.xml"
+
+# ruff.toml: lint rules and the formatter's style; CI runs this before the tests
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .

@@ -21,6 +21,7 @@ The two imports it acts on:
 ``GMMOE_BASICSR_HOOK=0`` in the environment turns the hook off for that process. ``pip uninstall gmmoe``
 removes the ``.pth`` and this module. See docs/pipelines.md.
 """
+
 import os
 import sys
 
@@ -95,8 +96,11 @@ def make_functional_tensor_shim():
 
     from torchvision.transforms import functional
 
-    shim = types.ModuleType(FUNCTIONAL_TENSOR, 'gmmoe_basicsr_hook: stand-in for the module removed in '
-                            'torchvision 0.17 (basicsr 1.4.2 imports rgb_to_grayscale from it).')
+    shim = types.ModuleType(
+        FUNCTIONAL_TENSOR,
+        'gmmoe_basicsr_hook: stand-in for the module removed in '
+        'torchvision 0.17 (basicsr 1.4.2 imports rgb_to_grayscale from it).',
+    )
     shim.rgb_to_grayscale = functional.rgb_to_grayscale
     shim.__gmmoe_shim__ = True
     return shim
@@ -137,8 +141,12 @@ def load_plugins():
             try:
                 ep.load()
             except Exception as exc:
-                warnings.warn(f'basicsr plug-in "{ep.name}" ({ep.value}, entry point group {PLUGIN_GROUP}) '
-                              f'failed to import: {type(exc).__name__}: {exc}', RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f'basicsr plug-in "{ep.name}" ({ep.value}, entry point group {PLUGIN_GROUP}) '
+                    f'failed to import: {type(exc).__name__}: {exc}',
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
             else:
                 _loaded_plugins.append(ep.name)
     return _loaded_plugins
@@ -187,14 +195,19 @@ def after_basicsr(module):
     try:
         retry_registry_misses_with_plugins()
     except Exception as exc:
-        warnings.warn(f'import basicsr: registry misses will not load the {PLUGIN_GROUP} entry points '
-                      f'({type(exc).__name__}: {exc})', RuntimeWarning)
+        warnings.warn(
+            f'import basicsr: registry misses will not load the {PLUGIN_GROUP} entry points '
+            f'({type(exc).__name__}: {exc})',
+            RuntimeWarning,
+        )
     try:
         importlib.import_module(PLUGIN_PACKAGE)
     except Exception as exc:
-        warnings.warn(f'import basicsr: GM-MoE is not registered, importing {PLUGIN_PACKAGE} failed '
-                      f'({type(exc).__name__}: {exc}); basicsr itself works. GMMOE_BASICSR_HOOK=0 skips this step.',
-                      RuntimeWarning)
+        warnings.warn(
+            f'import basicsr: GM-MoE is not registered, importing {PLUGIN_PACKAGE} failed '
+            f'({type(exc).__name__}: {exc}); basicsr itself works. GMMOE_BASICSR_HOOK=0 skips this step.',
+            RuntimeWarning,
+        )
 
 
 def install():

@@ -5,6 +5,7 @@ wait for that. This module (standard library only) loads ``gmmoe_arch/enhance_cl
 neither torch nor basicsr, as a stand-alone module, lets it parse the command line (argparse exits on a usage
 error or ``--help``), and only then runs the command from the package.
 """
+
 import importlib.util
 import os
 import sys

@@ -7,6 +7,7 @@ torch: with torch installed first, ``pip install --no-build-isolation basicsr`` 
 Both install kinds also put ``gmmoe_basicsr_hook.pth`` into site-packages, so that a plain ``import basicsr``
 works and finds GM-MoE (see gmmoe_basicsr_hook.py and docs/pipelines.md); ``pip uninstall`` removes it.
 """
+
 import os
 
 from setuptools import find_packages, setup
@@ -85,7 +86,7 @@ setup(
     extras_require={
         # `gmmoe export` (ONNX): onnxscript and onnx for torch's exporter, onnxruntime for the check
         'export': EXPORT_REQUIRES,
-        'test': ['pytest>=7'] + EXPORT_REQUIRES,
+        'test': ['pytest>=7', 'ruff>=0.6'] + EXPORT_REQUIRES,
     },
     entry_points={
         'console_scripts': [

@@ -13,10 +13,21 @@ Command line: ``datasets_lmdb pack|verify|presets ...`` (or ``python -m datasets
 Bad data raises :class:`~gmmoe_arch.data.image_io.DataError`; a busy output folder or a failed write
 (a full disk) raises :class:`~datasets_lmdb.output.PackError`, each with a one-line message.
 """
+
 from .output import PackError
 from .pack import DEFAULT_FORM, FORMS, find_pairs, pack_pairs
 from .presets import PRESETS, pack_preset, preset_tree
 from .verify import find_leftovers, verify
 
-__all__ = ['DEFAULT_FORM', 'FORMS', 'PRESETS', 'PackError', 'find_leftovers', 'find_pairs', 'pack_pairs',
-           'pack_preset', 'preset_tree', 'verify']
+__all__ = [
+    'DEFAULT_FORM',
+    'FORMS',
+    'PRESETS',
+    'PackError',
+    'find_leftovers',
+    'find_pairs',
+    'pack_pairs',
+    'pack_preset',
+    'preset_tree',
+    'verify',
+]

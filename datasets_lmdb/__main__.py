@@ -9,6 +9,7 @@ Examples::
     datasets_lmdb verify datasets/LOL_lmdb
     datasets_lmdb presets
 """
+
 import argparse
 import sys
 
@@ -27,14 +28,22 @@ def _parser():
     source.add_argument('--lq', help='folder of low-quality (input) images; needs --gt')
     pack.add_argument('--root', help='dataset root for --preset')
     pack.add_argument('--gt', help='folder of ground-truth images, paired with --lq')
-    pack.add_argument('--out', required=True,
-                      help='output folder: <out>/{lq,gt}.lmdb, or <out>/{train,val}/{lq,gt}.lmdb for presets')
-    pack.add_argument('--pair-rule', default='identical',
-                      help="'identical' (same file stems), 'lol_v2_real' (lowN <-> normalN), "
-                           "'REGEX->TEMPLATE' on stems, e.g. 'rain-(.*)->norain-\\1', or the same as JSON: "
-                           "'{\"lq\": \"rain-(.*)\", \"gt\": \"norain-\\\\1\"}' (generic packing only)")
-    pack.add_argument('--form', choices=FORMS, default=DEFAULT_FORM,
-                      help=f'stored form: raw arrays (fast to read) or PNG bytes like BasicSR (default {DEFAULT_FORM})')
+    pack.add_argument(
+        '--out', required=True, help='output folder: <out>/{lq,gt}.lmdb, or <out>/{train,val}/{lq,gt}.lmdb for presets'
+    )
+    pack.add_argument(
+        '--pair-rule',
+        default='identical',
+        help="'identical' (same file stems), 'lol_v2_real' (lowN <-> normalN), "
+        "'REGEX->TEMPLATE' on stems, e.g. 'rain-(.*)->norain-\\1', or the same as JSON: "
+        '\'{"lq": "rain-(.*)", "gt": "norain-\\\\1"}\' (generic packing only)',
+    )
+    pack.add_argument(
+        '--form',
+        choices=FORMS,
+        default=DEFAULT_FORM,
+        help=f'stored form: raw arrays (fast to read) or PNG bytes like BasicSR (default {DEFAULT_FORM})',
+    )
     pack.add_argument('--workers', type=int, default=None, help='reader processes (default: up to 4)')
     pack.add_argument('--overwrite', action='store_true', help='replace existing lq.lmdb/gt.lmdb')
     pack.add_argument('--skip-unpaired', action='store_true', help='ignore files without a partner')
@@ -47,8 +56,13 @@ def _parser():
 
 
 def _pack(args, parser):
-    options = dict(form=args.form, workers=args.workers, progress=not args.no_progress,
-                   overwrite=args.overwrite, skip_unpaired=args.skip_unpaired)
+    options = dict(
+        form=args.form,
+        workers=args.workers,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+        skip_unpaired=args.skip_unpaired,
+    )
     if args.preset:
         if not args.root or args.gt:
             parser.error('--preset needs --root (and no --gt)')

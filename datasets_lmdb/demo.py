@@ -15,6 +15,7 @@ in linear light, and the result is encoded with a display gamma of 2.0-2.5 and q
 Each training photograph appears several times with different draws. A second run with the same
 settings finds ``demo.json`` and leaves everything as it is.
 """
+
 import argparse
 import json
 import os
@@ -25,8 +26,21 @@ import numpy as np
 
 #: validation photographs (colour scenes the grid shows) and disjoint training photographs
 VAL_PHOTOS = ('astronaut', 'chelsea', 'coffee')
-TRAIN_PHOTOS = ('rocket', 'stereo_motorcycle', 'retina', 'immunohistochemistry', 'colorwheel', 'camera',
-                'moon', 'brick', 'grass', 'gravel', 'coins', 'clock', 'cell')
+TRAIN_PHOTOS = (
+    'rocket',
+    'stereo_motorcycle',
+    'retina',
+    'immunohistochemistry',
+    'colorwheel',
+    'camera',
+    'moon',
+    'brick',
+    'grass',
+    'gravel',
+    'coins',
+    'clock',
+    'cell',
+)
 VERSION = 1
 
 
@@ -52,7 +66,7 @@ def load_photo(name, max_side):
 
 def srgb_to_linear(x):
     """sRGB-encoded values in [0, 1] -> linear light (IEC 61966-2-1)."""
-    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055)**2.4)
+    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
 
 
 def draw_params(rng):
@@ -73,7 +87,7 @@ def degrade(img, params, rng):
     signal = linear * params['exposure'] * np.asarray(params['gains_rgb'])
     q = params['photons_white']
     noisy = rng.poisson(np.clip(signal, 0, None) * q) / q + rng.normal(0.0, params['read_noise'], signal.shape)
-    encoded = np.clip(noisy, 0.0, 1.0)**(1.0 / params['gamma'])
+    encoded = np.clip(noisy, 0.0, 1.0) ** (1.0 / params['gamma'])
     return np.round(encoded * 255.0).astype(np.uint8)
 
 
@@ -105,8 +119,15 @@ def build(out, seed=0, variants=6, train_side=400, val_side=320, progress=False)
     """
     from .presets import pack_preset
 
-    settings = {'version': VERSION, 'seed': seed, 'variants': variants, 'train_side': train_side,
-                'val_side': val_side, 'train_photos': list(TRAIN_PHOTOS), 'val_photos': list(VAL_PHOTOS)}
+    settings = {
+        'version': VERSION,
+        'seed': seed,
+        'variants': variants,
+        'train_side': train_side,
+        'val_side': val_side,
+        'train_photos': list(TRAIN_PHOTOS),
+        'val_photos': list(VAL_PHOTOS),
+    }
     record_path = os.path.join(out, 'demo.json')
     if os.path.isfile(record_path):
         with open(record_path, encoding='utf-8') as f:
@@ -114,9 +135,11 @@ def build(out, seed=0, variants=6, train_side=400, val_side=320, progress=False)
         if record.get('settings') == settings:
             return record
     rng = np.random.default_rng(seed)
-    record = {'settings': settings,
-              'train': _write_split(out, 'our485', TRAIN_PHOTOS, variants, train_side, rng),
-              'val': _write_split(out, 'eval15', VAL_PHOTOS, 1, val_side, rng)}
+    record = {
+        'settings': settings,
+        'train': _write_split(out, 'our485', TRAIN_PHOTOS, variants, train_side, rng),
+        'val': _write_split(out, 'eval15', VAL_PHOTOS, 1, val_side, rng),
+    }
     pack_preset('lol_v1', out, os.path.join(out, 'lmdb'), workers=1, progress=progress, overwrite=True)
     with open(record_path, 'w', encoding='utf-8') as f:
         json.dump(record, f, indent=1)
@@ -132,9 +155,11 @@ def main(argv=None):
     if args.variants < 1:
         parser.error('--variants must be >= 1')
     record = build(args.out, seed=args.seed, variants=args.variants)
-    print(f'demo data: {len(record["train"])} training pairs ({len(TRAIN_PHOTOS)} photos), '
-          f'{len(record["val"])} validation pairs ({", ".join(VAL_PHOTOS)}) -> {args.out} '
-          f'(LMDB: {os.path.join(args.out, "lmdb")})')
+    print(
+        f'demo data: {len(record["train"])} training pairs ({len(TRAIN_PHOTOS)} photos), '
+        f'{len(record["val"])} validation pairs ({", ".join(VAL_PHOTOS)}) -> {args.out} '
+        f'(LMDB: {os.path.join(args.out, "lmdb")})'
+    )
     return 0
 
 

@@ -10,6 +10,7 @@
   the run's generation (``pack_info.json``), so a pair left mixed by a kill between these renames is
   refused by ``verify`` and ``LLIEPairedDataset`` instead of being read as one.
 """
+
 import contextlib
 import fcntl
 import os
@@ -50,8 +51,10 @@ def _acquire(folder):
         except BlockingIOError:
             holder = _read_pid(fd)
             os.close(fd)
-            raise PackError(f'{folder}: another `datasets_lmdb pack` (pid {holder or "unknown"}) is writing into '
-                            'this folder; wait for it to finish or stop it, then run again') from None
+            raise PackError(
+                f'{folder}: another `datasets_lmdb pack` (pid {holder or "unknown"}) is writing into '
+                'this folder; wait for it to finish or stop it, then run again'
+            ) from None
         if _same_file(fd, path):
             break
         os.close(fd)  # the previous holder removed the file after we opened it: lock the new one
@@ -108,8 +111,10 @@ def describe_leftover(path):
     if holder is not None:
         return f'{path}: a pack (pid {holder}) is writing into {folder} right now'
     inside = ', '.join(sorted(os.listdir(path))) or 'nothing'
-    return (f'{path}: leftover of an interrupted pack (holds {inside}); the next `datasets_lmdb pack` into '
-            f'{folder} removes it, or delete it')
+    return (
+        f'{path}: leftover of an interrupted pack (holds {inside}); the next `datasets_lmdb pack` into '
+        f'{folder} removes it, or delete it'
+    )
 
 
 def remove_leftovers(folder):
@@ -133,8 +138,9 @@ def replace_pair(partial, folder):
             os.rename(os.path.join(partial, f'{side}.lmdb'), os.path.join(folder, f'{side}.lmdb'))
         _fsync_dir(folder)
     except OSError as err:
-        raise PackError(f'{folder}: moving the new lq.lmdb/gt.lmdb into place failed ({err}); the previous ones '
-                        f'are in {partial}') from None
+        raise PackError(
+            f'{folder}: moving the new lq.lmdb/gt.lmdb into place failed ({err}); the previous ones are in {partial}'
+        ) from None
 
 
 def _fsync_dir(folder):

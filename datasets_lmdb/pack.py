@@ -25,6 +25,7 @@ bombs are refused, never packed. Raw entries carry a CRC-32 that ``verify`` chec
 ``LmdbMaker`` is not used because it exits the process when a path exists and always writes
 ``.png`` meta lines, and its ``read_img_worker`` does not report unreadable files.
 """
+
 import errno
 import multiprocessing
 import os
@@ -56,8 +57,9 @@ def find_pairs(lq_dir, gt_dir, pair_rule='identical', skip_unpaired=False):
     non_ascii = [lq_stem for lq_stem, _ in stems if not lq_stem.isascii() or ' ' in lq_stem]
     if non_ascii:
         raise DataError(f'LMDB keys must be ASCII without spaces; rename: {culprits(non_ascii)} in {lq_dir}')
-    return [(lq_stem, os.path.join(lq_dir, lq[lq_stem]), os.path.join(gt_dir, gt[gt_stem]))
-            for lq_stem, gt_stem in stems]
+    return [
+        (lq_stem, os.path.join(lq_dir, lq[lq_stem]), os.path.join(gt_dir, gt[gt_stem])) for lq_stem, gt_stem in stems
+    ]
 
 
 def encode(img, form):
@@ -135,15 +137,25 @@ def _results(jobs, workers):
 
 def check_targets(out_dir, overwrite):
     """Raise ``FileExistsError`` when ``out_dir`` already holds ``lq.lmdb``/``gt.lmdb`` (unless overwrite)."""
-    existing = [p for p in (os.path.join(out_dir, 'lq.lmdb'), os.path.join(out_dir, 'gt.lmdb'))
-                if os.path.exists(p)]
+    existing = [p for p in (os.path.join(out_dir, 'lq.lmdb'), os.path.join(out_dir, 'gt.lmdb')) if os.path.exists(p)]
     if existing and not overwrite:
-        raise FileExistsError(f'{culprits(existing)} already exist(s): pass --overwrite (overwrite=True) to '
-                              f'replace, or check with `datasets_lmdb verify {out_dir}`')
+        raise FileExistsError(
+            f'{culprits(existing)} already exist(s): pass --overwrite (overwrite=True) to '
+            f'replace, or check with `datasets_lmdb verify {out_dir}`'
+        )
 
 
-def pack_pairs(lq_dir, gt_dir, out_dir, pair_rule='identical', form=None, workers=None, progress=True,
-               overwrite=False, skip_unpaired=False):
+def pack_pairs(
+    lq_dir,
+    gt_dir,
+    out_dir,
+    pair_rule='identical',
+    form=None,
+    workers=None,
+    progress=True,
+    overwrite=False,
+    skip_unpaired=False,
+):
     """Pack paired folders into ``out_dir/lq.lmdb`` and ``out_dir/gt.lmdb``; returns the number of pairs.
 
     Args:
@@ -218,8 +230,13 @@ def _store(pairs, writers, out_dir, form, workers, progress):
     results = _results(jobs, workers)
     errors = []
     try:
-        for key, entries, error in tqdm(results, total=len(jobs), unit='pair', disable=not progress,
-                                        desc=f'pack {os.path.basename(os.path.dirname(pairs[0][1]))}'):
+        for key, entries, error in tqdm(
+            results,
+            total=len(jobs),
+            unit='pair',
+            disable=not progress,
+            desc=f'pack {os.path.basename(os.path.dirname(pairs[0][1]))}',
+        ):
             if error:
                 errors.append(error)
                 if len(errors) >= SHOWN:
@@ -243,12 +260,17 @@ def _write_failure(out_dir, err, writers):
     except OSError:
         free = None
     what = f'{type(err).__name__}: {err}' if isinstance(err, lmdb.Error) else str(err)
-    kept = 'existing lq.lmdb/gt.lmdb are untouched' if any(
-        os.path.exists(os.path.join(out_dir, f'{s}.lmdb')) for s in SIDES) else 'nothing was written'
+    kept = (
+        'existing lq.lmdb/gt.lmdb are untouched'
+        if any(os.path.exists(os.path.join(out_dir, f'{s}.lmdb')) for s in SIDES)
+        else 'nothing was written'
+    )
     if _disk_full(err, free, writers):
         written = sum(w.written for w in writers)
-        return (f'{out_dir}: not written, the disk is full ({_mb(free)} free after {_mb(written)} of data; {what}); '
-                f'{kept}. Free space or choose another --out, then run again')
+        return (
+            f'{out_dir}: not written, the disk is full ({_mb(free)} free after {_mb(written)} of data; {what}); '
+            f'{kept}. Free space or choose another --out, then run again'
+        )
     return f'{out_dir}: not written ({what}); {kept}'
 
 
@@ -262,4 +284,4 @@ def _disk_full(err, free, writers):
 
 
 def _mb(n):
-    return 'unknown' if n is None else f'{n / 2 ** 20:.1f} MB'
+    return 'unknown' if n is None else f'{n / 2**20:.1f} MB'

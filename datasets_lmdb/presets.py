@@ -17,6 +17,7 @@ Expected trees under ``--root`` (the folder you unpacked the download into)::
 
 Packed output (fixed layout): ``<out>/train/{lq,gt}.lmdb`` and ``<out>/val/{lq,gt}.lmdb``.
 """
+
 import os
 
 from gmmoe_arch.data.image_io import MissingDataError
@@ -51,8 +52,10 @@ PRESETS = {
 
 def preset_tree(preset, root='<root>'):
     """The folders a preset expects, one ``split: lq_dir | gt_dir (pair rule)`` line per split."""
-    return '\n'.join(f'  {split}: {os.path.join(root, lq)} | {os.path.join(root, gt)} (pair_rule {rule})'
-                     for split, (lq, gt, rule) in _splits(preset).items())
+    return '\n'.join(
+        f'  {split}: {os.path.join(root, lq)} | {os.path.join(root, gt)} (pair_rule {rule})'
+        for split, (lq, gt, rule) in _splits(preset).items()
+    )
 
 
 def _splits(preset):
@@ -70,16 +73,25 @@ def pack_preset(preset, root, out_dir, **kwargs):
     ``skip_unpaired``). Returns ``{split: number of pairs}``.
     """
     splits = _splits(preset)
-    missing = [os.path.join(root, d) for lq, gt, _ in splits.values() for d in (lq, gt)
-               if not os.path.isdir(os.path.join(root, d))]
+    missing = [
+        os.path.join(root, d)
+        for lq, gt, _ in splits.values()
+        for d in (lq, gt)
+        if not os.path.isdir(os.path.join(root, d))
+    ]
     if missing:
-        raise MissingDataError(f'--root {root} does not hold the {preset} tree; missing: '
-                               f'{", ".join(missing)}. Expected:\n{preset_tree(preset, root)}')
+        raise MissingDataError(
+            f'--root {root} does not hold the {preset} tree; missing: '
+            f'{", ".join(missing)}. Expected:\n{preset_tree(preset, root)}'
+        )
     overwrite, skip_unpaired = kwargs.pop('overwrite', False), kwargs.pop('skip_unpaired', False)
     outs = {split: os.path.join(out_dir, split) for split in splits}
-    plans = {split: plan_pack(os.path.join(root, lq), os.path.join(root, gt), outs[split], rule, overwrite,
-                              skip_unpaired)
-             for split, (lq, gt, rule) in splits.items()}
+    plans = {
+        split: plan_pack(os.path.join(root, lq), os.path.join(root, gt), outs[split], rule, overwrite, skip_unpaired)
+        for split, (lq, gt, rule) in splits.items()
+    }
     with output_locks(outs.values()):
-        return {split: write_pairs_locked(*plan, outs[split], overwrite=overwrite, **kwargs)
-                for split, plan in plans.items()}
+        return {
+            split: write_pairs_locked(*plan, outs[split], overwrite=overwrite, **kwargs)
+            for split, plan in plans.items()
+        }

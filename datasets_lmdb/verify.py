@@ -2,12 +2,13 @@
 shape, and sibling lq/gt databases agree in keys, sizes and pack run. Damaged files (bad header, truncated
 ``data.mdb``) are reported as problems, never a crash; ``.partial-*`` folders are reported separately as
 leftovers of interrupted packs (:func:`find_leftovers`)."""
+
 import os
 
 import lmdb
 from tqdm import tqdm
 
-from gmmoe_arch.data.image_io import DataError, decode, is_raw, has_checksum, lmdb_env, shape3
+from gmmoe_arch.data.image_io import DataError, decode, has_checksum, is_raw, lmdb_env, shape3
 from gmmoe_arch.data.pack_info import check_same_pack
 from gmmoe_arch.data.pairing import read_lmdb_meta
 
@@ -19,8 +20,11 @@ def _walk(path):
     found, partial = [], []
     for d, subdirs, _ in os.walk(path):
         partial += [os.path.join(d, name) for name in subdirs if name.startswith(PARTIAL)]
-        found += [os.path.normpath(os.path.join(d, name)) for name in subdirs
-                  if name.endswith('.lmdb') and not name.startswith(PARTIAL)]
+        found += [
+            os.path.normpath(os.path.join(d, name))
+            for name in subdirs
+            if name.endswith('.lmdb') and not name.startswith(PARTIAL)
+        ]
         subdirs[:] = [name for name in subdirs if not name.startswith(PARTIAL) and not name.endswith('.lmdb')]
     return sorted(found), sorted(partial)
 
@@ -56,15 +60,18 @@ def check_lmdb(path, progress=True):
     problems, seen, unchecked = [], set(), 0
     try:
         with env.begin(write=False) as txn:
-            for key_bytes, buf in tqdm(txn.cursor(), total=txn.stat()['entries'], unit='img',
-                                       desc=f'verify {path}', disable=not progress):
+            for key_bytes, buf in tqdm(
+                txn.cursor(), total=txn.stat()['entries'], unit='img', desc=f'verify {path}', disable=not progress
+            ):
                 key = key_bytes.decode('ascii', 'replace')
                 seen.add(key)
                 unchecked += is_raw(buf) and not has_checksum(buf)
                 problems += _check_entry(path, key, buf, meta)
     except lmdb.Error as err:
-        problems.append(f'{path}: damaged database ({type(err).__name__}: {err}) after {len(seen)} entries; '
-                        're-pack with `datasets_lmdb pack --overwrite`')
+        problems.append(
+            f'{path}: damaged database ({type(err).__name__}: {err}) after {len(seen)} entries; '
+            're-pack with `datasets_lmdb pack --overwrite`'
+        )
         return meta, problems, unchecked
     problems += [f'{path}: key {key} is listed in meta_info.txt but not stored' for key in sorted(set(meta) - seen)]
     return meta, problems, unchecked
@@ -97,8 +104,9 @@ def verify(path, progress=True, notes=None):
             broken.add(db)
         problems += found
         if unchecked and notes is not None:
-            notes.append(f'{db}: {unchecked} raw entries carry no checksum (packed by an older version); '
-                         're-pack to protect them')
+            notes.append(
+                f'{db}: {unchecked} raw entries carry no checksum (packed by an older version); re-pack to protect them'
+            )
     for db in metas:
         side = os.path.basename(db)
         if side not in ('lq.lmdb', 'gt.lmdb'):
@@ -106,8 +114,11 @@ def verify(path, progress=True, notes=None):
         other = os.path.join(os.path.dirname(db), 'gt.lmdb' if side == 'lq.lmdb' else 'lq.lmdb')
         if other not in metas:
             if db != os.path.normpath(path):
-                hint = (' (a pack was interrupted while replacing them: see the leftover; pack again with '
-                        '--overwrite)' if leftovers(os.path.dirname(db)) else '')
+                hint = (
+                    ' (a pack was interrupted while replacing them: see the leftover; pack again with --overwrite)'
+                    if leftovers(os.path.dirname(db))
+                    else ''
+                )
                 problems.append(f'{db}: no sibling {os.path.basename(other)}{hint}')
             continue
         if side == 'lq.lmdb' and not {db, other} & broken:
@@ -122,6 +133,9 @@ def _check_siblings(lq, gt, lq_meta, gt_meta):
     except DataError as err:
         problems.append(str(err))
     problems += [f'key {key} is in only one of {lq} and {gt}' for key in sorted(set(lq_meta) ^ set(gt_meta))]
-    problems += [f'key {key}: lq {lq_meta[key][:2]} and gt {gt_meta[key][:2]} differ in size'
-                 for key in sorted(set(lq_meta) & set(gt_meta)) if lq_meta[key][:2] != gt_meta[key][:2]]
+    problems += [
+        f'key {key}: lq {lq_meta[key][:2]} and gt {gt_meta[key][:2]} differ in size'
+        for key in sorted(set(lq_meta) & set(gt_meta))
+        if lq_meta[key][:2] != gt_meta[key][:2]
+    ]
     return problems

@@ -3,15 +3,25 @@
 Importing this package applies :mod:`gmmoe_arch.compat` (basicsr 1.4.2 on current torch) and fills
 BasicSR's registries with the GM-MoE arch, losses, metrics, datasets and models.
 """
+
 from . import compat
 
 compat.apply()
 
 from . import archs, data, losses, metrics, models  # noqa: E402,F401  (registration)
-from .archs.gmmoe_arch import PRESETS, GMMoE, record_gates  # noqa: E402
 from .archs.experts import EXPERT_REGISTRY  # noqa: E402
+from .archs.gmmoe_arch import PRESETS, GMMoE, record_gates  # noqa: E402
 from .enhance import EnhanceError, enhance_image, enhance_paths, load_network  # noqa: E402
 
 __version__ = '0.1.0'
-__all__ = ['EXPERT_REGISTRY', 'EnhanceError', 'GMMoE', 'PRESETS', 'enhance_image', 'enhance_paths', 'load_network',
-           'record_gates', '__version__']
+__all__ = [
+    'EXPERT_REGISTRY',
+    'EnhanceError',
+    'GMMoE',
+    'PRESETS',
+    'enhance_image',
+    'enhance_paths',
+    'load_network',
+    'record_gates',
+    '__version__',
+]

@@ -8,6 +8,7 @@ for ``test``) with the current working directory as root, so ``experiments/``, `
 
 Distributed: ``torchrun --nproc_per_node=N -m gmmoe_arch.cli train -opt X.yml --launcher pytorch``.
 """
+
 import argparse
 import importlib.metadata
 import os
@@ -33,8 +34,10 @@ def load_plugins():
         try:
             ep.load()
         except Exception as exc:
-            raise UserError(f'plug-in "{ep.name}" ({ep.value}, entry point group {PLUGIN_GROUP}) '
-                            f'failed to import: {type(exc).__name__}: {exc}') from exc
+            raise UserError(
+                f'plug-in "{ep.name}" ({ep.value}, entry point group {PLUGIN_GROUP}) '
+                f'failed to import: {type(exc).__name__}: {exc}'
+            ) from exc
         loaded.append(ep.name)
     return loaded
 
@@ -46,8 +49,12 @@ REQUIRED_KEYS = {
 
 
 # Counts that BasicSR reads as integers, with their least valid value: (section, key) -> minimum.
-INTEGER_OPTIONS = {('logger', 'print_freq'): 1, ('logger', 'save_checkpoint_freq'): 1, ('train', 'total_iter'): 1,
-                   ('val', 'val_freq'): 1}
+INTEGER_OPTIONS = {
+    ('logger', 'print_freq'): 1,
+    ('logger', 'save_checkpoint_freq'): 1,
+    ('train', 'total_iter'): 1,
+    ('val', 'val_freq'): 1,
+}
 DATASET_INTEGERS = {'batch_size_per_gpu': 1, 'num_worker_per_gpu': 0, 'gt_size': 1, 'dataset_enlarge_ratio': 1}
 GMMOE_INTEGERS = {'width': 1, 'middle_blk_num': 0, 'img_channel': 1}
 GMMOE_TYPES = ('GMMoE', 'OURNet24')
@@ -81,8 +88,9 @@ def check_option_types(path, opt):
         for key in ('enc_blk_nums', 'dec_blk_nums'):
             if net.get(key) is not None:
                 if not isinstance(net[key], (list, tuple)):
-                    raise UserError(f'option file {path}: network_g.{key} must be a list of block counts, '
-                                    f'got {net[key]!r}')
+                    raise UserError(
+                        f'option file {path}: network_g.{key} must be a list of block counts, got {net[key]!r}'
+                    )
                 for i, value in enumerate(net[key]):
                     _check_integer(path, f'network_g.{key}[{i}]', value, 0)
 
@@ -101,23 +109,23 @@ def check_option_file(path, phase):
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f'option file {path} cannot be read: {exc}') from exc
     if not isinstance(opt, dict):
-        raise UserError(f'option file {path}: expected a mapping of options at the top level, '
-                        f'got {type(opt).__name__}')
+        raise UserError(f'option file {path}: expected a mapping of options at the top level, got {type(opt).__name__}')
     missing = [k for k in REQUIRED_KEYS[phase] if k not in opt]
     if missing:
-        raise UserError(f'option file {path}: missing key(s) {", ".join(missing)} '
-                        f'(needed by basicsr {phase})')
+        raise UserError(f'option file {path}: missing key(s) {", ".join(missing)} (needed by basicsr {phase})')
     if not isinstance(opt['datasets'], dict) or not opt['datasets']:
-        raise UserError(f'option file {path}: "datasets" must map phases (train, val, test_1, ...) '
-                        'to dataset options')
+        raise UserError(f'option file {path}: "datasets" must map phases (train, val, test_1, ...) to dataset options')
     num_gpu = opt['num_gpu']
     if num_gpu != 'auto':
         import torch
+
         if not isinstance(num_gpu, int) or num_gpu < 0:
             raise UserError(f'option file {path}: num_gpu must be "auto" or an integer >= 0, got {num_gpu!r}')
         if num_gpu > torch.cuda.device_count():
-            raise UserError(f'option file {path}: num_gpu: {num_gpu} but this machine has '
-                            f'{torch.cuda.device_count()} CUDA device(s); use num_gpu: auto')
+            raise UserError(
+                f'option file {path}: num_gpu: {num_gpu} but this machine has '
+                f'{torch.cuda.device_count()} CUDA device(s); use num_gpu: auto'
+            )
     check_option_types(path, opt)
     return opt
 
@@ -137,22 +145,42 @@ def build_parser():
         description='Run BasicSR training or testing from an option YAML, with gmmoe_arch and every '
         f'installed "{PLUGIN_GROUP}" plug-in registered. Output folders (experiments/, results/, '
         'tb_logger/) are created in the current directory.',
-        epilog='Distributed: torchrun --nproc_per_node=N -m gmmoe_arch.cli train -opt X.yml --launcher pytorch')
+        epilog='Distributed: torchrun --nproc_per_node=N -m gmmoe_arch.cli train -opt X.yml --launcher pytorch',
+    )
     sub = parser.add_subparsers(dest='phase', required=True, metavar='{train,test}')
-    helps = {'train': 'train a model (basicsr.train.train_pipeline)',
-             'test': 'test a model on the test datasets (basicsr.test.test_pipeline)'}
+    helps = {
+        'train': 'train a model (basicsr.train.train_pipeline)',
+        'test': 'test a model on the test datasets (basicsr.test.test_pipeline)',
+    }
     for phase, text in helps.items():
         p = sub.add_parser(phase, help=text, description=text.capitalize() + '.')
         p.add_argument('-opt', required=True, metavar='FILE', help='path to the option YAML file')
-        p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none',
-                       help='job launcher: "pytorch" under torchrun (NCCL with GPUs, gloo without)')
-        p.add_argument('--auto_resume', action='store_true',
-                       help='resume from the newest state in experiments/<name>/training_states')
+        p.add_argument(
+            '--launcher',
+            choices=['none', 'pytorch', 'slurm'],
+            default='none',
+            help='job launcher: "pytorch" under torchrun (NCCL with GPUs, gloo without)',
+        )
+        p.add_argument(
+            '--auto_resume',
+            action='store_true',
+            help='resume from the newest state in experiments/<name>/training_states',
+        )
         p.add_argument('--debug', action='store_true', help="BasicSR's debug mode (name prefixed debug_)")
-        p.add_argument('--force_yml', nargs='+', default=None, metavar='KEY=VALUE',
-                       help='override options, e.g. train:total_iter=1000 (existing keys only)')
-        p.add_argument('--local_rank', '--local-rank', type=int, default=0,
-                       help='set by torch.distributed.launch; torchrun uses LOCAL_RANK instead')
+        p.add_argument(
+            '--force_yml',
+            nargs='+',
+            default=None,
+            metavar='KEY=VALUE',
+            help='override options, e.g. train:total_iter=1000 (existing keys only)',
+        )
+        p.add_argument(
+            '--local_rank',
+            '--local-rank',
+            type=int,
+            default=0,
+            help='set by torch.distributed.launch; torchrun uses LOCAL_RANK instead',
+        )
     return parser
 
 
@@ -176,6 +204,7 @@ def main(argv=None):
             pipeline(os.getcwd())
         finally:
             import torch.distributed as dist
+
             if dist.is_available() and dist.is_initialized():
                 dist.destroy_process_group()
     except UserError as exc:
@@ -185,8 +214,11 @@ def main(argv=None):
         print(f'basicsr {args.phase}: stopped: {exc}', file=sys.stderr)
         return 3
     except compat.CheckpointWriteError as exc:
-        print(f'basicsr {args.phase}: error: {exc.strerror}; training stopped (the checkpoints saved before '
-              'are intact; free space, then resume with --auto_resume)', file=sys.stderr)
+        print(
+            f'basicsr {args.phase}: error: {exc.strerror}; training stopped (the checkpoints saved before '
+            'are intact; free space, then resume with --auto_resume)',
+            file=sys.stderr,
+        )
         return 1
     except DataError as exc:
         if os.environ.get('GMMOE_TRACEBACK'):
@@ -196,8 +228,11 @@ def main(argv=None):
     except (KeyError, ValueError, FileNotFoundError, NotImplementedError) as exc:
         if os.environ.get('GMMOE_TRACEBACK'):
             raise
-        print(f'basicsr {args.phase}: error in option file {args.opt}: {type(exc).__name__}: {exc}\n'
-              '(set GMMOE_TRACEBACK=1 for the full traceback)', file=sys.stderr)
+        print(
+            f'basicsr {args.phase}: error in option file {args.opt}: {type(exc).__name__}: {exc}\n'
+            '(set GMMOE_TRACEBACK=1 for the full traceback)',
+            file=sys.stderr,
+        )
         return 2
     return 0
 

@@ -40,6 +40,7 @@ project passes the current working directory as ``root_path`` to the unchanged p
 
 ``apply()`` is idempotent and is called by ``import gmmoe_arch``. ``APPLIED`` lists what it did.
 """
+
 import collections
 import contextlib
 import errno
@@ -73,6 +74,7 @@ def _patch_functional_tensor():
 def resume_map_location(storage, loc):
     """Map a resume state onto this process's device: its GPU when it has one, else the CPU."""
     import torch
+
     if torch.cuda.is_available():
         return storage.cuda(torch.cuda.current_device())
     return storage
@@ -94,8 +96,11 @@ def checkpoint_is_intact(path):
 def _resume_weights(opt, resume_iter):
     """The ``net_<name>_<iter>.pth`` files that resuming at ``resume_iter`` loads (as ``check_resume`` sets them)."""
     ignored = opt['path'].get('ignore_resume_networks') or []
-    return [os.path.join(opt['path']['models'], f'net_{key[len("network_"):]}_{resume_iter}.pth')
-            for key in opt if key.startswith('network_') and key not in ignored]
+    return [
+        os.path.join(opt['path']['models'], f'net_{key[len("network_") :]}_{resume_iter}.pth')
+        for key in opt
+        if key.startswith('network_') and key not in ignored
+    ]
 
 
 def load_resume_state(opt):
@@ -115,8 +120,14 @@ def load_resume_state(opt):
         folder = opt['path'].get('training_states', os.path.join('experiments', opt['name'], 'training_states'))
         iters = []
         if os.path.isdir(folder):
-            iters = sorted((int(f[:-len('.state')]) for f in os.listdir(folder)
-                            if f.endswith('.state') and f[:-len('.state')].isdigit()), reverse=True)
+            iters = sorted(
+                (
+                    int(f[: -len('.state')])
+                    for f in os.listdir(folder)
+                    if f.endswith('.state') and f[: -len('.state')].isdigit()
+                ),
+                reverse=True,
+            )
         candidates = [(os.path.join(folder, f'{it}.state'), it) for it in iters]
     elif opt['path'].get('resume_state'):
         candidates = [(opt['path']['resume_state'], None)]
@@ -126,11 +137,16 @@ def load_resume_state(opt):
         candidates = []
     state = None
     for state_path, it in candidates:
-        damaged = [f for f in ([state_path] + (_resume_weights(opt, it) if it is not None else []))
-                   if not checkpoint_is_intact(f)]
+        damaged = [
+            f
+            for f in ([state_path] + (_resume_weights(opt, it) if it is not None else []))
+            if not checkpoint_is_intact(f)
+        ]
         if damaged and opt['auto_resume']:
-            print(f'auto_resume: skipping iteration {it}: {", ".join(damaged)} missing or damaged; '
-                  'trying an older one', flush=True)
+            print(
+                f'auto_resume: skipping iteration {it}: {", ".join(damaged)} missing or damaged; trying an older one',
+                flush=True,
+            )
             continue
         try:
             with torch.serialization.safe_globals([collections.Counter]):
@@ -139,8 +155,9 @@ def load_resume_state(opt):
         except Exception as exc:  # damaged in a way the zip check cannot see, or not a state at all
             if not opt['auto_resume']:
                 raise ValueError(f'path.resume_state: cannot read {state_path}: {exc}') from exc
-            print(f'auto_resume: skipping unreadable {state_path} ({type(exc).__name__}); trying an older one',
-                  flush=True)
+            print(
+                f'auto_resume: skipping unreadable {state_path} ({type(exc).__name__}); trying an older one', flush=True
+            )
     if state is None:
         if candidates:
             raise ValueError(f'--auto_resume: no intact state + network pair in {os.path.dirname(candidates[0][0])}')
@@ -172,8 +189,7 @@ def init_dist(launcher, backend=None, **kwargs):
     elif launcher == 'slurm' and cuda:
         dist_util._init_dist_slurm(backend, **kwargs)
     else:
-        raise ValueError(f'--launcher {launcher}: unsupported here (use "pytorch", i.e. torchrun; '
-                         'slurm needs GPUs)')
+        raise ValueError(f'--launcher {launcher}: unsupported here (use "pytorch", i.e. torchrun; slurm needs GPUs)')
 
 
 def model_to_device(self, net):
@@ -231,8 +247,9 @@ def atomic_torch_save(obj, path):
             os.unlink(tmp)
         if isinstance(exc, RuntimeError):  # torch's zip writer reports a failed write as "unexpected pos"
             cause = _os_error_in_chain(exc)
-            raise OSError(cause.errno if cause else errno.EIO,
-                          cause.strerror if cause else f'torch.save failed: {exc}') from exc
+            raise OSError(
+                cause.errno if cause else errno.EIO, cause.strerror if cause else f'torch.save failed: {exc}'
+            ) from exc
         raise
     dir_fd = os.open(folder, os.O_RDONLY)
     try:
@@ -270,7 +287,7 @@ def save_network(self, net, net_label, current_iter, param_key='params'):
     save_dict = {}
     for net_, key in zip(nets, keys):
         state = self.get_bare_model(net_).state_dict()
-        save_dict[key] = {(k[len('module.'):] if k.startswith('module.') else k): v.cpu() for k, v in state.items()}
+        save_dict[key] = {(k[len('module.') :] if k.startswith('module.') else k): v.cpu() for k, v in state.items()}
     save_checkpoint(save_dict, path, 'network checkpoint')
 
 
@@ -278,10 +295,13 @@ def save_training_state(self, epoch, current_iter):
     """``BaseModel.save_training_state`` that writes atomically and raises when the write fails."""
     if current_iter == -1:
         return
-    state = {'epoch': epoch, 'iter': current_iter, 'optimizers': [o.state_dict() for o in self.optimizers],
-             'schedulers': [s.state_dict() for s in self.schedulers]}
-    save_checkpoint(state, os.path.join(self.opt['path']['training_states'], f'{current_iter}.state'),
-                    'training state')
+    state = {
+        'epoch': epoch,
+        'iter': current_iter,
+        'optimizers': [o.state_dict() for o in self.optimizers],
+        'schedulers': [s.state_dict() for s in self.schedulers],
+    }
+    save_checkpoint(state, os.path.join(self.opt['path']['training_states'], f'{current_iter}.state'), 'training state')
 
 
 def load_network(self, net, load_path, strict=True, param_key='params'):
@@ -300,8 +320,10 @@ def load_network(self, net, load_path, strict=True, param_key='params'):
     try:
         loaded = torch.load(load_path, map_location='cpu', weights_only=True)
     except Exception as exc:
-        raise ValueError(f'cannot load network checkpoint {load_path} (damaged, or holds more than tensors; '
-                         f'only weights are accepted): {type(exc).__name__}: {str(exc).splitlines()[0]}') from exc
+        raise ValueError(
+            f'cannot load network checkpoint {load_path} (damaged, or holds more than tensors; '
+            f'only weights are accepted): {type(exc).__name__}: {str(exc).splitlines()[0]}'
+        ) from exc
     if param_key is not None:
         if isinstance(loaded, dict) and param_key not in loaded and 'params' in loaded:
             logger.info('Loading: params_ema does not exist, use params.')
@@ -310,7 +332,7 @@ def load_network(self, net, load_path, strict=True, param_key='params'):
             raise ValueError(f'network checkpoint {load_path} has no "{param_key}" entry')
         loaded = loaded[param_key]
     logger.info(f'Loading {net.__class__.__name__} model from {load_path}, with param key: [{param_key}].')
-    loaded = OrderedDict((k[len('module.'):] if k.startswith('module.') else k, v) for k, v in loaded.items())
+    loaded = OrderedDict((k[len('module.') :] if k.startswith('module.') else k, v) for k, v in loaded.items())
     self._print_different_keys_loading(net, loaded, strict)
     net.load_state_dict(loaded, strict=strict)
 
@@ -349,13 +371,16 @@ def _wrap_build_dataloader(build_dataloader):
             raise ValueError(
                 f'datasets.train: {len(dataset)} training sample(s) x dataset_enlarge_ratio {ratio} over '
                 f'{replicas} process(es) give {len(sampler)} per process, fewer than one batch '
-                f'(batch_size_per_gpu: {per_gpu}); lower batch_size_per_gpu or add data')
+                f'(batch_size_per_gpu: {per_gpu}); lower batch_size_per_gpu or add data'
+            )
         padded = FullBatchSampler(sampler, batch, -(-len(sampler) // per_gpu))
         return build_dataloader(dataset, dataset_opt, num_gpu=num_gpu, dist=dist, sampler=padded, seed=seed)
 
     build_dataloader_compat.__wrapped__ = build_dataloader
-    build_dataloader_compat.__doc__ = ('basicsr build_dataloader whose training loader yields exactly the '
-                                       'planned iterations (see FullBatchSampler). ' + (build_dataloader.__doc__ or ''))
+    build_dataloader_compat.__doc__ = (
+        'basicsr build_dataloader whose training loader yields exactly the '
+        'planned iterations (see FullBatchSampler). ' + (build_dataloader.__doc__ or '')
+    )
     return build_dataloader_compat
 
 
@@ -364,7 +389,7 @@ def normalise_local_rank(argv):
     out = []
     for arg in argv:
         if arg == '--local-rank' or arg.startswith('--local-rank='):
-            arg = '--local_rank' + arg[len('--local-rank'):]
+            arg = '--local_rank' + arg[len('--local-rank') :]
         out.append(arg)
     return out
 
@@ -376,8 +401,9 @@ def _wrap_parse_options(parse_options):
         return parse_options(root_path, is_train=is_train)
 
     parse_options_compat.__wrapped__ = parse_options
-    parse_options_compat.__doc__ = ('basicsr parse_options that also accepts --local-rank. '
-                                    + (parse_options.__doc__ or ''))
+    parse_options_compat.__doc__ = 'basicsr parse_options that also accepts --local-rank. ' + (
+        parse_options.__doc__ or ''
+    )
     return parse_options_compat
 
 
@@ -432,6 +458,7 @@ def apply():
         done.append('load_network weights_only')
 
     import basicsr.data
+
     if 'drop_last=True' in _source(basicsr.data.build_dataloader) and 'ceil' in _source(basicsr.train):
         wrapped = _wrap_build_dataloader(basicsr.data.build_dataloader)
         for module in (basicsr.data, basicsr.train):

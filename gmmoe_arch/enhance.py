@@ -11,6 +11,7 @@ image files, batch jobs); this module gathers what users and the ``gmmoe`` comma
 checked once, when :class:`Tiling` and :class:`RunOptions` are made; a user's mistake is one
 :class:`EnhanceError` naming the file, key or option.
 """
+
 from .inference.errors import EnhanceError
 from .inference.image_files import DEFAULT_MAX_IMAGE_PIXELS, read_image, write_file, write_image
 from .inference.jobs import Job, Summary, check_writable, collect_jobs, enhance_jobs, enhance_paths
@@ -18,7 +19,27 @@ from .inference.loading import load_network, resolve_device
 from .inference.runner import DEFAULT_STAT_PASSES, PRECISIONS, RunOptions, enhance_image, enhance_tensor
 from .inference.tiling import DEFAULT_MAX_PIXELS, DEFAULT_OVERLAP, TilePlan, Tiling
 
-__all__ = ['DEFAULT_MAX_IMAGE_PIXELS', 'DEFAULT_MAX_PIXELS', 'DEFAULT_OVERLAP', 'DEFAULT_STAT_PASSES', 'PRECISIONS',
-           'EnhanceError', 'Job', 'RunOptions', 'Summary', 'TilePlan', 'Tiling', 'check_writable', 'collect_jobs',
-           'enhance_image', 'enhance_jobs', 'enhance_paths', 'enhance_tensor', 'load_network', 'read_image',
-           'resolve_device', 'write_file', 'write_image']
+__all__ = [
+    'DEFAULT_MAX_IMAGE_PIXELS',
+    'DEFAULT_MAX_PIXELS',
+    'DEFAULT_OVERLAP',
+    'DEFAULT_STAT_PASSES',
+    'PRECISIONS',
+    'EnhanceError',
+    'Job',
+    'RunOptions',
+    'Summary',
+    'TilePlan',
+    'Tiling',
+    'check_writable',
+    'collect_jobs',
+    'enhance_image',
+    'enhance_jobs',
+    'enhance_paths',
+    'enhance_tensor',
+    'load_network',
+    'read_image',
+    'resolve_device',
+    'write_file',
+    'write_image',
+]

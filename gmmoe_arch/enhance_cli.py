@@ -14,6 +14,7 @@ the package imports this module, so ``python -m gmmoe_arch.enhance_cli`` runs it
 The allocator tuning of :func:`gmmoe_arch.runtime.configure_allocator` is applied at start;
 ``GMMOE_MALLOC=off`` switches it off.
 """
+
 import argparse
 import csv
 import io
@@ -35,12 +36,18 @@ def add_network_arguments(parser):
     """The options that choose and load the network, shared by ``enhance`` and ``export``:
     ``--weights``, ``--preset``, ``--opt``, ``--random-weights``."""
     net = parser.add_argument_group('network')
-    net.add_argument('--weights', metavar='FILE',
-                     help='checkpoint: released {"params": ...}, ours {"params_ema"/"params": ...} or a state dict')
+    net.add_argument(
+        '--weights',
+        metavar='FILE',
+        help='checkpoint: released {"params": ...}, ours {"params_ema"/"params": ...} or a state dict',
+    )
     net.add_argument('--preset', choices=PRESET_NAMES, help='network size (default: read off the checkpoint)')
     net.add_argument('--opt', metavar='YAML', help='build the network_g of a BasicSR option file instead')
-    net.add_argument('--random-weights', action='store_true',
-                     help='run without --weights (random network: for smoke tests and benchmarks only)')
+    net.add_argument(
+        '--random-weights',
+        action='store_true',
+        help='run without --weights (random network: for smoke tests and benchmarks only)',
+    )
 
 
 def add_enhance_arguments(p):
@@ -50,24 +57,51 @@ def add_enhance_arguments(p):
     add_network_arguments(p)
     run = p.add_argument_group('running')
     run.add_argument('--device', default='auto', help='auto (CUDA if present), cpu, cuda or cuda:N')
-    run.add_argument('--precision', default='fp32', choices=PRECISION_NAMES,
-                     help='autocast precision; fp16 needs CUDA (default: fp32)')
-    run.add_argument('--max-pixels', type=int, default=DEFAULT_MAX_PIXELS, metavar='N',
-                     help=f'tile images with more pixels than this (default: {DEFAULT_MAX_PIXELS})')
-    run.add_argument('--max-image-pixels', type=int, default=DEFAULT_MAX_IMAGE_PIXELS, metavar='N',
-                     help='refuse, before decoding, images whose header declares more pixels than this; memory '
-                     f'grows with the image (default: {DEFAULT_MAX_IMAGE_PIXELS:,})')
+    run.add_argument(
+        '--precision',
+        default='fp32',
+        choices=PRECISION_NAMES,
+        help='autocast precision; fp16 needs CUDA (default: fp32)',
+    )
+    run.add_argument(
+        '--max-pixels',
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        metavar='N',
+        help=f'tile images with more pixels than this (default: {DEFAULT_MAX_PIXELS})',
+    )
+    run.add_argument(
+        '--max-image-pixels',
+        type=int,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        metavar='N',
+        help='refuse, before decoding, images whose header declares more pixels than this; memory '
+        f'grows with the image (default: {DEFAULT_MAX_IMAGE_PIXELS:,})',
+    )
     run.add_argument('--tile', type=int, metavar='PX', help='force square tiles of this side (>= 64)')
-    run.add_argument('--overlap', type=int, default=DEFAULT_OVERLAP, metavar='PX',
-                     help=f'minimum overlap of neighbouring tiles (default: {DEFAULT_OVERLAP})')
-    run.add_argument('--stat-passes', type=int, default=DEFAULT_STAT_PASSES, metavar='N',
-                     help='extra passes over the tiles of a tiled image that estimate its whole-image statistics '
-                     f'(gates, attention pools); 0 = each tile uses its own (default: {DEFAULT_STAT_PASSES})')
+    run.add_argument(
+        '--overlap',
+        type=int,
+        default=DEFAULT_OVERLAP,
+        metavar='PX',
+        help=f'minimum overlap of neighbouring tiles (default: {DEFAULT_OVERLAP})',
+    )
+    run.add_argument(
+        '--stat-passes',
+        type=int,
+        default=DEFAULT_STAT_PASSES,
+        metavar='N',
+        help='extra passes over the tiles of a tiled image that estimate its whole-image statistics '
+        f'(gates, attention pools); 0 = each tile uses its own (default: {DEFAULT_STAT_PASSES})',
+    )
     out = p.add_argument_group('output')
     out.add_argument('--suffix', default='', help='added to each output name before the extension')
-    out.add_argument('--gates', metavar='FILE.json|FILE.csv',
-                     help='write each image\'s per-block expert weights (tiled images: mean over tiles, '
-                     'weighted by the output pixels each tile accounts for)')
+    out.add_argument(
+        '--gates',
+        metavar='FILE.json|FILE.csv',
+        help="write each image's per-block expert weights (tiled images: mean over tiles, "
+        'weighted by the output pixels each tile accounts for)',
+    )
     out.add_argument('--no-progress', action='store_true', help='no progress bar')
 
 
@@ -76,16 +110,21 @@ def build_parser(command=None):
     (imported only then, so that ``enhance`` never loads it)."""
     parser = argparse.ArgumentParser(prog=PROG, description='GM-MoE low-light image enhancement.')
     sub = parser.add_subparsers(dest='command', required=True, metavar='{enhance,export}')
-    p = sub.add_parser('enhance', help='enhance image files, folders or globs',
-                       description='Enhance PNG/JPEG/BMP/TIFF images (8/16-bit, gray, RGB, RGBA) with a '
-                       'GM-MoE checkpoint. Folders are searched recursively and their structure is '
-                       'kept under OUTDIR. Large images run as blended tiles, so memory stays bounded.',
-                       epilog='Example: gmmoe enhance photos/ -o enhanced/ --weights net_g.pth --preset paper')
+    p = sub.add_parser(
+        'enhance',
+        help='enhance image files, folders or globs',
+        description='Enhance PNG/JPEG/BMP/TIFF images (8/16-bit, gray, RGB, RGBA) with a '
+        'GM-MoE checkpoint. Folders are searched recursively and their structure is '
+        'kept under OUTDIR. Large images run as blended tiles, so memory stays bounded.',
+        epilog='Example: gmmoe enhance photos/ -o enhanced/ --weights net_g.pth --preset paper',
+    )
     add_enhance_arguments(p)
-    e = sub.add_parser('export', help='export a checkpoint as an ONNX model',
-                       description='Export the network that gmmoe enhance would run (same network options) '
-                       'as an ONNX model.',
-                       epilog='Example: gmmoe export --weights net_g.pth -o gmmoe.onnx')
+    e = sub.add_parser(
+        'export',
+        help='export a checkpoint as an ONNX model',
+        description='Export the network that gmmoe enhance would run (same network options) as an ONNX model.',
+        epilog='Example: gmmoe export --weights net_g.pth -o gmmoe.onnx',
+    )
     add_network_arguments(e)
     if command == 'export':
         from gmmoe_arch.export import add_export_arguments
@@ -137,8 +176,9 @@ def enhance_command(args):
     net = enhance.load_network(args.weights, args.preset, args.opt, options.device, args.random_weights)
     device = next(net.parameters()).device
     print(f'{PROG} enhance: network on {device}, {args.precision}', file=sys.stderr, flush=True)
-    summary = enhance.enhance_jobs(jobs, net, tiling, options, args.max_image_pixels, record=bool(args.gates),
-                                   progress=not args.no_progress)
+    summary = enhance.enhance_jobs(
+        jobs, net, tiling, options, args.max_image_pixels, record=bool(args.gates), progress=not args.no_progress
+    )
     for name, message in summary.failed:
         print(f'{PROG} enhance: failed: {message}', file=sys.stderr)
     gates_lost = False
@@ -150,9 +190,11 @@ def enhance_command(args):
             gates_lost = True
     done = len(summary.written)
     per = f', {summary.seconds / done:.2f} s/image' if done else ''
-    print(f'{PROG} enhance: {done} image(s) written to {args.output}, {len(summary.failed)} failed; '
-          f'{summary.tiles} tile(s), {summary.seconds:.1f} s{per}'
-          + (f'; gate weights in {args.gates}' if args.gates and not gates_lost else ''))
+    print(
+        f'{PROG} enhance: {done} image(s) written to {args.output}, {len(summary.failed)} failed; '
+        f'{summary.tiles} tile(s), {summary.seconds:.1f} s{per}'
+        + (f'; gate weights in {args.gates}' if args.gates and not gates_lost else '')
+    )
     return 1 if summary.failed or gates_lost else 0
 
 

@@ -10,6 +10,7 @@ written model in onnxruntime against PyTorch.
 Only :func:`add_export_arguments` is imported when the command line is parsed: torch and the ONNX
 packages are imported when a model is exported.
 """
+
 import argparse
 import os
 import shutil
@@ -58,17 +59,34 @@ def parse_sizes(text):
 def add_export_arguments(parser):
     """Add the export-specific options of ``gmmoe export`` to ``parser`` (the network options are the CLI's)."""
     parser.add_argument('-o', '--output', required=True, metavar='MODEL.onnx', help='the ONNX file to write')
-    parser.add_argument('--opset', type=int, default=DEFAULT_OPSET, metavar='N',
-                        help=f'ONNX opset, >= {MIN_OPSET} (default: {DEFAULT_OPSET})')
-    parser.add_argument('--fp16', action='store_true',
-                        help='float16 weights, input and output (for GPU runtimes; default: float32)')
-    parser.add_argument('--check', action=argparse.BooleanOptionalAction, default=True,
-                        help='run the written model in onnxruntime against PyTorch before keeping it (default: on)')
-    parser.add_argument('--check-sizes', default=DEFAULT_CHECK_SIZES, metavar='WxH,...',
-                        help=f'input sizes (width x height) the check runs (default: {DEFAULT_CHECK_SIZES})')
-    parser.add_argument('--tolerance', type=float, metavar='T',
-                        help=f'largest max |diff| the check accepts (default: {FP32_TOLERANCE:g}, '
-                        f'{FP16_TOLERANCE:g} with --fp16)')
+    parser.add_argument(
+        '--opset',
+        type=int,
+        default=DEFAULT_OPSET,
+        metavar='N',
+        help=f'ONNX opset, >= {MIN_OPSET} (default: {DEFAULT_OPSET})',
+    )
+    parser.add_argument(
+        '--fp16', action='store_true', help='float16 weights, input and output (for GPU runtimes; default: float32)'
+    )
+    parser.add_argument(
+        '--check',
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help='run the written model in onnxruntime against PyTorch before keeping it (default: on)',
+    )
+    parser.add_argument(
+        '--check-sizes',
+        default=DEFAULT_CHECK_SIZES,
+        metavar='WxH,...',
+        help=f'input sizes (width x height) the check runs (default: {DEFAULT_CHECK_SIZES})',
+    )
+    parser.add_argument(
+        '--tolerance',
+        type=float,
+        metavar='T',
+        help=f'largest max |diff| the check accepts (default: {FP32_TOLERANCE:g}, {FP16_TOLERANCE:g} with --fp16)',
+    )
     return parser
 
 
@@ -84,8 +102,9 @@ def _require(module, purpose):
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise ExportError(f'{purpose} needs the Python package {module} ({exc}); '
-                          f'install it with: pip install {module}') from exc
+        raise ExportError(
+            f'{purpose} needs the Python package {module} ({exc}); install it with: pip install {module}'
+        ) from exc
 
 
 def _export_module(net):
@@ -158,9 +177,17 @@ def _write_onnx(net, path, opset, fp16):
         example = torch.rand(TRACE_SHAPE, device=device, dtype=torch.float16 if fp16 else torch.float32)
         dim = torch.export.Dim.DYNAMIC
         with torch.no_grad():
-            program = torch.onnx.export(_export_module(model).eval(), (example,), dynamo=True, opset_version=opset,
-                                        input_names=['input'], output_names=['output'], verbose=False,
-                                        dynamic_shapes=({0: dim, 2: dim, 3: dim},), optimize=True)
+            program = torch.onnx.export(
+                _export_module(model).eval(),
+                (example,),
+                dynamo=True,
+                opset_version=opset,
+                input_names=['input'],
+                output_names=['output'],
+                verbose=False,
+                dynamic_shapes=({0: dim, 2: dim, 3: dim},),
+                optimize=True,
+            )
     written = program.model.opset_imports.get('', None)
     if written != opset:
         raise ExportError(f'--opset {opset}: the exporter could only write opset {written}', status=1)
@@ -223,8 +250,9 @@ def check_onnx(net, path, sizes, batch=1, seed=0):
             expected = net(torch.from_numpy(x.astype(np.float32)).to(param.device, param.dtype)).float().cpu()
             got = session.run(None, {feed.name: x})[0].astype(np.float32)
             if got.shape != tuple(expected.shape):
-                raise ExportError(f'{path}: output shape {got.shape} for input {x.shape}, '
-                                  f'expected {tuple(expected.shape)}', status=1)
+                raise ExportError(
+                    f'{path}: output shape {got.shape} for input {x.shape}, expected {tuple(expected.shape)}', status=1
+                )
             diffs[(h, w)] = float(np.abs(got - expected.numpy()).max())
     return diffs
 
@@ -252,8 +280,12 @@ def _export(args):
     if args.check:
         _require('onnxruntime', '--check (turn it off with --no-check)')
     net = enhance.load_network(args.weights, args.preset, args.opt, device='cpu', random_weights=args.random_weights)
-    print(f'{PROG}: tracing {_network_description(net)} (opset {args.opset}, {"fp16" if args.fp16 else "fp32"}); '
-          'this takes a minute or two', file=sys.stderr, flush=True)
+    print(
+        f'{PROG}: tracing {_network_description(net)} (opset {args.opset}, {"fp16" if args.fp16 else "fp32"}); '
+        'this takes a minute or two',
+        file=sys.stderr,
+        flush=True,
+    )
     start = time.perf_counter()
     with _staged(args.output) as staged:
         try:
@@ -270,8 +302,11 @@ def _export(args):
             print(f'{PROG}: onnxruntime vs PyTorch max |diff|: {report} (tolerance {tolerance:g})', file=sys.stderr)
             worst = max(diffs.values())
             if not worst <= tolerance:
-                raise ExportError(f'the exported model differs from PyTorch by {worst:.3g} > {tolerance:g}; '
-                                  f'{args.output} was not written', status=1)
+                raise ExportError(
+                    f'the exported model differs from PyTorch by {worst:.3g} > {tolerance:g}; '
+                    f'{args.output} was not written',
+                    status=1,
+                )
     print(f'{PROG}: wrote {args.output} ({_megabytes(args.output):.1f} MiB) in {seconds:.0f} s')
 
 

@@ -10,6 +10,7 @@ process keeps its peak heap until it exits, which suits a training or inference 
 Switch it off with ``GMMOE_MALLOC=off`` in the environment. Library users who import
 ``gmmoe_arch`` are never affected: only the console commands call :func:`configure_allocator`.
 """
+
 import ctypes
 import ctypes.util
 import os
@@ -64,5 +65,8 @@ def restore_allocator():
     mallopt = _mallopt()
     if mallopt is None:
         return False
-    return (bool(mallopt(M_MMAP_MAX, _DEFAULT_MMAP_MAX)) and bool(mallopt(M_MMAP_THRESHOLD, _DEFAULT_MMAP_THRESHOLD_MAX))
-            and bool(mallopt(M_TRIM_THRESHOLD, 2 * _DEFAULT_MMAP_THRESHOLD_MAX)))
+    return (
+        bool(mallopt(M_MMAP_MAX, _DEFAULT_MMAP_MAX))
+        and bool(mallopt(M_MMAP_THRESHOLD, _DEFAULT_MMAP_THRESHOLD_MAX))
+        and bool(mallopt(M_TRIM_THRESHOLD, 2 * _DEFAULT_MMAP_THRESHOLD_MAX))
+    )

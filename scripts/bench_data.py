@@ -12,6 +12,7 @@ cache after the first epoch, so this measures decoding and copying, not the driv
 
     PYTHONPATH=. python scripts/bench_data.py [--pairs 100] [--epochs 3] [--workers 0 2]
 """
+
 import argparse
 import os
 import tempfile
@@ -20,10 +21,10 @@ import time
 import cv2
 import numpy as np
 import torch
-
-import gmmoe_arch  # noqa: F401  (applies the basicsr compat patches, registers the dataset)
 from basicsr.data import build_dataset
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs
+
+import gmmoe_arch  # noqa: F401  (applies the basicsr compat patches, registers the dataset)
 from datasets_lmdb import pack_pairs
 
 
@@ -55,8 +56,9 @@ def folder_mb(path):
 
 def samples_per_s(opt, workers, epochs, batch):
     dataset = build_dataset(opt)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers,
-                                         persistent_workers=workers > 0, drop_last=False)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch, shuffle=True, num_workers=workers, persistent_workers=workers > 0, drop_last=False
+    )
     for _ in loader:  # warm-up epoch: page cache, worker start-up
         pass
     start, seen = time.perf_counter(), 0
@@ -81,18 +83,36 @@ def main():
         write_pairs(src, args.pairs)
         pack_basicsr(src, os.path.join(work, 'basicsr'))
         pack_pairs(os.path.join(src, 'lq'), os.path.join(src, 'gt'), os.path.join(work, 'raw'), progress=False)
-        common = {'name': 'bench', 'type': 'LLIEPairedDataset', 'phase': 'train', 'gt_size': args.crop,
-                  'use_hflip': True, 'use_rot': True}
+        common = {
+            'name': 'bench',
+            'type': 'LLIEPairedDataset',
+            'phase': 'train',
+            'gt_size': args.crop,
+            'use_hflip': True,
+            'use_rot': True,
+        }
         lmdb = {'type': 'lmdb'}
         sources = [
             ('disk png', os.path.join(src, 'lq'), os.path.join(src, 'gt'), {'type': 'disk'}, src),
-            ('lmdb png (basicsr)', os.path.join(work, 'basicsr', 'lq.lmdb'),
-             os.path.join(work, 'basicsr', 'gt.lmdb'), lmdb, os.path.join(work, 'basicsr')),
-            ('lmdb raw (default)', os.path.join(work, 'raw', 'lq.lmdb'), os.path.join(work, 'raw', 'gt.lmdb'), lmdb,
-             os.path.join(work, 'raw')),
+            (
+                'lmdb png (basicsr)',
+                os.path.join(work, 'basicsr', 'lq.lmdb'),
+                os.path.join(work, 'basicsr', 'gt.lmdb'),
+                lmdb,
+                os.path.join(work, 'basicsr'),
+            ),
+            (
+                'lmdb raw (default)',
+                os.path.join(work, 'raw', 'lq.lmdb'),
+                os.path.join(work, 'raw', 'gt.lmdb'),
+                lmdb,
+                os.path.join(work, 'raw'),
+            ),
         ]
-        print(f'{args.pairs} pairs 600x400, {args.crop}x{args.crop} crops, batch {args.batch}, '
-              f'{args.epochs} timed epochs, {os.cpu_count()} CPUs')
+        print(
+            f'{args.pairs} pairs 600x400, {args.crop}x{args.crop} crops, batch {args.batch}, '
+            f'{args.epochs} timed epochs, {os.cpu_count()} CPUs'
+        )
         print(f'{"source":<20} {"size MB":>8} ' + ' '.join(f'{f"w={w} s/s":>10} {"ratio":>6}' for w in args.workers))
         baseline = {}
         for name, lq, gt, io_backend, folder in sources:

@@ -9,6 +9,7 @@ Writes a synthetic dim 8-bit PNG of the given size, then runs the same code path
 cost the same time and memory as trained ones. Peak RSS is the kernel's high-water mark of the
 process (``getrusage``), so it includes Python, torch and the image arrays.
 """
+
 import argparse
 import os
 import resource
@@ -36,8 +37,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--size', default='4000x3000', help='WIDTHxHEIGHT of the test photo')
     parser.add_argument('--preset', default='paper', choices=['paper', 'released'])
-    parser.add_argument('--width', type=int, default=None,
-                        help="the preset's block counts at this width (e.g. 8: a cheap network for memory tests)")
+    parser.add_argument(
+        '--width',
+        type=int,
+        default=None,
+        help="the preset's block counts at this width (e.g. 8: a cheap network for memory tests)",
+    )
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--precision', default='fp32')
     parser.add_argument('--max-pixels', type=int, default=None)
@@ -52,9 +57,11 @@ def main():
     import torch
 
     w, h = (int(v) for v in args.size.lower().split('x'))
-    options = dict(max_pixels=args.max_pixels or enhance.DEFAULT_MAX_PIXELS,
-                   overlap=enhance.DEFAULT_OVERLAP if args.overlap is None else args.overlap,
-                   stat_passes=enhance.DEFAULT_STAT_PASSES if args.stat_passes is None else args.stat_passes)
+    options = dict(
+        max_pixels=args.max_pixels or enhance.DEFAULT_MAX_PIXELS,
+        overlap=enhance.DEFAULT_OVERLAP if args.overlap is None else args.overlap,
+        stat_passes=enhance.DEFAULT_STAT_PASSES if args.stat_passes is None else args.stat_passes,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         rng = np.random.default_rng(0)
         small = (rng.random((h // 50 + 1, w // 50 + 1, 3)) * 70).astype(np.uint8)
@@ -69,13 +76,17 @@ def main():
         base = current_rss_gb()
         plan = enhance.Tiling(None, options['overlap'], options['max_pixels']).plan(h, w, net.padder_size)
         network = f'preset {args.preset}' + (f' at width {args.width}' if args.width else '')
-        print(f'{w}x{h} ({w * h / 1e6:.1f} MP), {network}, {args.device}, {args.precision}, '
-              f'torch threads {torch.get_num_threads()}; {len(plan)} tiles of about '
-              f'{plan.ys[0][1]}x{plan.xs[0][1]}, overlap >= {options["overlap"]}, '
-              f'{options["stat_passes"]} statistics pass(es); RSS after loading: {base:.2f} GB', flush=True)
+        print(
+            f'{w}x{h} ({w * h / 1e6:.1f} MP), {network}, {args.device}, {args.precision}, '
+            f'torch threads {torch.get_num_threads()}; {len(plan)} tiles of about '
+            f'{plan.ys[0][1]}x{plan.xs[0][1]}, overlap >= {options["overlap"]}, '
+            f'{options["stat_passes"]} statistics pass(es); RSS after loading: {base:.2f} GB',
+            flush=True,
+        )
         start = time.perf_counter()
-        summary = enhance.enhance_paths([os.path.join(tmp, 'photo.png')], os.path.join(tmp, 'out'), net,
-                                        precision=args.precision, **options)
+        summary = enhance.enhance_paths(
+            [os.path.join(tmp, 'photo.png')], os.path.join(tmp, 'out'), net, precision=args.precision, **options
+        )
         wall = time.perf_counter() - start
     if summary.failed:
         print(f'failed: {summary.failed}')

@@ -24,6 +24,7 @@ only grows within a process). Examples::
 Sizes are ``WIDTHxHEIGHT``. ``--device cuda`` measures on a GPU (fp16 autocast added there, cuDNN
 autotuning on, peak CUDA memory instead of RSS).
 """
+
 import argparse
 import functools
 import json
@@ -110,9 +111,12 @@ def report(title, names, walls, cpus, bases):
             r[f'vs {base}'] = v = dict(
                 paired_ratio=statistics.median(paired),
                 ratio_of_medians=statistics.median(walls[base]) / statistics.median(walls[name]),
-                cpu_paired_ratio=statistics.median(paired_cpu))
-            print(f'    {"":14s}   speed-up vs {base:14s} paired {v["paired_ratio"]:5.2f}x  of medians '
-                  f'{v["ratio_of_medians"]:5.2f}x  (cpu time {v["cpu_paired_ratio"]:5.2f}x)')
+                cpu_paired_ratio=statistics.median(paired_cpu),
+            )
+            print(
+                f'    {"":14s}   speed-up vs {base:14s} paired {v["paired_ratio"]:5.2f}x  of medians '
+                f'{v["ratio_of_medians"]:5.2f}x  (cpu time {v["cpu_paired_ratio"]:5.2f}x)'
+            )
     return rows
 
 
@@ -165,8 +169,10 @@ def bench_inference(preset, size, args, device):
         rows[name]['max_abs_diff'] = (outputs[name] - ref).abs().max().item()
         rows[name]['psnr_db'] = psnr(outputs[name], ref)
         if name != 'plain fp32':
-            print(f'    {name:14s} vs plain fp32: max |diff| {rows[name]["max_abs_diff"]:.2e}  '
-                  f'PSNR {rows[name]["psnr_db"]:.1f} dB')
+            print(
+                f'    {name:14s} vs plain fp32: max |diff| {rows[name]["max_abs_diff"]:.2e}  '
+                f'PSNR {rows[name]["psnr_db"]:.1f} dB'
+            )
     if args.memory and device.type == 'cpu':
         for name in modes:
             rows[name]['peak_rss_mb'] = child_peak(args, 'infer', preset, size, name, modes[name][2])['peak_rss_mb']
@@ -179,8 +185,13 @@ def train_configs(device):
     configs = {'plain': (dict(fast=False), False)}
     if two_baselines(device):
         configs['plain+malloc'] = (dict(fast=False), True)
-    configs.update({'fast': (dict(fast=True), True), 'fast+ckpt': (dict(fast=True, checkpoint='block'), True),
-                    'fast+ckpt:exp': (dict(fast=True, checkpoint='expert'), True)})
+    configs.update(
+        {
+            'fast': (dict(fast=True), True),
+            'fast+ckpt': (dict(fast=True, checkpoint='block'), True),
+            'fast+ckpt:exp': (dict(fast=True, checkpoint='expert'), True),
+        }
+    )
     return configs
 
 
@@ -222,14 +233,18 @@ def bench_train(preset, args, device):
     nets = {name: make_net(preset, args.seed, **kw).to(device).train() for name, (kw, _) in configs.items()}
     opts = {name: torch.optim.AdamW(net.parameters(), lr=1e-4, betas=(0.9, 0.9)) for name, net in nets.items()}
     lq, gt = make_batch(args, device)
-    print(f'\n[training] preset {preset}, batch {args.train_batch} x {args.train_crop}^2, AdamW + PSNR loss, '
-          f'{args.train_runs} steps after 1 warm-up step')
+    print(
+        f'\n[training] preset {preset}, batch {args.train_batch} x {args.train_crop}^2, AdamW + PSNR loss, '
+        f'{args.train_runs} steps after 1 warm-up step'
+    )
     agreement = grad_agreement(nets, lq, gt)
     for name in configs:
         if name.startswith('fast'):
             a = agreement[name]
-            print(f'    {name:14s} gradients vs plain: max per-parameter relative {a["max_param_rel"]:.2e}, '
-                  f'global relative {a["global_rel"]:.2e}')
+            print(
+                f'    {name:14s} gradients vs plain: max per-parameter relative {a["max_param_rel"]:.2e}, '
+                f'global relative {a["global_rel"]:.2e}'
+            )
     for name in configs:
         train_step(nets[name], opts[name], lq, gt, configs[name][1])
     walls, cpus = {n: [] for n in configs}, {n: [] for n in configs}
@@ -248,33 +263,53 @@ def bench_train(preset, args, device):
             torch.cuda.reset_peak_memory_stats(device)
             train_step(nets[name], opts[name], lq, gt)
             rows[name]['peak_cuda_mb'] = torch.cuda.max_memory_allocated(device) / 2**20
-            print(f'    {name:14s} peak CUDA memory {rows[name]["peak_cuda_mb"]:8.0f} MB, '
-                  f'{rows[name]["peak_cuda_mb"] / rows["plain"]["peak_cuda_mb"]:.2f}x plain')
+            print(
+                f'    {name:14s} peak CUDA memory {rows[name]["peak_cuda_mb"]:8.0f} MB, '
+                f'{rows[name]["peak_cuda_mb"] / rows["plain"]["peak_cuda_mb"]:.2f}x plain'
+            )
     del nets, opts
     if args.memory and device.type == 'cpu':
         # Every configuration under both allocator settings: ratios compare like with like.
         names = [n for n in configs if n != 'plain+malloc']
         settings = [False, True] if MALLOC_TUNED else [False]
         for name in names:
-            rows[name]['memory'] = {('tuned' if t else 'plain'): child_peak(args, 'train', preset, None, name, t)
-                                    for t in settings}
-        for key, what in (('peak_rss_mb', 'peak RSS of the process'),
-                          ('train_mb', 'training memory (peak RSS - RSS after imports: weights, gradients, '
-                                       'optimizer state, activations)')):
+            rows[name]['memory'] = {
+                ('tuned' if t else 'plain'): child_peak(args, 'train', preset, None, name, t) for t in settings
+            }
+        for key, what in (
+            ('peak_rss_mb', 'peak RSS of the process'),
+            (
+                'train_mb',
+                'training memory (peak RSS - RSS after imports: weights, gradients, optimizer state, activations)',
+            ),
+        ):
             print(f'    {what}, one training step in a fresh process, MB (ratio to plain, to fast):')
             for setting in rows['plain']['memory']:
                 mb = {n: rows[n]['memory'][setting][key] for n in names}
-                print(f'      allocator {setting:5s}: ' + ', '.join(
-                    f'{n} {v:.0f} ({v / mb["plain"]:.2f}x, {v / mb["fast"]:.2f}x)' for n, v in mb.items()))
+                print(
+                    f'      allocator {setting:5s}: '
+                    + ', '.join(f'{n} {v:.0f} ({v / mb["plain"]:.2f}x, {v / mb["fast"]:.2f}x)' for n, v in mb.items())
+                )
     return rows
 
 
 def child_peak(args, part, preset, size, name, tuned):
     """Peak RSS (MB) of a fresh process that runs one configuration once, allocator tuned or not."""
     env = dict(os.environ, GMMOE_MALLOC='on' if tuned else 'off')
-    cmd = [sys.executable, os.path.abspath(__file__), '--child', json.dumps([part, preset, size, name]),
-           '--seed', str(args.seed), '--train-batch', str(args.train_batch), '--train-crop', str(args.train_crop),
-           '--device', args.device]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        '--child',
+        json.dumps([part, preset, size, name]),
+        '--seed',
+        str(args.seed),
+        '--train-batch',
+        str(args.train_batch),
+        '--train-crop',
+        str(args.train_crop),
+        '--device',
+        args.device,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         raise RuntimeError(f'memory child {part}/{name} failed:\n{done.stderr[-2000:]}')
@@ -306,9 +341,12 @@ def rss_mb(field):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--parts', default='infer,train,released',
-                   help='comma-separated: infer (paper preset), train (paper preset), released (released preset, '
-                        'inference at --released-size)')
+    p.add_argument(
+        '--parts',
+        default='infer,train,released',
+        help='comma-separated: infer (paper preset), train (paper preset), released (released preset, '
+        'inference at --released-size)',
+    )
     p.add_argument('--sizes', default='600x400,1024x1024', help='paper-preset inference sizes, WIDTHxHEIGHT,...')
     p.add_argument('--released-size', type=parse_size, default=(256, 256))
     p.add_argument('--runs', type=int, default=5)
@@ -345,14 +383,23 @@ def main(argv=None):
         torch.backends.cudnn.benchmark = True
     if args.child:
         return run_child(args.child, args, device)
-    cpu = next((line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name')),
-               'unknown') if os.path.exists('/proc/cpuinfo') else 'unknown'
-    print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, CPU: {cpu}, device: {device}'
-          + (f' ({torch.cuda.get_device_name(device)})' if device.type == 'cuda' else '')
-          + f', allocator tuned: {MALLOC_TUNED}, load average at start: {os.getloadavg()[0]:.1f}')
+    cpu = (
+        next(
+            (line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name')),
+            'unknown',
+        )
+        if os.path.exists('/proc/cpuinfo')
+        else 'unknown'
+    )
+    print(
+        f'torch {torch.__version__}, {torch.get_num_threads()} threads, CPU: {cpu}, device: {device}'
+        + (f' ({torch.cuda.get_device_name(device)})' if device.type == 'cuda' else '')
+        + f', allocator tuned: {MALLOC_TUNED}, load average at start: {os.getloadavg()[0]:.1f}'
+    )
     # a private torch API that failed its self-check makes the fast path slower: say which ones are in use
-    print('private torch APIs: ' + ', '.join(f'{a.name} {"in use" if a.uses_private else "FALLBACK"}'
-                                              for a in ADAPTERS))
+    print(
+        'private torch APIs: ' + ', '.join(f'{a.name} {"in use" if a.uses_private else "FALLBACK"}' for a in ADAPTERS)
+    )
     results = dict(torch=torch.__version__, cpu=cpu, malloc_tuned=MALLOC_TUNED, args=vars(args).copy())
     results['args']['sizes'] = [list(s) for s in args.sizes]
     if 'infer' in args.parts:

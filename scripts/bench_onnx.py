@@ -5,8 +5,8 @@ Exports the network (default: the paper preset, random weights with every branch
 ``--model`` of the same preset and seed is reused), and times one fp32 forward of a
 ``(1, 3, H, W)`` input in three ways: PyTorch's straightforward path (``fast=False``, what the model
 was exported from), PyTorch's default CPU path (``fast='auto'``: the fast path) and onnxruntime's CPU
-provider (all graph optimisations), both with ``--threads`` intra-op threads (default: torch's). Each run times the three
-in a rotated order; it prints the medians over ``--runs`` runs after a warm-up, the ratios paired
+provider (all graph optimisations), both with ``--threads`` intra-op threads (default: torch's). Each run
+times the three in a rotated order; it prints the medians over ``--runs`` runs after a warm-up, the ratios paired
 run by run (median of the per-run ratios), and max |diff| of each output against the straightforward
 path. The allocator tuning the ``gmmoe`` command applies is on (``GMMOE_MALLOC=off`` switches it off).
 Examples::
@@ -14,6 +14,7 @@ Examples::
     python scripts/bench_onnx.py                          # paper preset, 600x400, 7 runs
     python scripts/bench_onnx.py --model /tmp/paper.onnx --threads 1 --runs 11
 """
+
 import argparse
 import os
 import shutil
@@ -84,10 +85,14 @@ def benchmark(net, path, args):
             net.set_fast(fast)
             with torch.no_grad():
                 return net(x).numpy()
+
         return run
 
-    ways = {'torch plain': torch_path(False), 'torch fast': torch_path('auto'),
-            'onnxruntime': lambda: session.run(None, feed)[0]}
+    ways = {
+        'torch plain': torch_path(False),
+        'torch fast': torch_path('auto'),
+        'onnxruntime': lambda: session.run(None, feed)[0],
+    }
     outputs = {name: fn() for name, fn in ways.items()}  # warm-up (fast-path weights, ORT's first-run setup)
     reference = outputs['torch plain']
     for name, out in outputs.items():
@@ -95,16 +100,20 @@ def benchmark(net, path, args):
     times = {name: [] for name in ways}
     names = list(ways)
     for run in range(args.runs):
-        for name in names[run % len(names):] + names[:run % len(names)]:
+        for name in names[run % len(names) :] + names[: run % len(names)]:
             times[name].append(timed(ways[name])[0])
-    print(f'{args.preset} preset, 1x3x{h}x{w} fp32, {torch.get_num_threads()} threads, {args.runs} runs '
-          f'(torch {torch.__version__}, onnxruntime {ort.__version__}):')
+    print(
+        f'{args.preset} preset, 1x3x{h}x{w} fp32, {torch.get_num_threads()} threads, {args.runs} runs '
+        f'(torch {torch.__version__}, onnxruntime {ort.__version__}):'
+    )
     for name, ts in times.items():
         print(f'  {name:12s} median {statistics.median(ts):.3f} s  (min {min(ts):.3f}, max {max(ts):.3f})')
     for base in ('torch plain', 'torch fast'):
         ratios = [b / o for b, o in zip(times[base], times['onnxruntime'])]
-        print(f'  onnxruntime speed-up over {base}: {statistics.median(ratios):.2f}x '
-              f'(paired, range {min(ratios):.2f}-{max(ratios):.2f}x)')
+        print(
+            f'  onnxruntime speed-up over {base}: {statistics.median(ratios):.2f}x '
+            f'(paired, range {min(ratios):.2f}-{max(ratios):.2f}x)'
+        )
 
 
 if __name__ == '__main__':

@@ -9,6 +9,7 @@ first offered to the hook's finder). Wall time of a process is noisy on a loaded
 reads ``python -X importtime -c pass``: the time of ``site`` (which processes the .pth files) in both venvs and the
 hook module's own import time. Run: ``.venv/bin/python scripts/bench_startup.py [--runs 60]``.
 """
+
 import argparse
 import importlib.util
 import py_compile
@@ -22,10 +23,12 @@ import time
 from pathlib import Path
 
 HOOK = 'gmmoe_basicsr_hook'
-STDLIB_PROGRAM = ('import argparse, asyncio, calendar, concurrent.futures, csv, dataclasses, decimal, difflib, '
-                  'email.message, fractions, http.client, json, logging, pprint, shutil, statistics, subprocess, '
-                  'tarfile, tempfile, textwrap, threading, typing, unittest, urllib.request, uuid, '
-                  'xml.etree.ElementTree, zipfile; import sys; print(len(sys.modules))')
+STDLIB_PROGRAM = (
+    'import argparse, asyncio, calendar, concurrent.futures, csv, dataclasses, decimal, difflib, '
+    'email.message, fractions, http.client, json, logging, pprint, shutil, statistics, subprocess, '
+    'tarfile, tempfile, textwrap, threading, typing, unittest, urllib.request, uuid, '
+    'xml.etree.ElementTree, zipfile; import sys; print(len(sys.modules))'
+)
 CLEAN_ENV = {'PATH': '/usr/bin:/bin'}  # no PYTHON* variables: same interpreter settings in both venvs
 
 
@@ -42,8 +45,12 @@ def make_venv(path):
     """A venv without pip; returns its python and site-packages."""
     subprocess.run([sys.executable, '-m', 'venv', '--without-pip', str(path)], check=True)
     python = path / 'bin' / 'python'
-    site = subprocess.run([str(python), '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'],
-                          check=True, capture_output=True, text=True).stdout.strip()
+    site = subprocess.run(
+        [str(python), '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     return python, Path(site)
 
 
@@ -63,8 +70,13 @@ def import_times(pythons, module, runs):
     times = {python: [] for python in pythons}
     for _ in range(runs):
         for python in pythons:
-            err = subprocess.run([str(python), '-X', 'importtime', '-c', 'pass'], check=True, capture_output=True,
-                                 text=True, env=CLEAN_ENV).stderr
+            err = subprocess.run(
+                [str(python), '-X', 'importtime', '-c', 'pass'],
+                check=True,
+                capture_output=True,
+                text=True,
+                env=CLEAN_ENV,
+            ).stderr
             fields = next(line.split('|') for line in err.splitlines() if line.split('|')[-1].strip() == module)
             times[python].append(int(fields[1]))
     return times
@@ -73,8 +85,10 @@ def import_times(pythons, module, runs):
 def print_row(name, without, with_hook, scale, unit):
     """One line: median / min of both series (times ``scale``, in ``unit``) and the with/without ratios."""
     (med_0, min_0), (med_1, min_1) = ((statistics.median(t), min(t)) for t in (without, with_hook))
-    print(f'{name + " (" + unit + ")":<36}{med_0 * scale:>9.1f} /{min_0 * scale:>7.1f}{med_1 * scale:>11.1f} /'
-          f'{min_1 * scale:>7.1f}{med_1 / med_0:>11.3f}{min_1 / min_0:>11.3f}')
+    print(
+        f'{name + " (" + unit + ")":<36}{med_0 * scale:>9.1f} /{min_0 * scale:>7.1f}{med_1 * scale:>11.1f} /'
+        f'{min_1 * scale:>7.1f}{med_1 / med_0:>11.3f}{min_1 / min_0:>11.3f}'
+    )
 
 
 def main():
@@ -87,8 +101,12 @@ def main():
         with_hook, site = make_venv(Path(tmp) / 'with')
         shutil.copy(pth, site / pth.name)
         py_compile.compile(str(shutil.copy(module, site / module.name)), doraise=True)  # as pip does on install
-        check = subprocess.run([str(with_hook), '-c', 'import sys; print(type(sys.meta_path[0]).__name__)'],
-                               check=True, capture_output=True, text=True).stdout.strip()
+        check = subprocess.run(
+            [str(with_hook), '-c', 'import sys; print(type(sys.meta_path[0]).__name__)'],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         assert check == 'BasicsrHookFinder', f'the hook did not install in the scratch venv: {check}'
 
         print(f'start-up with / without the basicsr hook, {args.runs} interleaved runs each')
@@ -101,6 +119,7 @@ def main():
         print_row('site import, all .pth files', times[without], times[with_hook], 1, 'us')
         hook = import_times([with_hook], HOOK, args.runs)[with_hook]
         print(f'{HOOK} import alone: median {statistics.median(hook):.0f} us, min {min(hook)} us')
+
 
 if __name__ == '__main__':
     main()

@@ -12,6 +12,7 @@
 
 Exits with 1 when GM-MoE misses the demo's targets (>= 8 dB over the input, above both baselines).
 """
+
 import argparse
 import os
 import shutil
@@ -91,8 +92,12 @@ def evaluate(data_dir, results_dir):
 
 
 def table(names, means):
-    lines = [f'Validation images: {", ".join(names)} (RGB, whole image, no offsets)', '',
-             '| method | PSNR (dB) | SSIM |', '|---|---|---|']
+    lines = [
+        f'Validation images: {", ".join(names)} (RGB, whole image, no offsets)',
+        '',
+        '| method | PSNR (dB) | SSIM |',
+        '|---|---|---|',
+    ]
     lines += [f'| {m} | {p:.2f} | {s:.4f} |' for m, (p, s) in means.items()]
     return '\n'.join(lines)
 
@@ -122,11 +127,16 @@ def grid(rows, path, height=220, gap=4):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--out', default='demo_output',
-                        help='folder for data, experiments, results (default demo_output)')
-    parser.add_argument('--threads', type=int, default=1,
-                        help='CPU threads for training and testing (default 1: the demo network is small, and '
-                        'two threads on a busy 2-core machine ran 4-30x slower); 0 leaves it to torch')
+    parser.add_argument(
+        '--out', default='demo_output', help='folder for data, experiments, results (default demo_output)'
+    )
+    parser.add_argument(
+        '--threads',
+        type=int,
+        default=1,
+        help='CPU threads for training and testing (default 1: the demo network is small, and '
+        'two threads on a busy 2-core machine ran 4-30x slower); 0 leaves it to torch',
+    )
     args = parser.parse_args(argv)
     out = os.path.abspath(args.out)
     data_dir = os.path.join(out, 'datasets', 'demo')
@@ -138,8 +148,11 @@ def main(argv=None):
 
     print(f'[1/4] demo data -> {data_dir}', flush=True)
     record = demo_data.build(data_dir)
-    print(f'  {len(record["train"])} training pairs, {len(record["val"])} validation pairs '
-          f'({time.monotonic() - start:.0f} s)', flush=True)
+    print(
+        f'  {len(record["train"])} training pairs, {len(record["val"])} validation pairs '
+        f'({time.monotonic() - start:.0f} s)',
+        flush=True,
+    )
 
     for stale in (os.path.join(out, 'experiments', TRAIN_NAME), os.path.join(out, 'results', TEST_NAME)):
         shutil.rmtree(stale, ignore_errors=True)  # a rerun starts from scratch instead of archiving
@@ -156,9 +169,11 @@ def main(argv=None):
     gain = means['GM-MoE'][0] - means['input'][0]
     best_baseline = max(means['gamma correction'][0], means['CLAHE'][0])
     met = gain >= TARGET_GAIN_DB and means['GM-MoE'][0] > best_baseline
-    verdict = (f'GM-MoE: +{gain:.2f} dB over the input (target >= {TARGET_GAIN_DB:.0f}), '
-               f'{means["GM-MoE"][0] - best_baseline:+.2f} dB over the best baseline: '
-               + ('targets met' if met else 'TARGETS MISSED'))
+    verdict = (
+        f'GM-MoE: +{gain:.2f} dB over the input (target >= {TARGET_GAIN_DB:.0f}), '
+        f'{means["GM-MoE"][0] - best_baseline:+.2f} dB over the best baseline: '
+        + ('targets met' if met else 'TARGETS MISSED')
+    )
     grid_path, table_path = os.path.join(out, 'demo_grid.png'), os.path.join(out, 'demo_table.md')
     grid(rows, grid_path)
     total = time.monotonic() - start
@@ -166,11 +181,13 @@ def main(argv=None):
         f.write(f'{text}\n\n{verdict}\n\nTraining {t_train:.0f} s, testing {t_test:.0f} s, total {total:.0f} s.\n')
     print(f'\n{text}\n\n{verdict}\n')
     print(f'total {total:.0f} s (training {t_train:.0f} s, testing {t_test:.0f} s)')
-    print(f'table:        {table_path}\ngrid:         {grid_path}\n'
-          f'data:         {data_dir} (LMDB in {os.path.join(data_dir, "lmdb")})\n'
-          f'model:        {os.path.join(out, "experiments", TRAIN_NAME, "models", "net_g_latest.pth")}\n'
-          f'enhanced:     {results_dir}\nlogs:         {os.path.join(out, "logs")}, '
-          f'{os.path.join(out, "experiments", TRAIN_NAME)}')
+    print(
+        f'table:        {table_path}\ngrid:         {grid_path}\n'
+        f'data:         {data_dir} (LMDB in {os.path.join(data_dir, "lmdb")})\n'
+        f'model:        {os.path.join(out, "experiments", TRAIN_NAME, "models", "net_g_latest.pth")}\n'
+        f'enhanced:     {results_dir}\nlogs:         {os.path.join(out, "logs")}, '
+        f'{os.path.join(out, "experiments", TRAIN_NAME)}'
+    )
     return 0 if met else 1
 
 

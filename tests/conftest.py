@@ -3,10 +3,12 @@
 The reference vectors in ``tests/reference`` are copies of the released network's test vectors (see its README).
 Helper functions live in ``helpers.py``.
 """
+
 import os
 import subprocess
 
 import pytest
+
 from helpers import REFERENCE, REPO, TINY_PLUGIN, can_mount_tmpfs
 
 

@@ -4,13 +4,14 @@
 unchanged command on every rank and saves each rank's final ``net_g`` state dict to
 ``DUMP_DIR/rank<RANK>.pth`` (BasicSR itself saves rank 0's only).
 """
+
 import os
 import sys
 
-import torch
-import gmmoe_arch  # noqa: F401,I001  (first: applies the basicsr compat patches)
 import basicsr.train
+import torch
 
+import gmmoe_arch  # noqa: F401,I001  (first: applies the basicsr compat patches)
 from gmmoe_arch import cli
 
 
@@ -27,8 +28,9 @@ def main():
     code = cli.main(argv)
     if code == 0:
         model = built[0]
-        torch.save(model.get_bare_model(model.net_g).state_dict(),
-                   os.path.join(dump, f'rank{os.environ.get("RANK", "0")}.pth'))
+        torch.save(
+            model.get_bare_model(model.net_g).state_dict(), os.path.join(dump, f'rank{os.environ.get("RANK", "0")}.pth')
+        )
     return code
 
 

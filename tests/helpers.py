@@ -1,6 +1,7 @@
 """Helpers shared by the tests (fixtures are in conftest.py): the reference network, tiny training runs,
 paired images and option files, and fault injection. Test modules import them with ``from helpers import ...``.
 """
+
 import contextlib
 import os
 import shutil
@@ -47,8 +48,14 @@ class TinyPlugNet(nn.Module):
 
 def run_basicsr(args, cwd, env, timeout=300):
     """The ``basicsr`` command (``python -m gmmoe_arch.cli``) with ``args``, output captured."""
-    return subprocess.run([sys.executable, '-m', 'gmmoe_arch.cli'] + args, cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, '-m', 'gmmoe_arch.cli'] + args,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def train_two_ranks(opt, cwd, env):
@@ -58,8 +65,20 @@ def train_two_ranks(opt, cwd, env):
 
     dump = cwd / 'rank_dump'
     dump.mkdir()
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-           str(Path(__file__).parent / 'ddp_rank_dump.py'), str(dump), 'train', '-opt', str(opt), '--launcher', 'pytorch']
+    cmd = [
+        sys.executable,
+        '-m',
+        'torch.distributed.run',
+        '--standalone',
+        '--nproc_per_node=2',
+        str(Path(__file__).parent / 'ddp_rank_dump.py'),
+        str(dump),
+        'train',
+        '-opt',
+        str(opt),
+        '--launcher',
+        'pytorch',
+    ]
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done, [torch.load(dump / f'rank{r}.pth', weights_only=True) for r in (0, 1)]
@@ -96,48 +115,88 @@ def write_pairs(root, n=4, size=(48, 40), seed=0):
 
 def tiny_train_options(data, name='tiny', total_iter=4, checkpoint_freq=2, model_type='SRModel'):
     """BasicSR train options for TinyPlugNet with BasicSR's own PairedImageDataset on ``data``."""
-    pairs = {'type': 'PairedImageDataset', 'dataroot_gt': str(data / 'gt'), 'dataroot_lq': str(data / 'lq'),
-             'filename_tmpl': '{}', 'io_backend': {'type': 'disk'}}
+    pairs = {
+        'type': 'PairedImageDataset',
+        'dataroot_gt': str(data / 'gt'),
+        'dataroot_lq': str(data / 'lq'),
+        'filename_tmpl': '{}',
+        'io_backend': {'type': 'disk'},
+    }
     return {
-        'name': name, 'model_type': model_type, 'scale': 1, 'num_gpu': 0, 'manual_seed': 10,
+        'name': name,
+        'model_type': model_type,
+        'scale': 1,
+        'num_gpu': 0,
+        'manual_seed': 10,
         'datasets': {
-            'train': dict(pairs, name='gen_train', gt_size=32, use_hflip=False, use_rot=False,
-                          num_worker_per_gpu=0, batch_size_per_gpu=2, dataset_enlarge_ratio=1),
+            'train': dict(
+                pairs,
+                name='gen_train',
+                gt_size=32,
+                use_hflip=False,
+                use_rot=False,
+                num_worker_per_gpu=0,
+                batch_size_per_gpu=2,
+                dataset_enlarge_ratio=1,
+            ),
             'val': dict(pairs, name='gen_val'),
         },
         'network_g': {'type': 'TinyPlugNet'},
         'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
-        'train': {'ema_decay': 0, 'optim_g': {'type': 'Adam', 'lr': 1e-3},
-                  'scheduler': {'type': 'MultiStepLR', 'milestones': [1000], 'gamma': 0.5},
-                  'total_iter': total_iter, 'warmup_iter': -1,
-                  'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0, 'reduction': 'mean'}},
-        'val': {'val_freq': 1000, 'save_img': False,
-                'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': False},
-                            'ssim': {'type': 'calculate_ssim', 'crop_border': 0, 'test_y_channel': False}}},
+        'train': {
+            'ema_decay': 0,
+            'optim_g': {'type': 'Adam', 'lr': 1e-3},
+            'scheduler': {'type': 'MultiStepLR', 'milestones': [1000], 'gamma': 0.5},
+            'total_iter': total_iter,
+            'warmup_iter': -1,
+            'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0, 'reduction': 'mean'},
+        },
+        'val': {
+            'val_freq': 1000,
+            'save_img': False,
+            'metrics': {
+                'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': False},
+                'ssim': {'type': 'calculate_ssim', 'crop_border': 0, 'test_y_channel': False},
+            },
+        },
         'logger': {'print_freq': 1, 'save_checkpoint_freq': checkpoint_freq, 'use_tb_logger': False},
     }
 
 
 def tiny_gmmoe_options(data, name, total_iter, checkpoint_freq, val_freq=1000):
     """Train options: GMMoEModel, a width-4 GM-MoE, LLIEPairedDataset, PSNR loss, AdamW, clipping."""
-    pairs = {'type': 'LLIEPairedDataset', 'dataroot_lq': str(data / 'lq'), 'dataroot_gt': str(data / 'gt'),
-             'io_backend': {'type': 'disk'}}
+    pairs = {
+        'type': 'LLIEPairedDataset',
+        'dataroot_lq': str(data / 'lq'),
+        'dataroot_gt': str(data / 'gt'),
+        'io_backend': {'type': 'disk'},
+    }
     return {
-        'name': name, 'model_type': 'GMMoEModel', 'num_gpu': 0, 'manual_seed': 10,
+        'name': name,
+        'model_type': 'GMMoEModel',
+        'num_gpu': 0,
+        'manual_seed': 10,
         'datasets': {
             'train': dict(pairs, name='tiny_train', gt_size=32, num_worker_per_gpu=0, batch_size_per_gpu=2),
             'val': dict(pairs, name='tiny_val'),
         },
-        'network_g': {'type': 'GMMoE', 'width': 4, 'enc_blk_nums': [1, 1], 'middle_blk_num': 1,
-                      'dec_blk_nums': [1, 1]},
+        'network_g': {'type': 'GMMoE', 'width': 4, 'enc_blk_nums': [1, 1], 'middle_blk_num': 1, 'dec_blk_nums': [1, 1]},
         'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
-        'train': {'optim_g': {'type': 'AdamW', 'lr': 1e-3, 'betas': [0.9, 0.9], 'weight_decay': 0},
-                  'scheduler': {'type': 'CosineAnnealingRestartLR', 'periods': [total_iter], 'eta_min': 1e-7},
-                  'total_iter': total_iter, 'pixel_opt': {'type': 'PSNRLoss', 'loss_weight': 1.0},
-                  'grad_clip': {'max_norm': 1.0}},
-        'val': {'val_freq': val_freq, 'save_img': False,
-                'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 0},
-                            'psnr_gt_mean': {'type': 'calculate_psnr_gt_mean', 'crop_border': 0}}},
+        'train': {
+            'optim_g': {'type': 'AdamW', 'lr': 1e-3, 'betas': [0.9, 0.9], 'weight_decay': 0},
+            'scheduler': {'type': 'CosineAnnealingRestartLR', 'periods': [total_iter], 'eta_min': 1e-7},
+            'total_iter': total_iter,
+            'pixel_opt': {'type': 'PSNRLoss', 'loss_weight': 1.0},
+            'grad_clip': {'max_norm': 1.0},
+        },
+        'val': {
+            'val_freq': val_freq,
+            'save_img': False,
+            'metrics': {
+                'psnr': {'type': 'calculate_psnr', 'crop_border': 0},
+                'psnr_gt_mean': {'type': 'calculate_psnr_gt_mean', 'crop_border': 0},
+            },
+        },
         'logger': {'print_freq': 1, 'save_checkpoint_freq': checkpoint_freq, 'use_tb_logger': False},
     }
 
@@ -152,6 +211,7 @@ def write_yaml(path, opt):
 # Fault injection (tests/faults): a small disk that fills up. ``small_disk`` (conftest) mounts a tmpfs
 # (root can; CI runs as root); ``enospc_writes`` fails in-process writes with ENOSPC once a byte budget
 # under a folder is spent, for where no mount is possible.
+
 
 def can_mount_tmpfs():
     """True when this process may mount a tmpfs (root with CAP_SYS_ADMIN, mount(8) present)."""
@@ -206,8 +266,7 @@ def enospc_writes(folder, limit=0):
             buffered = io.BufferedWriter(raw) if '+' not in mode else io.BufferedRandom(raw)
             if 'b' in mode:
                 return buffered
-            return io.TextIOWrapper(buffered, encoding=kwargs.get('encoding') or 'utf-8',
-                                    newline=kwargs.get('newline'))
+            return io.TextIOWrapper(buffered, encoding=kwargs.get('encoding') or 'utf-8', newline=kwargs.get('newline'))
         return real_open(file, mode, *args, **kwargs)
 
     def fake_os_open(path, flags, *args, **kwargs):

@@ -1,14 +1,18 @@
 """The ``basicsr`` command: BasicSR's own pipelines with plug-ins, and clear errors for bad option files."""
+
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_basicsr as run, tiny_train_options, write_pairs, write_yaml
 
 from gmmoe_arch import cli
 from gmmoe_arch.data.image_io import DataError
+
+from helpers import run_basicsr as run
+from helpers import tiny_train_options, write_pairs, write_yaml
+
 
 @pytest.mark.slow
 def test_train_then_test_with_basicsr_pipelines(tmp_path, plugin_env):
@@ -26,9 +30,16 @@ def test_train_then_test_with_basicsr_pipelines(tmp_path, plugin_env):
     test_opt = tiny_train_options(data)
     test_opt = {k: test_opt[k] for k in ('name', 'model_type', 'scale', 'num_gpu', 'network_g', 'val')}
     test_opt['name'] = 'tiny_test'
-    test_opt['datasets'] = {'test_1': {'name': 'gen_test', 'type': 'PairedImageDataset', 'filename_tmpl': '{}',
-                                       'dataroot_gt': str(data / 'gt'), 'dataroot_lq': str(data / 'lq'),
-                                       'io_backend': {'type': 'disk'}}}
+    test_opt['datasets'] = {
+        'test_1': {
+            'name': 'gen_test',
+            'type': 'PairedImageDataset',
+            'filename_tmpl': '{}',
+            'dataroot_gt': str(data / 'gt'),
+            'dataroot_lq': str(data / 'lq'),
+            'io_backend': {'type': 'disk'},
+        }
+    }
     test_opt['path'] = {'pretrain_network_g': str(exp / 'models' / 'net_g_latest.pth'), 'strict_load_g': True}
     done = run(['test', '-opt', str(write_yaml(tmp_path / 'test.yml', test_opt))], tmp_path, plugin_env)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -60,14 +71,20 @@ def test_console_script_is_installed():
     assert out.returncode == 0 and '-opt' in out.stdout
 
 
-@pytest.mark.parametrize('content,message', [
-    (None, 'option file not found'),
-    ('name: [unclosed\n', 'is not valid YAML'),
-    ('- just\n- a list\n', 'expected a mapping'),
-    ('name: x\nmodel_type: SRModel\n', 'missing key(s) num_gpu, datasets'),
-    ('name: x\nmodel_type: SRModel\nnum_gpu: 1\ndatasets: {val: {}}\nnetwork_g: {}\npath: {}\ntrain: {}\n'
-     'logger: {}\n', 'num_gpu: 1 but this machine has 0 CUDA'),
-])
+@pytest.mark.parametrize(
+    'content,message',
+    [
+        (None, 'option file not found'),
+        ('name: [unclosed\n', 'is not valid YAML'),
+        ('- just\n- a list\n', 'expected a mapping'),
+        ('name: x\nmodel_type: SRModel\n', 'missing key(s) num_gpu, datasets'),
+        (
+            'name: x\nmodel_type: SRModel\nnum_gpu: 1\ndatasets: {val: {}}\nnetwork_g: {}\npath: {}\ntrain: {}\n'
+            'logger: {}\n',
+            'num_gpu: 1 but this machine has 0 CUDA',
+        ),
+    ],
+)
 def test_bad_option_file_gives_a_clear_error(tmp_path, plugin_env, content, message):
     if torch.cuda.is_available() and 'CUDA' in message:
         pytest.skip('this case needs a machine without GPUs')

@@ -1,12 +1,14 @@
 """gmmoe_arch.compat: basicsr 1.4.2 on current torch/torchvision, on CPU (the two-rank gloo run is in
 tests/models/test_training_runs.py)."""
+
 import sys
 
 import pytest
 import torch
-from helpers import run_basicsr, tiny_train_options, write_pairs, write_yaml
 
 from gmmoe_arch import compat
+
+from helpers import run_basicsr, tiny_train_options, write_pairs, write_yaml
 
 
 def test_patches_applied_and_idempotent():
@@ -15,7 +17,8 @@ def test_patches_applied_and_idempotent():
 
     assert callable(ft.rgb_to_grayscale)
     assert {'functional_tensor', 'load_resume_state', 'init_dist', 'model_to_device', 'local-rank'} <= set(
-        compat.APPLIED)
+        compat.APPLIED
+    )
     assert compat.apply() == compat.APPLIED
     # the shim is in place now, so the check that decides whether to patch sees a working torchvision
     assert compat._patch_functional_tensor() is False
@@ -47,12 +50,18 @@ def test_resume_state_with_counter_loads_on_cpu(tmp_path):
     models = tmp_path / 'models'
     models.mkdir()
     for it in (2, 10, 4, 12):
-        torch.save({'epoch': 0, 'iter': it, 'optimizers': [optimizer.state_dict()],
-                    'schedulers': [scheduler.state_dict()]}, states / f'{it}.state')
+        torch.save(
+            {'epoch': 0, 'iter': it, 'optimizers': [optimizer.state_dict()], 'schedulers': [scheduler.state_dict()]},
+            states / f'{it}.state',
+        )
         torch.save({'params': net.state_dict()}, models / f'net_g_{it}.pth')
     (models / 'net_g_12.pth').unlink()  # a state whose network checkpoint is missing is no pair
-    opt = {'name': 'x', 'auto_resume': True, 'network_g': {},
-           'path': {'training_states': str(states), 'models': str(tmp_path / 'models'), 'resume_state': None}}
+    opt = {
+        'name': 'x',
+        'auto_resume': True,
+        'network_g': {},
+        'path': {'training_states': str(states), 'models': str(tmp_path / 'models'), 'resume_state': None},
+    }
     state = compat.load_resume_state(opt)
     assert state['iter'] == 10 and opt['path']['resume_state'].endswith('10.state')
     assert state['schedulers'][0]['milestones'] == scheduler.state_dict()['milestones']
@@ -64,8 +73,12 @@ def test_resume_state_with_counter_loads_on_cpu(tmp_path):
     state = compat.load_resume_state(opt)
     assert state['iter'] == 10 and opt['path']['resume_state'].endswith('10.state')
 
-    opt = {'name': 'x', 'auto_resume': False, 'network_g': {},
-           'path': {'resume_state': str(states / '4.state'), 'models': str(tmp_path / 'models')}}
+    opt = {
+        'name': 'x',
+        'auto_resume': False,
+        'network_g': {},
+        'path': {'resume_state': str(states / '4.state'), 'models': str(tmp_path / 'models')},
+    }
     assert compat.load_resume_state(opt)['iter'] == 4
     opt['path']['resume_state'] = str(states / 'missing.state')
     with pytest.raises(FileNotFoundError, match='missing.state'):
@@ -92,8 +105,9 @@ def test_auto_resume_on_cpu_continues_to_the_planned_iteration(tmp_path, plugin_
     data = write_pairs(tmp_path / 'data')
     opt = write_yaml(tmp_path / 'train.yml', tiny_train_options(data, name='resume', total_iter=4))
     assert run_basicsr(['train', '-opt', str(opt)], tmp_path, plugin_env).returncode == 0
-    done = run_basicsr(['train', '-opt', str(opt), '--auto_resume', '--force_yml', 'train:total_iter=6'],
-                       tmp_path, plugin_env)
+    done = run_basicsr(
+        ['train', '-opt', str(opt), '--auto_resume', '--force_yml', 'train:total_iter=6'], tmp_path, plugin_env
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     exp = tmp_path / 'experiments' / 'resume'
     log = max(exp.glob('train_resume_*.log')).read_text()

@@ -1,4 +1,5 @@
 """The embedded demo: synthetic low-light data from scikit-image's photographs, and the demo's baselines."""
+
 import importlib.util
 import os
 from pathlib import Path
@@ -6,9 +7,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import gmmoe_arch  # noqa: F401,I001  (first: applies the basicsr compat patches, fills the registries)
 from basicsr.data import build_dataset
 
+import gmmoe_arch  # noqa: F401,I001  (first: applies the basicsr compat patches, fills the registries)
 from datasets_lmdb import demo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,9 +29,16 @@ def test_layout_disjoint_photos_and_lmdb(built):
     assert len(train) == 2 * len(demo.TRAIN_PHOTOS) == len(record['train'])
     assert sorted(os.listdir(out / 'eval15' / 'low')) == [f'{p}.png' for p in sorted(demo.VAL_PHOTOS)]
     for split, n in (('train', len(train)), ('val', len(demo.VAL_PHOTOS))):
-        dataset = build_dataset({'name': split, 'type': 'LLIEPairedDataset', 'phase': 'val',
-                                 'dataroot_lq': str(out / 'lmdb' / split / 'lq.lmdb'),
-                                 'dataroot_gt': str(out / 'lmdb' / split / 'gt.lmdb'), 'io_backend': {'type': 'lmdb'}})
+        dataset = build_dataset(
+            {
+                'name': split,
+                'type': 'LLIEPairedDataset',
+                'phase': 'val',
+                'dataroot_lq': str(out / 'lmdb' / split / 'lq.lmdb'),
+                'dataroot_gt': str(out / 'lmdb' / split / 'gt.lmdb'),
+                'io_backend': {'type': 'lmdb'},
+            }
+        )
         assert len(dataset) == n
         sample = dataset[0]
         assert max(sample['gt'].shape[1:]) <= (64 if split == 'train' else 48)
@@ -56,13 +64,18 @@ def test_second_build_keeps_everything(built):
 
 def test_degradation_physics_on_flat_patches():
     rng = np.random.default_rng(0)
-    params = {'exposure': 0.05, 'gains_rgb': [1.05, 1.0, 0.95], 'photons_white': 1000.0, 'read_noise': 0.001,
-              'gamma': 2.2}
+    params = {
+        'exposure': 0.05,
+        'gains_rgb': [1.05, 1.0, 0.95],
+        'photons_white': 1000.0,
+        'read_noise': 0.001,
+        'gamma': 2.2,
+    }
     means, spreads = [], []
     for level in (100, 200):
         flat = np.full((200, 200, 3), level, np.uint8)
         low = demo.degrade(flat, params, rng)
-        linear = (low.astype(np.float64) / 255)**params['gamma']  # undo the display gamma
+        linear = (low.astype(np.float64) / 255) ** params['gamma']  # undo the display gamma
         expected = demo.srgb_to_linear(level / 255) * params['exposure'] * np.asarray(params['gains_rgb'])
         np.testing.assert_allclose(linear.mean(axis=(0, 1)), expected, rtol=0.05)  # exposure and cast
         means.append(linear.mean())

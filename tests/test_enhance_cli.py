@@ -1,4 +1,5 @@
 """The ``gmmoe enhance`` command: exit codes, early errors, gate files, a real subprocess run."""
+
 import csv
 import json
 import os
@@ -29,9 +30,26 @@ def test_subprocess_run_writes_outputs_gates_and_fails_on_a_corrupt_file(photos,
     (photos / 'night' / 'corrupt.jpg').write_bytes(b'\xff\xd8\xff garbage')
     out, gates = tmp_path / 'out', tmp_path / 'gates.json'
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    proc = subprocess.run([sys.executable, '-m', 'gmmoe_arch.enhance_cli', 'enhance', str(photos), '-o', str(out),
-                           '--weights', str(reference_dir / 'gmmoe_w8_net_g.pth'), '--gates', str(gates),
-                           '--no-progress'], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            '-m',
+            'gmmoe_arch.enhance_cli',
+            'enhance',
+            str(photos),
+            '-o',
+            str(out),
+            '--weights',
+            str(reference_dir / 'gmmoe_w8_net_g.pth'),
+            '--gates',
+            str(gates),
+            '--no-progress',
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 1, proc.stderr
     assert 'corrupt.jpg' in proc.stderr and 'not a readable image' in proc.stderr
     assert '2 image(s) written' in proc.stdout and '1 failed' in proc.stdout
@@ -47,9 +65,26 @@ def test_subprocess_run_writes_outputs_gates_and_fails_on_a_corrupt_file(photos,
 
 def test_gates_csv_and_clean_exit(photos, reference_dir, tmp_path, capsys):
     gates = tmp_path / 'g.csv'
-    code = main(['enhance', str(photos / 'a.png'), '-o', str(tmp_path / 'out'), '--suffix', '_gm', '--gates',
-                 str(gates), '--weights', str(reference_dir / 'gmmoe_w8_net_g.pth'), '--max-pixels', '100',
-                 '--tile', '64', '--overlap', '16'])
+    code = main(
+        [
+            'enhance',
+            str(photos / 'a.png'),
+            '-o',
+            str(tmp_path / 'out'),
+            '--suffix',
+            '_gm',
+            '--gates',
+            str(gates),
+            '--weights',
+            str(reference_dir / 'gmmoe_w8_net_g.pth'),
+            '--max-pixels',
+            '100',
+            '--tile',
+            '64',
+            '--overlap',
+            '16',
+        ]
+    )
     assert code == 0
     assert (tmp_path / 'out' / 'a_gm.png').is_file()
     rows = list(csv.reader(gates.open()))
@@ -58,15 +93,18 @@ def test_gates_csv_and_clean_exit(photos, reference_dir, tmp_path, capsys):
     assert '1 image(s) written' in capsys.readouterr().out
 
 
-@pytest.mark.parametrize('extra, message', [
-    ([], 'no --weights given'),
-    (['--weights', 'missing.pth'], 'checkpoint missing.pth: no such file'),
-    (['--weights', '{ref}', '--preset', 'paper'], 'holds a width-8 network'),
-    (['--random-weights', '--gates', 'g.txt'], '--gates g.txt: the file name must end in .json or .csv'),
-    (['--random-weights', '--overlap', '600'], '--overlap 600: must be under half the tile side (512 px)'),
-    (['--random-weights', '--device', 'cpu', '--precision', 'fp16'], 'fp16 needs a CUDA device'),
-    (['--random-weights', '--max-image-pixels', '0'], '--max-image-pixels 0: must be positive'),
-])
+@pytest.mark.parametrize(
+    'extra, message',
+    [
+        ([], 'no --weights given'),
+        (['--weights', 'missing.pth'], 'checkpoint missing.pth: no such file'),
+        (['--weights', '{ref}', '--preset', 'paper'], 'holds a width-8 network'),
+        (['--random-weights', '--gates', 'g.txt'], '--gates g.txt: the file name must end in .json or .csv'),
+        (['--random-weights', '--overlap', '600'], '--overlap 600: must be under half the tile side (512 px)'),
+        (['--random-weights', '--device', 'cpu', '--precision', 'fp16'], 'fp16 needs a CUDA device'),
+        (['--random-weights', '--max-image-pixels', '0'], '--max-image-pixels 0: must be positive'),
+    ],
+)
 def test_usage_errors_come_before_any_work(photos, reference_dir, tmp_path, capsys, extra, message):
     extra = [e.format(ref=reference_dir / 'gmmoe_w8_net_g.pth') for e in extra]
     out = tmp_path / 'out'
@@ -80,16 +118,18 @@ def test_usage_errors_and_help_import_neither_torch_nor_basicsr():
     """The console entry point (``gmmoe_console.main``) parses before importing the package: a usage error
     and --help of ``gmmoe enhance`` need no torch, basicsr or gmmoe_arch (``gmmoe export``'s options come
     from the package)."""
-    script = ('import contextlib, io, sys\n'
-              'import gmmoe_console\n'
-              'codes = []\n'
-              'for argv in (["enhance"], ["enhance", "--help"], ["enhance", "x.png", "-o", "out", "--tile", "big"]):\n'
-              '    try:\n'
-              '        with contextlib.redirect_stdout(io.StringIO()):\n'
-              '            gmmoe_console.main(argv)\n'
-              '    except SystemExit as exit:\n'
-              '        codes.append(exit.code)\n'
-              'print(codes, sorted(m for m in ("torch", "basicsr", "cv2", "gmmoe_arch") if m in sys.modules))\n')
+    script = (
+        'import contextlib, io, sys\n'
+        'import gmmoe_console\n'
+        'codes = []\n'
+        'for argv in (["enhance"], ["enhance", "--help"], ["enhance", "x.png", "-o", "out", "--tile", "big"]):\n'
+        '    try:\n'
+        '        with contextlib.redirect_stdout(io.StringIO()):\n'
+        '            gmmoe_console.main(argv)\n'
+        '    except SystemExit as exit:\n'
+        '        codes.append(exit.code)\n'
+        'print(codes, sorted(m for m in ("torch", "basicsr", "cv2", "gmmoe_arch") if m in sys.modules))\n'
+    )
     done = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert done.stdout.strip() == '[2, 0, 2] []', done.stdout + done.stderr
     assert 'the following arguments are required: INPUT, -o/--output' in done.stderr
@@ -116,15 +156,43 @@ def test_each_check_runs_once_per_run_and_each_image_is_planned_once(photos, tmp
 
         monkeypatch.setattr(owner, name, counted)
 
-    for owner, name in [(enhance.Tiling, '__post_init__'), (enhance.Tiling, 'plan'), (enhance, 'check_writable'),
-                        (enhance, 'collect_jobs'), (enhance, 'resolve_device'), (loading, 'resolve_device'),
-                        (enhance, 'load_network')]:
+    for owner, name in [
+        (enhance.Tiling, '__post_init__'),
+        (enhance.Tiling, 'plan'),
+        (enhance, 'check_writable'),
+        (enhance, 'collect_jobs'),
+        (enhance, 'resolve_device'),
+        (loading, 'resolve_device'),
+        (enhance, 'load_network'),
+    ]:
         count(owner, name)
-    code = main(['enhance', str(photos), '-o', str(tmp_path / 'out'), '--random-weights', '--device', 'cpu',
-                 '--tile', '64', '--overlap', '8', '--no-progress', '--gates', str(tmp_path / 'g.json')])
+    code = main(
+        [
+            'enhance',
+            str(photos),
+            '-o',
+            str(tmp_path / 'out'),
+            '--random-weights',
+            '--device',
+            'cpu',
+            '--tile',
+            '64',
+            '--overlap',
+            '8',
+            '--no-progress',
+            '--gates',
+            str(tmp_path / 'g.json'),
+        ]
+    )
     assert code == 0
-    assert counts == {'__post_init__': 1, 'resolve_device': 1, 'collect_jobs': 1, 'check_writable': 2,
-                      'load_network': 1, 'plan': 2}
+    assert counts == {
+        '__post_init__': 1,
+        'resolve_device': 1,
+        'collect_jobs': 1,
+        'check_writable': 2,
+        'load_network': 1,
+        'plan': 2,
+    }
     assert order.index('load_network') > max(i for i, name in enumerate(order) if name == 'check_writable')
 
 
@@ -149,8 +217,13 @@ def test_export_subcommand_shares_the_network_options_and_dispatches(monkeypatch
     monkeypatch.setitem(sys.modules, 'gmmoe_arch.export', fake)
     assert main(['export', '--weights', 'w.pth', '--preset', 'paper', '-o', 'm.onnx']) == 7
     args = calls[0]
-    assert (args.weights, args.preset, args.opt, args.random_weights, args.output) == ('w.pth', 'paper', None, False,
-                                                                                        'm.onnx')
+    assert (args.weights, args.preset, args.opt, args.random_weights, args.output) == (
+        'w.pth',
+        'paper',
+        None,
+        False,
+        'm.onnx',
+    )
     with pytest.raises(SystemExit):
         main(['export', '--weights', 'w.pth', '-o', 'm.onnx', '--tile', '64'])
     assert 'unrecognized arguments: --tile 64' in capsys.readouterr().err

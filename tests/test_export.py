@@ -4,17 +4,26 @@ One small network (2 levels, width 8, every expert branch active) is exported on
 command's own entry point, from a checkpoint whose size is read off its keys as ``gmmoe enhance``
 does; the size tests evaluate that one model.
 """
+
 import argparse
 
 import onnx
 import pytest
 import torch
-from helpers import activate_branches
 
 from gmmoe_arch import GMMoE
 from gmmoe_arch.archs import experts
-from gmmoe_arch.export import (FP32_TOLERANCE, MIN_OPSET, ExportError, add_export_arguments, check_onnx,
-                               export_command, parse_sizes)
+from gmmoe_arch.export import (
+    FP32_TOLERANCE,
+    MIN_OPSET,
+    ExportError,
+    add_export_arguments,
+    check_onnx,
+    export_command,
+    parse_sizes,
+)
+
+from helpers import activate_branches
 
 # (height, width). 1x1 and 37x53 take the colour expert's replicate-padded small-map path at their lowest
 # levels, 240x320 and 600x400 the unpadded one (the 4-level network's threshold is 240 px, this one's 60 px).
@@ -45,8 +54,9 @@ def exported(tmp_path_factory):
     folder = tmp_path_factory.mktemp('export')
     net = small_net()
     torch.save({'params': net.state_dict()}, folder / 'small.pth')
-    args = export_parser().parse_args(['--weights', str(folder / 'small.pth'), '-o', str(folder / 'out' / 'small.onnx'),
-                                       '--no-check'])
+    args = export_parser().parse_args(
+        ['--weights', str(folder / 'small.pth'), '-o', str(folder / 'out' / 'small.onnx'), '--no-check']
+    )
     status = export_command(args)
     return net, folder / 'out' / 'small.onnx', status
 
@@ -101,11 +111,13 @@ def run_export(argv, capsys):
 
 def test_user_errors_are_one_line_and_write_nothing(tmp_path, capsys):
     out = tmp_path / 'm.onnx'
-    cases = [(['--random-weights', '-o', str(out), '--opset', '13'], '--opset 13'),
-             (['--random-weights', '-o', str(out), '--check-sizes', '37by53'], '--check-sizes'),
-             (['--random-weights', '-o', str(tmp_path)], 'is a folder'),
-             (['--weights', str(tmp_path / 'missing.pth'), '-o', str(out)], 'missing.pth'),
-             (['-o', str(out)], '--weights')]
+    cases = [
+        (['--random-weights', '-o', str(out), '--opset', '13'], '--opset 13'),
+        (['--random-weights', '-o', str(out), '--check-sizes', '37by53'], '--check-sizes'),
+        (['--random-weights', '-o', str(tmp_path)], 'is a folder'),
+        (['--weights', str(tmp_path / 'missing.pth'), '-o', str(out)], 'missing.pth'),
+        (['-o', str(out)], '--weights'),
+    ]
     for argv, named in cases:
         status, err = run_export(argv, capsys)
         assert status == 2, argv

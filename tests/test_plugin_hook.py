@@ -5,6 +5,7 @@ variables) in a tmp directory, so only what pip installed is in play: upstream `
 ``python -m basicsr.test``, a Real-ESRGAN-shaped ``train.py``, registry misses filled from ``basicsr.plugins``,
 start-up without torch, and a regular and an editable install into a scratch venv, then uninstalled.
 """
+
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+
 from helpers import REPO, TINY_PLUGIN, write_pairs, write_yaml
 
 SITE_PACKAGES = Path(sysconfig.get_paths()['purelib'])
@@ -26,7 +28,8 @@ pytestmark = pytest.mark.slow  # interpreters, installs and training runs in sub
 @pytest.fixture(scope='module', autouse=True)
 def hook_installed():
     assert (SITE_PACKAGES / HOOK_PTH).is_file(), (
-        f'{HOOK_PTH} not in {SITE_PACKAGES}: reinstall the package (make install, or pip install -e .)')
+        f'{HOOK_PTH} not in {SITE_PACKAGES}: reinstall the package (make install, or pip install -e .)'
+    )
 
 
 def clean_env():
@@ -36,8 +39,9 @@ def clean_env():
 
 
 def run_python(args, cwd, python=sys.executable, timeout=300):
-    done = subprocess.run([str(python)] + args, cwd=cwd, env=clean_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    done = subprocess.run(
+        [str(python)] + args, cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=timeout
+    )
     assert done.returncode == 0, f'{args}: rc {done.returncode}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}'
     return done
 
@@ -45,16 +49,30 @@ def run_python(args, cwd, python=sys.executable, timeout=300):
 def tiny_gmmoe_train_options(data, name):
     """Train options naming only gmmoe's registered classes: GMMoE (width 4), its dataset, loss and model."""
     return {
-        'name': name, 'model_type': 'GMMoEModel', 'num_gpu': 0, 'manual_seed': 10,
-        'datasets': {'train': {'name': 'tiny', 'type': 'LLIEPairedDataset', 'dataroot_lq': str(data / 'lq'),
-                               'dataroot_gt': str(data / 'gt'), 'io_backend': {'type': 'disk'}, 'gt_size': 32,
-                               'num_worker_per_gpu': 0, 'batch_size_per_gpu': 1}},
-        'network_g': {'type': 'GMMoE', 'width': 4, 'enc_blk_nums': [1, 1], 'middle_blk_num': 1,
-                      'dec_blk_nums': [1, 1]},
+        'name': name,
+        'model_type': 'GMMoEModel',
+        'num_gpu': 0,
+        'manual_seed': 10,
+        'datasets': {
+            'train': {
+                'name': 'tiny',
+                'type': 'LLIEPairedDataset',
+                'dataroot_lq': str(data / 'lq'),
+                'dataroot_gt': str(data / 'gt'),
+                'io_backend': {'type': 'disk'},
+                'gt_size': 32,
+                'num_worker_per_gpu': 0,
+                'batch_size_per_gpu': 1,
+            }
+        },
+        'network_g': {'type': 'GMMoE', 'width': 4, 'enc_blk_nums': [1, 1], 'middle_blk_num': 1, 'dec_blk_nums': [1, 1]},
         'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
-        'train': {'optim_g': {'type': 'AdamW', 'lr': 1e-3},
-                  'scheduler': {'type': 'MultiStepLR', 'milestones': [100], 'gamma': 0.5},
-                  'total_iter': 2, 'pixel_opt': {'type': 'PSNRLoss', 'loss_weight': 1.0}},
+        'train': {
+            'optim_g': {'type': 'AdamW', 'lr': 1e-3},
+            'scheduler': {'type': 'MultiStepLR', 'milestones': [100], 'gamma': 0.5},
+            'total_iter': 2,
+            'pixel_opt': {'type': 'PSNRLoss', 'loss_weight': 1.0},
+        },
         'logger': {'print_freq': 1, 'save_checkpoint_freq': 2, 'use_tb_logger': False},
     }
 
@@ -62,22 +80,28 @@ def tiny_gmmoe_train_options(data, name):
 def tiny_gmmoe_test_options(data, name, weights):
     train = tiny_gmmoe_train_options(data, name)
     dataset = dict(train['datasets']['train'], name='tiny_test')
-    return {'name': name, 'model_type': 'GMMoEModel', 'num_gpu': 0, 'network_g': train['network_g'],
-            'datasets': {'test_1': {k: dataset[k] for k in ('name', 'type', 'dataroot_lq', 'dataroot_gt',
-                                                            'io_backend')}},
-            'path': {'pretrain_network_g': str(weights), 'strict_load_g': True},
-            'val': {'save_img': False, 'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 0}}}}
+    return {
+        'name': name,
+        'model_type': 'GMMoEModel',
+        'num_gpu': 0,
+        'network_g': train['network_g'],
+        'datasets': {'test_1': {k: dataset[k] for k in ('name', 'type', 'dataroot_lq', 'dataroot_gt', 'io_backend')}},
+        'path': {'pretrain_network_g': str(weights), 'strict_load_g': True},
+        'val': {'save_img': False, 'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 0}}},
+    }
 
 
 def test_interpreter_start_installs_the_finder_without_importing_torch(tmp_path):
-    code = ("import sys, json; print(json.dumps({'finders': [type(f).__name__ for f in sys.meta_path], "
-            "'torch': 'torch' in sys.modules, 'basicsr': 'basicsr' in sys.modules}))")
+    code = (
+        "import sys, json; print(json.dumps({'finders': [type(f).__name__ for f in sys.meta_path], "
+        "'torch': 'torch' in sys.modules, 'basicsr': 'basicsr' in sys.modules}))"
+    )
     start = json.loads(run_python(['-c', code], tmp_path).stdout)
     assert start['finders'][0] == 'BasicsrHookFinder'
     assert not start['torch'] and not start['basicsr']
 
 
-REGISTRY_CHECK = '''
+REGISTRY_CHECK = """
 import json
 import basicsr
 import torchvision.transforms.functional_tensor as ft
@@ -95,7 +119,7 @@ except KeyError as exc:
     miss = str(exc)
 print(json.dumps({'found': found, 'before': before, 'tiny': tiny, 'miss': miss,
                   'grayscale': callable(ft.rgb_to_grayscale), 'loader': type(basicsr.__loader__).__name__}))
-'''
+"""
 
 
 def test_plain_import_basicsr_registers_gmmoe_and_a_miss_loads_plugins(tmp_path):
@@ -147,7 +171,7 @@ def test_upstream_train_and_test_modules_run_gmmoe(tmp_path):
         remove_with_empty_parent(results)
 
 
-REALESRGAN_SHAPED_TRAIN = '''
+REALESRGAN_SHAPED_TRAIN = """
 import os.path as osp
 
 import basicsr.train
@@ -157,7 +181,7 @@ import myproject  # noqa: F401  (its own archs, registered on import, as Real-ES
 if __name__ == '__main__':
     print('load_resume_state from', basicsr.train.load_resume_state.__module__)
     basicsr.train.train_pipeline(osp.abspath(osp.dirname(__file__)))
-'''
+"""
 
 
 def test_third_party_train_script_that_imports_basicsr_first(tmp_path):
@@ -171,12 +195,12 @@ def test_third_party_train_script_that_imports_basicsr_first(tmp_path):
     assert (tmp_path / 'experiments' / 'tiny' / 'models' / 'net_g_2.pth').is_file()
 
 
-SCRATCH_CHECK = '''
+SCRATCH_CHECK = """
 import json, sys
 import gmmoe_basicsr_hook
 print(json.dumps({'hook': gmmoe_basicsr_hook.__file__,
                   'finder': any(type(f).__name__ == 'BasicsrHookFinder' for f in sys.meta_path)}))
-'''
+"""
 
 
 @pytest.mark.parametrize('editable', [False, True], ids=['regular', 'editable'])
@@ -191,15 +215,20 @@ def test_install_and_uninstall_in_a_scratch_venv(tmp_path, editable):
     venv = tmp_path / 'venv'
     run_python(['-m', 'venv', '--without-pip', str(venv)], tmp_path)
     python = venv / 'bin' / 'python'
-    site = Path(run_python(['-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'], tmp_path,
-                           python=python).stdout.strip())
+    site = Path(
+        run_python(
+            ['-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'], tmp_path, python=python
+        ).stdout.strip()
+    )
     # this environment's packages (torch, basicsr, setuptools) as a plain path entry: its .pth files stay unread
     base = site / 'base_env.pth'
     base.write_text(f'{SITE_PACKAGES}\n')
     (site / 'unrelated.txt').write_text('keeps site-packages from being emptied by the uninstall\n')
     pip = ['-m', 'pip', '--python', str(python)]
-    run_python(pip + ['install', '-q', '--no-deps', '--no-build-isolation'] + (['-e'] if editable else [])
-               + [str(source)], tmp_path)
+    run_python(
+        pip + ['install', '-q', '--no-deps', '--no-build-isolation'] + (['-e'] if editable else []) + [str(source)],
+        tmp_path,
+    )
 
     assert (site / HOOK_PTH).read_text() == 'import gmmoe_basicsr_hook; gmmoe_basicsr_hook.install()\n'
     record = next(site.glob('gmmoe-*.dist-info')).joinpath('RECORD').read_text()
@@ -208,8 +237,10 @@ def test_install_and_uninstall_in_a_scratch_venv(tmp_path, editable):
     assert found['finder']
     assert Path(found['hook']).parent == (source if editable else site)
     if not editable:  # the full path once: a plain import basicsr in the scratch venv registers GM-MoE from it
-        code = ('import basicsr, gmmoe_arch; from basicsr.utils.registry import ARCH_REGISTRY; '
-                "print(gmmoe_arch.__file__, 'GMMoE' in ARCH_REGISTRY)")
+        code = (
+            'import basicsr, gmmoe_arch; from basicsr.utils.registry import ARCH_REGISTRY; '
+            "print(gmmoe_arch.__file__, 'GMMoE' in ARCH_REGISTRY)"
+        )
         out = run_python(['-c', code], tmp_path, python=python).stdout.split()
         assert Path(out[-2]).is_relative_to(site) and out[-1] == 'True'
 
@@ -217,6 +248,7 @@ def test_install_and_uninstall_in_a_scratch_venv(tmp_path, editable):
     run_python(pip + ['uninstall', '-y', '-q', 'gmmoe'], tmp_path)
     left = sorted(p.name for p in site.iterdir() if p.name != '__pycache__')
     assert left == ['unrelated.txt']
-    found = run_python(['-c', 'import sys; print([type(f).__name__ for f in sys.meta_path])'], tmp_path,
-                       python=python).stdout
+    found = run_python(
+        ['-c', 'import sys; print([type(f).__name__ for f in sys.meta_path])'], tmp_path, python=python
+    ).stdout
     assert 'BasicsrHookFinder' not in found

@@ -1,4 +1,5 @@
 """gmmoe_arch.runtime: the allocator switch of the console commands, and its undo for benchmarks."""
+
 import sys
 
 import pytest

@@ -14,13 +14,23 @@ and name it in the option YAML: ``network_g: {type: GMMoE, experts: [ColourExper
 Class attribute ``released_name`` is the state-dict prefix the released network used for an expert
 at its released position (see :class:`gmmoe_arch.archs.gmmoe_arch.ExpertBlock`).
 """
+
 import torch
 import torch.nn.functional as F
 from basicsr.utils.registry import Registry
 from torch import nn
 
-from .fast_ops import (compute_dtype, conv, conv_add, conv_mul, fast_channel_mean_max, layer_norm_nchw,
-                       merge_parallel_convs, scaled_conv, sum_of_products)
+from .fast_ops import (
+    compute_dtype,
+    conv,
+    conv_add,
+    conv_mul,
+    fast_channel_mean_max,
+    layer_norm_nchw,
+    merge_parallel_convs,
+    scaled_conv,
+    sum_of_products,
+)
 from .fast_path import FastPath
 from .pooling import GlobalMean, global_mean
 
@@ -79,6 +89,7 @@ class ColourExpert(FastPath, nn.Module):
     to the sizes the layers need, so the pool takes the map's global maximum. Maps of 15 px or more
     are untouched, so this only changes sizes where the released network fails.
     """
+
     released_name = 'Expert1'
 
     def __init__(self, channels):
@@ -110,8 +121,7 @@ class ColourExpert(FastPath, nn.Module):
         v = F.max_pool2d(pad_to_min_size(q, 7), kernel_size=7, stride=3)
         v = conv(v, *w[self.conv_max], padding=1, act='relu')
         v = conv(v, *w[self.conv3], padding=1, act='relu')
-        v = F.interpolate(conv(v, *w[self.conv3_], padding=1), size=u.shape[-2:], mode='bilinear',
-                          align_corners=False)
+        v = F.interpolate(conv(v, *w[self.conv3_], padding=1), size=u.shape[-2:], mode='bilinear', align_corners=False)
         t = conv_add(p, *w[self.conv_f], v)
         return conv_mul(t, *w[self.conv4], u, act='sigmoid')
 
@@ -123,7 +133,8 @@ class ChannelAttention(nn.Module):
         super().__init__()
         hidden = max(1, channels // reduction)
         self.conv_du = nn.Sequential(
-            nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1), nn.Sigmoid())
+            nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1), nn.Sigmoid()
+        )
 
     def forward(self, z):
         return z * self.conv_du(global_mean(z))
@@ -147,6 +158,7 @@ class DetailExpert(FastPath, nn.Module):
     A small dense conv stack gives ``z`` with 2C channels; channel and spatial attention on ``z``
     are summed, projected back by a 1x1 conv and added to the input.
     """
+
     released_name = 'Expert2'
 
     def __init__(self, channels):
@@ -181,10 +193,12 @@ class DetailExpert(FastPath, nn.Module):
         """
         c = self.c1.out_channels
         c5 = self.c5.weight
-        return {'c23': (torch.cat([self.c2.weight, self.c3.weight]), torch.cat([self.c2.bias, self.c3.bias])),
-                'c4_y1': (self.c4.weight[:, :c].contiguous(), None),
-                'c4_y23': (self.c4.weight[:, c:].contiguous(), self.c4.bias),
-                'c5_y23': (torch.cat([torch.zeros_like(c5), c5], dim=1), self.c5.bias)}
+        return {
+            'c23': (torch.cat([self.c2.weight, self.c3.weight]), torch.cat([self.c2.bias, self.c3.bias])),
+            'c4_y1': (self.c4.weight[:, :c].contiguous(), None),
+            'c4_y23': (self.c4.weight[:, c:].contiguous(), self.c4.bias),
+            'c5_y23': (torch.cat([torch.zeros_like(c5), c5], dim=1), self.c5.bias),
+        }
 
     def forward_fast(self, u):
         """As :meth:`forward_plain` with ``c2``/``c3`` as one conv, ``c4`` split, attentions summed in place."""
@@ -216,6 +230,7 @@ class FeatureExpert(FastPath, nn.Module):
     LayerNorm/1x1/simple-gate/1x1 feed-forward with residual scaled by ``gamma``. ``beta`` and
     ``gamma`` start at zero, so a fresh expert is the identity.
     """
+
     released_name = ''
 
     def __init__(self, channels):
@@ -246,8 +261,11 @@ class FeatureExpert(FastPath, nn.Module):
 
     def fused_params(self):
         """The 1x1/3x3/5x5 convs as one 5x5; ``beta`` folded into ``conv3``, ``gamma`` into ``conv5``."""
-        return {'conv135': merge_parallel_convs(self.conv11, self.conv33, self.conv55),
-                'conv3_beta': scaled_conv(self.conv3, self.beta), 'conv5_gamma': scaled_conv(self.conv5, self.gamma)}
+        return {
+            'conv135': merge_parallel_convs(self.conv11, self.conv33, self.conv55),
+            'conv3_beta': scaled_conv(self.conv3, self.beta),
+            'conv5_gamma': scaled_conv(self.conv5, self.gamma),
+        }
 
     def forward_fast(self, u):
         """As :meth:`forward_plain` with the merged/folded convs of :meth:`fused_params` and ``F.layer_norm``."""
@@ -277,8 +295,9 @@ class Gate(nn.Module):
         if temperature <= 0:
             raise ValueError(f'gate_temperature must be > 0, got {temperature}')
         hidden = max(1, channels // 4)
-        self.mlp = nn.Sequential(nn.Linear(channels, hidden, bias=False), nn.ReLU(inplace=True),
-                                 nn.Linear(hidden, n_experts, bias=False))
+        self.mlp = nn.Sequential(
+            nn.Linear(channels, hidden, bias=False), nn.ReLU(inplace=True), nn.Linear(hidden, n_experts, bias=False)
+        )
         self.temperature = float(temperature)
 
     def forward(self, u):

@@ -19,6 +19,7 @@ No function here writes into a tensor it was given: without grad, the in-place p
 (:func:`_add_into`, :func:`_mul_into`) write only into tensors allocated in the same function
 (a conv's output, a product), so an input that several experts read stays as it was.
 """
+
 import torch
 import torch.nn.functional as F
 
@@ -54,8 +55,12 @@ def merge_parallel_convs(*convs):
 def _plain_reduction(x):
     """Whether ``x`` is outside the fast path's own CPU kernels: with grad (they have no backward),
     under ``torch.compile`` (which fuses on its own), off the CPU, or not channels-last."""
-    return (torch.is_grad_enabled() or torch.compiler.is_compiling() or x.device.type != 'cpu'
-            or not x.is_contiguous(memory_format=torch.channels_last))
+    return (
+        torch.is_grad_enabled()
+        or torch.compiler.is_compiling()
+        or x.device.type != 'cpu'
+        or not x.is_contiguous(memory_format=torch.channels_last)
+    )
 
 
 def _onednn_dtype(x, weight):
@@ -80,8 +85,18 @@ def conv(x, weight, bias, padding=0, act=None, groups=1, dilation=1):
     """
     dtype = _onednn_dtype(x, weight)
     if dtype is not None:
-        return onednn_conv(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype),
-                            [padding, padding], [1, 1], [dilation, dilation], groups, act or 'none', [], '')
+        return onednn_conv(
+            x.to(dtype),
+            weight.to(dtype),
+            None if bias is None else bias.to(dtype),
+            [padding, padding],
+            [1, 1],
+            [dilation, dilation],
+            groups,
+            act or 'none',
+            [],
+            '',
+        )
     y = F.conv2d(x, weight, bias, padding=padding, groups=groups, dilation=dilation)
     if act == 'relu':
         return F.relu(y, inplace=True)
@@ -96,8 +111,21 @@ def conv_add(x, weight, bias, other, padding=0, act=None):
     """
     dtype = _onednn_dtype(x, weight)
     if dtype is not None and other.dtype == dtype and other.is_contiguous(memory_format=torch.channels_last):
-        return onednn_conv_add(x.to(dtype), other, weight.to(dtype), None if bias is None else bias.to(dtype),
-                                   [padding, padding], [1, 1], [1, 1], 1, 'add', None, act, [], None)
+        return onednn_conv_add(
+            x.to(dtype),
+            other,
+            weight.to(dtype),
+            None if bias is None else bias.to(dtype),
+            [padding, padding],
+            [1, 1],
+            [1, 1],
+            1,
+            'add',
+            None,
+            act,
+            [],
+            None,
+        )
     y = _add_into(F.conv2d(x, weight, bias, padding=padding), other)
     return F.relu(y, inplace=not torch.is_grad_enabled()) if act == 'relu' else y
 
@@ -181,8 +209,11 @@ def scaled_conv(conv, scale):
 def _writable(own, *others):
     """Whether ``own`` may hold the result of an element-wise op with ``others``: no grad (autograd
     may need ``own``), and the result has ``own``'s dtype and shape."""
-    return (not torch.is_grad_enabled() and all(torch.result_type(own, o) == own.dtype for o in others)
-            and own.shape == torch.broadcast_shapes(own.shape, *(o.shape for o in others)))
+    return (
+        not torch.is_grad_enabled()
+        and all(torch.result_type(own, o) == own.dtype for o in others)
+        and own.shape == torch.broadcast_shapes(own.shape, *(o.shape for o in others))
+    )
 
 
 def _add_into(own, other):

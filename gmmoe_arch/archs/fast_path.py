@@ -18,6 +18,7 @@ rebuilt when a parameter is replaced or changed in place (``optimizer.step()``,
 counter, so after those call ``net.eval()`` or ``net.fuse()`` again (BasicSR's EMA and validation
 do call ``eval()``).
 """
+
 from typing import Dict, Iterator, Optional, Tuple
 
 import torch
@@ -36,6 +37,7 @@ def uses_fast_path(fast, device) -> bool:
 
 class PathSwitch:
     """Mixin: a module whose forward depends on the ``fast`` setting (``GMMoE.set_fast`` sets it)."""
+
     fast = 'auto'
 
     def takes_fast_path(self, x: Tensor) -> bool:
@@ -60,14 +62,18 @@ class FastWeights:
         try:
             return self._convs[conv]
         except KeyError:
-            raise KeyError(f'{self._owner}: {conv!r} is not one of its own nn.Conv2d layers (the fast path reads '
-                           'those, and what fused_params() derives)') from None
+            raise KeyError(
+                f'{self._owner}: {conv!r} is not one of its own nn.Conv2d layers (the fast path reads '
+                'those, and what fused_params() derives)'
+            ) from None
 
     def __getattr__(self, name: str) -> WeightBias:
         derived = self.__dict__.get('_derived')
         if derived is None or name.startswith('__') or name not in derived:
-            raise AttributeError(f'{self.__dict__.get("_owner")}.fused_params() derives no weight "{name}" '
-                                 f'(it derives: {", ".join(derived or ()) or "nothing"})')
+            raise AttributeError(
+                f'{self.__dict__.get("_owner")}.fused_params() derives no weight "{name}" '
+                f'(it derives: {", ".join(derived or ()) or "nothing"})'
+            )
         return derived[name]
 
 
@@ -82,9 +88,11 @@ def _own_convs(module: nn.Module) -> Iterator[nn.Conv2d]:
 
 def _cast(pair: WeightBias, dtype: Optional[torch.dtype]) -> WeightBias:
     """``(weight, bias)`` with contiguous gradients, cast to ``dtype`` (None: unchanged, not copied)."""
+
     def one(t):
         t = contiguous_grad(t)
         return t if t is None or dtype is None or t.dtype == dtype else t.to(dtype)
+
     return tuple(one(t) for t in pair)
 
 
@@ -109,6 +117,7 @@ class FastPath(PathSwitch):
         Rebuilt per call with grad (or under ``torch.compile``), else cached per ``dtype`` until a
         parameter is changed, replaced or renamed (autocast then casts no weight per call).
         """
+
         def build():
             convs = {conv: _cast((conv.weight, conv.bias), dtype) for conv in _own_convs(self)}
             derived = {name: _cast(pair, dtype) for name, pair in self.fused_params().items()}

@@ -8,6 +8,7 @@ The network computes what the released GM-MoE computes and loads its checkpoints
 * ``released``: width 48, enc [2, 2, 4, 8], middle 12, dec [2, 2, 2, 2], the released option
   files' configuration: 690,110,505 parameters (690,851,505 with ``conv6``).
 """
+
 from contextlib import contextmanager
 from typing import Dict, Iterator, Optional, Sequence, Union
 
@@ -18,8 +19,17 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as checkpoint_fn
 
 from .experts import RELEASED_EXPERTS, Gate, build_expert, channel_mean_max
-from .fast_ops import (channel_max, channel_mean, compute_dtype, conv, conv_mul, dilated_depthwise, sum_of_products,
-                       upsample_add, weighted_sum)
+from .fast_ops import (
+    channel_max,
+    channel_mean,
+    compute_dtype,
+    conv,
+    conv_mul,
+    dilated_depthwise,
+    sum_of_products,
+    upsample_add,
+    weighted_sum,
+)
 from .fast_path import FastPath, PathSwitch, uses_fast_path
 
 CHECKPOINT_LEVELS = {False: None, True: 'block', 'block': 'block', 'expert': 'expert'}
@@ -118,16 +128,16 @@ class ExpertBlock(PathSwitch, nn.Module):
 
     def _to_released_names(self, state_dict, prefix, local_metadata):
         for key in [k for k in state_dict if k.startswith(prefix)]:
-            rest = key[len(prefix):]
+            rest = key[len(prefix) :]
             for ours, theirs in self._released.items():
                 if rest.startswith(ours):
-                    state_dict[prefix + theirs + rest[len(ours):]] = state_dict.pop(key)
+                    state_dict[prefix + theirs + rest[len(ours) :]] = state_dict.pop(key)
                     break
 
     def _from_released_names(self, state_dict, prefix, *args):
         inline = [ours for ours, theirs in self._released.items() if theirs == '']
         for key in [k for k in state_dict if k.startswith(prefix)]:
-            rest = key[len(prefix):]
+            rest = key[len(prefix) :]
             if rest.startswith('conv6.'):
                 del state_dict[key]
                 continue
@@ -135,7 +145,7 @@ class ExpertBlock(PathSwitch, nn.Module):
                 continue
             for ours, theirs in self._released.items():
                 if theirs and rest.startswith(theirs):
-                    state_dict[prefix + ours + rest[len(theirs):]] = state_dict.pop(key)
+                    state_dict[prefix + ours + rest[len(theirs) :]] = state_dict.pop(key)
                     break
             else:
                 if inline:
@@ -182,11 +192,19 @@ class GMMoE(nn.Module):
             own inside a recomputed block (least memory, most time). ``false``: off.
     """
 
-    def __init__(self, img_channel: int = 3, width: Optional[int] = None, middle_blk_num: Optional[int] = None,
-                 enc_blk_nums: Optional[Sequence[int]] = None, dec_blk_nums: Optional[Sequence[int]] = None,
-                 experts: Sequence[Union[str, dict]] = RELEASED_EXPERTS, gate_temperature: float = 3.0,
-                 preset: Optional[str] = None, fast: Union[bool, str] = 'auto',
-                 checkpoint: Union[bool, str] = False) -> None:
+    def __init__(
+        self,
+        img_channel: int = 3,
+        width: Optional[int] = None,
+        middle_blk_num: Optional[int] = None,
+        enc_blk_nums: Optional[Sequence[int]] = None,
+        dec_blk_nums: Optional[Sequence[int]] = None,
+        experts: Sequence[Union[str, dict]] = RELEASED_EXPERTS,
+        gate_temperature: float = 3.0,
+        preset: Optional[str] = None,
+        fast: Union[bool, str] = 'auto',
+        checkpoint: Union[bool, str] = False,
+    ) -> None:
         super().__init__()
         if not any(checkpoint is k or (isinstance(k, str) and checkpoint == k) for k in CHECKPOINT_LEVELS):
             raise ValueError(f'network_g.checkpoint must be false, true, block or expert, got {checkpoint!r}')
@@ -200,14 +218,16 @@ class GMMoE(nn.Module):
             raise ValueError(f'network_g: set {", ".join(missing)} or a preset ({", ".join(PRESETS)})')
         width, enc_blk_nums, dec_blk_nums = size['width'], list(size['enc_blk_nums']), list(size['dec_blk_nums'])
         if len(enc_blk_nums) != len(dec_blk_nums):
-            raise ValueError(f'network_g: enc_blk_nums {enc_blk_nums} and dec_blk_nums {dec_blk_nums} '
-                             'need the same number of levels')
+            raise ValueError(
+                f'network_g: enc_blk_nums {enc_blk_nums} and dec_blk_nums {dec_blk_nums} need the same number of levels'
+            )
 
         self.checkpoint = CHECKPOINT_LEVELS[checkpoint]
 
         def blocks(channels, n):
-            return nn.Sequential(*[ExpertBlock(channels, experts, gate_temperature, self.checkpoint == 'expert')
-                                   for _ in range(n)])
+            return nn.Sequential(
+                *[ExpertBlock(channels, experts, gate_temperature, self.checkpoint == 'expert') for _ in range(n)]
+            )
 
         self.intro = nn.Conv2d(img_channel, width, 3, padding=1)
         self.MSFEblock = SFEB(width)
@@ -224,7 +244,7 @@ class GMMoE(nn.Module):
             c //= 2
             self.decoders.append(blocks(c, n))
         self.ending = nn.Conv2d(width, img_channel, 3, padding=1)
-        self.padder_size = 2**len(enc_blk_nums)
+        self.padder_size = 2 ** len(enc_blk_nums)
         self.set_fast(fast)
 
     def set_fast(self, enabled=True):

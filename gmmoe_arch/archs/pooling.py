@@ -13,6 +13,7 @@ thread (or asyncio task) that installed them only. Nested hooks chain: the outer
 each inner one receives the mean as the hooks outside it left it, so the innermost has the last
 word. Without a hook a call costs one ``ContextVar`` read on top of the mean.
 """
+
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Callable, Iterator, Optional, Tuple
@@ -28,8 +29,13 @@ _HOOKS: ContextVar[Tuple[PoolingHook, ...]] = ContextVar('gmmoe_pooling_hooks', 
 def _ones_gemm_applies(x: Tensor) -> bool:
     """Whether the mean of ``x`` is computed as a GEMM with ones: bf16/fp16 channels-last on CPU
     without grad (no backward needed) outside ``torch.compile`` (which fuses on its own)."""
-    return (x.dtype in (torch.bfloat16, torch.float16) and x.device.type == 'cpu' and not torch.is_grad_enabled()
-            and not torch.compiler.is_compiling() and x.is_contiguous(memory_format=torch.channels_last))
+    return (
+        x.dtype in (torch.bfloat16, torch.float16)
+        and x.device.type == 'cpu'
+        and not torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
+        and x.is_contiguous(memory_format=torch.channels_last)
+    )
 
 
 def _mean_over_pixels(x: Tensor) -> Tensor:
@@ -58,8 +64,10 @@ def global_mean(x: Tensor) -> Tensor:
         out = hook(x, mean)
         if out is not None:
             if out.shape != mean.shape:
-                raise ValueError(f'pooling hook {hook!r} returned shape {tuple(out.shape)} for a global mean of '
-                                 f'shape {tuple(mean.shape)}')
+                raise ValueError(
+                    f'pooling hook {hook!r} returned shape {tuple(out.shape)} for a global mean of '
+                    f'shape {tuple(mean.shape)}'
+                )
             mean = out
     return mean
 

@@ -14,6 +14,7 @@ in the package calls a private torch API.
   the fast path's weight caches; fallback: a fresh key every call, i.e. no caching (derived weights
   rebuilt per forward: correct, slower).
 """
+
 import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional
@@ -30,8 +31,9 @@ class CheckedAdapter:
     otherwise. The outcome is kept for the process.
     """
 
-    def __init__(self, name: str, private: Optional[Callable], public: Callable,
-                 check: Callable[[Callable, Callable], None]):
+    def __init__(
+        self, name: str, private: Optional[Callable], public: Callable, check: Callable[[Callable, Callable], None]
+    ):
         self.name = name
         self.private = private
         self.public = public
@@ -55,8 +57,11 @@ class CheckedAdapter:
                 self._check(self.private, self.public)
             self._chosen = self.private
         except Exception as err:  # any failure of the private API means: do not use it
-            warnings.warn(f'{self.name} failed its self-check on torch {torch.__version__} ({type(err).__name__}: '
-                          f'{err}); using the public fallback instead (same results, slower)', RuntimeWarning)
+            warnings.warn(
+                f'{self.name} failed its self-check on torch {torch.__version__} ({type(err).__name__}: '
+                f'{err}); using the public fallback instead (same results, slower)',
+                RuntimeWarning,
+            )
             self._chosen = self.public
         return self._chosen
 
@@ -73,8 +78,9 @@ class CheckedAdapter:
 
 def _agree(ours: torch.Tensor, reference: torch.Tensor, what: str) -> None:
     if ours.shape != reference.shape or ours.dtype != reference.dtype:
-        raise ValueError(f'{what}: {tuple(ours.shape)} {ours.dtype} where {tuple(reference.shape)} '
-                         f'{reference.dtype} was expected')
+        raise ValueError(
+            f'{what}: {tuple(ours.shape)} {ours.dtype} where {tuple(reference.shape)} {reference.dtype} was expected'
+        )
     if not torch.allclose(ours, reference, rtol=1e-5, atol=1e-5):
         raise ValueError(f'{what}: max |diff| {(ours - reference).abs().max().item():.3g} from the public op')
 
@@ -98,8 +104,7 @@ def _public_conv(x, weight, bias, padding, stride, dilation, groups, act, scalar
     return y
 
 
-def _public_conv_add(x, other, weight, bias, padding, stride, dilation, groups, binary, alpha, act, scalars,
-                     algorithm):
+def _public_conv_add(x, other, weight, bias, padding, stride, dilation, groups, binary, alpha, act, scalars, algorithm):
     """``F.conv2d(...) + other`` then ``act`` (None or ``'relu'``): the oneDNN binary op's signature."""
     y = F.conv2d(x, weight, bias, stride=stride, padding=padding, dilation=dilation, groups=groups) + other
     return F.relu(y, inplace=not torch.is_grad_enabled()) if act == 'relu' else y
@@ -154,8 +159,9 @@ def _onednn_binary():
 
 
 onednn_conv = CheckedAdapter('torch.ops.mkldnn._convolution_pointwise', _onednn_op(), _public_conv, _check_conv)
-onednn_conv_add = CheckedAdapter('torch.ops.mkldnn._convolution_pointwise.binary', _onednn_binary(), _public_conv_add,
-                                 _check_conv_add)
+onednn_conv_add = CheckedAdapter(
+    'torch.ops.mkldnn._convolution_pointwise.binary', _onednn_binary(), _public_conv_add, _check_conv_add
+)
 version_counter = CheckedAdapter('Tensor._version', _private_version, _public_version, _check_version)
 
 ADAPTERS = (onednn_conv, onednn_conv_add, version_counter)

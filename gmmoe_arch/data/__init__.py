@@ -1,2 +1,3 @@
 """Registers this package's data with BasicSR."""
+
 from . import llie_paired_dataset  # noqa: F401  (registration)

@@ -17,6 +17,7 @@ OpenCV-style ``(h, w)`` or ``(h, w, c)`` BGR(A), uint8 or uint16.
 Every problem with the data raises :class:`DataError` (a ``ValueError``) whose message names the
 file or key, what is wrong and what to do.
 """
+
 import io
 import os
 import struct
@@ -30,7 +31,7 @@ from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
 #: largest image accepted (pixels): 128 Mpx, e.g. 16384 x 8192; larger headers are refused unread
-MAX_PIXELS = 2 ** 27
+MAX_PIXELS = 2**27
 RAW_MAGIC = b'GMRC'
 LEGACY_RAW_MAGIC = b'GMRW'
 _RAW_HEADER = struct.Struct('<4s2sIIII')
@@ -85,21 +86,27 @@ def _decode_raw(buf, name, verify_checksum):
         raise DataError(f'{name}: unknown raw dtype code {code!r}; the entry is damaged, re-pack the LMDB')
     expected = h * w * c * np.dtype(dtype).itemsize
     if len(buf) - header.size != expected:
-        raise DataError(f'{name}: raw entry holds {len(buf) - header.size} bytes, its header ({h},{w},{c}) '
-                        f'{np.dtype(dtype).name} needs {expected}; the entry is damaged, re-pack the LMDB')
+        raise DataError(
+            f'{name}: raw entry holds {len(buf) - header.size} bytes, its header ({h},{w},{c}) '
+            f'{np.dtype(dtype).name} needs {expected}; the entry is damaged, re-pack the LMDB'
+        )
     if verify_checksum and crc:
         view = memoryview(buf)
-        actual = zlib.crc32(view[header.size:], zlib.crc32(view[:_LEGACY_HEADER.size]))
+        actual = zlib.crc32(view[header.size :], zlib.crc32(view[: _LEGACY_HEADER.size]))
         if actual != crc[0]:
-            raise DataError(f'{name}: checksum mismatch (stored crc32 {crc[0]:08x}, computed {actual:08x}): the '
-                            'entry is damaged; re-pack the LMDB with `datasets_lmdb pack --overwrite`')
+            raise DataError(
+                f'{name}: checksum mismatch (stored crc32 {crc[0]:08x}, computed {actual:08x}): the '
+                'entry is damaged; re-pack the LMDB with `datasets_lmdb pack --overwrite`'
+            )
     img = np.frombuffer(buf, dtype, offset=header.size).reshape(h, w, c)
     return img[:, :, 0] if c == 1 else img
 
 
 def _too_large(name, pixels):
-    return DataError(f'{name}: image of {pixels} pixels exceeds the limit of {MAX_PIXELS} pixels '
-                     '(a decompression bomb or a damaged header); remove the file or shrink the image')
+    return DataError(
+        f'{name}: image of {pixels} pixels exceeds the limit of {MAX_PIXELS} pixels '
+        '(a decompression bomb or a damaged header); remove the file or shrink the image'
+    )
 
 
 def _header_size(source, name):
@@ -139,7 +146,7 @@ def _jpeg_truncated(buf):
         elif 0xD0 <= marker <= 0xD7 or marker == 0x01:
             pos += 2
         else:
-            pos += 2 + int.from_bytes(buf[pos + 2:pos + 4], 'big')
+            pos += 2 + int.from_bytes(buf[pos + 2 : pos + 4], 'big')
     return True
 
 
@@ -237,8 +244,10 @@ def check_complete(env, path):
     need = (env.info()['last_pgno'] + 1) * env.stat()['psize']
     have = os.path.getsize(_data_file(path))
     if have < need:
-        raise DataError(f'{path}: data.mdb is truncated ({have} bytes, its header says {need}): an incomplete '
-                        'copy or download; copy it again or re-pack with `datasets_lmdb pack --overwrite`')
+        raise DataError(
+            f'{path}: data.mdb is truncated ({have} bytes, its header says {need}): an incomplete '
+            'copy or download; copy it again or re-pack with `datasets_lmdb pack --overwrite`'
+        )
 
 
 def open_lmdb(path, **kwargs):
@@ -254,8 +263,10 @@ def open_lmdb(path, **kwargs):
     try:
         env = lmdb.open(path, **options)
     except lmdb.Error as err:
-        raise DataError(f'{path}: not a readable LMDB ({str(err).replace(path + ": ", "")}): its header is '
-                        'damaged; copy it again or re-pack with `datasets_lmdb pack --overwrite`') from None
+        raise DataError(
+            f'{path}: not a readable LMDB ({str(err).replace(path + ": ", "")}): its header is '
+            'damaged; copy it again or re-pack with `datasets_lmdb pack --overwrite`'
+        ) from None
     try:
         check_complete(env, path)
     except (DataError, lmdb.Error) as err:

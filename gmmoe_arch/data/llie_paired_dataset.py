@@ -1,4 +1,5 @@
 """``LLIEPairedDataset``: paired lq/gt images from folders or LMDBs, checked when it is built."""
+
 import os
 
 import lmdb
@@ -44,7 +45,8 @@ class LLIEPairedDataset(data.Dataset):
     :class:`~gmmoe_arch.data.image_io.DataError` (``MissingDataError``, also a ``FileNotFoundError``, for
     what does not exist) here, naming the option and the first few culprits; option mistakes (including
     a crop larger than an image) raise ``ValueError``. Only image headers (disk) or ``meta_info.txt``
-    and the key list (LMDB) are read, so building is fast. A file or entry found bad when a sample is read raises ``DataError`` naming it.
+    and the key list (LMDB) are read, so building is fast. A file or entry found bad when a sample is
+    read raises ``DataError`` naming it.
     """
 
     def __init__(self, opt):
@@ -90,8 +92,9 @@ class LLIEPairedDataset(data.Dataset):
         except ValueError as err:
             hint = ' (an LMDB folder: set io_backend: {type: lmdb})' if 'data.mdb' in str(err) else ''
             raise type(err)(f'{err}{hint}') from None
-        stems = pair_stems(lq, gt, self.opt.get('pair_rule', 'identical'), self._pair_list(),
-                           self.opt.get('skip_unpaired', False))
+        stems = pair_stems(
+            lq, gt, self.opt.get('pair_rule', 'identical'), self._pair_list(), self.opt.get('skip_unpaired', False)
+        )
         pairs = [(os.path.join(lq_dir, lq[a]), os.path.join(gt_dir, gt[b])) for a, b in stems]
         return pairs, check_sizes(pairs)
 
@@ -100,13 +103,21 @@ class LLIEPairedDataset(data.Dataset):
         for root, meta, key in zip(self.roots, metas, ('dataroot_lq', 'dataroot_gt')):
             _check_stored(root, meta, key, self.io_opt)
         check_same_pack(*self.roots)
-        pairs = pair_stems(metas[0], metas[1], self.opt.get('pair_rule', 'identical'), self._pair_list(),
-                           self.opt.get('skip_unpaired', False))
-        mismatched = [f'{a} {metas[0][a][:2]} vs {b} {metas[1][b][:2]}' for a, b in pairs
-                      if metas[0][a][:2] != metas[1][b][:2]]
+        pairs = pair_stems(
+            metas[0],
+            metas[1],
+            self.opt.get('pair_rule', 'identical'),
+            self._pair_list(),
+            self.opt.get('skip_unpaired', False),
+        )
+        mismatched = [
+            f'{a} {metas[0][a][:2]} vs {b} {metas[1][b][:2]}' for a, b in pairs if metas[0][a][:2] != metas[1][b][:2]
+        ]
         if mismatched:
-            raise DataError(f'{len(mismatched)} pair(s) with different lq/gt sizes (h, w) in meta_info.txt '
-                            f'of dataroot_lq / dataroot_gt: {culprits(mismatched)}')
+            raise DataError(
+                f'{len(mismatched)} pair(s) with different lq/gt sizes (h, w) in meta_info.txt '
+                f'of dataroot_lq / dataroot_gt: {culprits(mismatched)}'
+            )
         return pairs, [metas[0][a][:2] for a, _ in pairs]
 
     def _check_crop(self, sizes):
@@ -125,8 +136,10 @@ class LLIEPairedDataset(data.Dataset):
             with lmdb_env(root, **self.io_opt).begin(write=False) as txn:
                 buf = txn.get(ref.encode('ascii'))
         except lmdb.Error as err:
-            raise DataError(f'{root}: key {ref}: damaged database ({type(err).__name__}: {err}); re-pack with '
-                            '`datasets_lmdb pack --overwrite`') from None
+            raise DataError(
+                f'{root}: key {ref}: damaged database ({type(err).__name__}: {err}); re-pack with '
+                '`datasets_lmdb pack --overwrite`'
+            ) from None
         return decode(buf, f'{root}: key {ref}', self.verify_checksum)
 
     def __getitem__(self, index):
@@ -136,8 +149,10 @@ class LLIEPairedDataset(data.Dataset):
         except DataError as err:
             raise type(err)(f'{type(self).__name__} {self.name!r}: {err}') from None
         if lq.shape[:2] != gt.shape[:2]:
-            raise DataError(f'{type(self).__name__} {self.name!r}: {lq_ref} {lq.shape[:2]} and {gt_ref} '
-                            f'{gt.shape[:2]} differ in size')
+            raise DataError(
+                f'{type(self).__name__} {self.name!r}: {lq_ref} {lq.shape[:2]} and {gt_ref} '
+                f'{gt.shape[:2]} differ in size'
+            )
         if self.train and self.gt_size:
             gt, lq = paired_random_crop(gt, lq, self.gt_size, 1, gt_ref)
         lq, gt = to_float_bgr(lq), to_float_bgr(gt)
@@ -161,9 +176,13 @@ def _check_stored(root, meta, option, io_opt):
     except DataError as err:
         raise type(err)(f'{option}: {err}') from None
     except lmdb.Error as err:
-        raise DataError(f'{option}: {root}: damaged database ({type(err).__name__}: {err}); re-pack with '
-                        '`datasets_lmdb pack --overwrite`') from None
+        raise DataError(
+            f'{option}: {root}: damaged database ({type(err).__name__}: {err}); re-pack with '
+            '`datasets_lmdb pack --overwrite`'
+        ) from None
     missing = sorted(set(meta) - stored)
     if missing:
-        raise DataError(f'{option}: {len(missing)} key(s) of {root}/meta_info.txt not stored in the LMDB '
-                        f'(half-written or wrong meta_info.txt?): {culprits(missing)}')
+        raise DataError(
+            f'{option}: {len(missing)} key(s) of {root}/meta_info.txt not stored in the LMDB '
+            f'(half-written or wrong meta_info.txt?): {culprits(missing)}'
+        )

@@ -6,6 +6,7 @@ while it replaced them, or a copy from elsewhere) is recognised by ``datasets_lm
 ``LLIEPairedDataset``. Databases without the marker (packed by BasicSR or by older versions) are read
 as before; BasicSR ignores the file.
 """
+
 import json
 import os
 
@@ -32,8 +33,9 @@ def read_pack_info(lmdb_dir):
         with open(path, encoding='ascii') as f:
             info = json.load(f)
     except (OSError, ValueError) as err:
-        raise DataError(f'{path}: unreadable pack marker ({err}); re-pack with `datasets_lmdb pack --overwrite`') \
-            from None
+        raise DataError(
+            f'{path}: unreadable pack marker ({err}); re-pack with `datasets_lmdb pack --overwrite`'
+        ) from None
     if not isinstance(info, dict) or not isinstance(info.get('generation'), str):
         raise DataError(f'{path}: pack marker without a generation; re-pack with `datasets_lmdb pack --overwrite`')
     return info
@@ -56,6 +58,8 @@ def check_same_pack(lq_dir, gt_dir):
         detail = f'pack generations differ ({lq["generation"][:8]} vs {gt["generation"][:8]})'
     else:
         return
-    raise DataError(f'{lq_dir} and {gt_dir} come from different pack runs ({detail}): a pack was interrupted while '
-                    'it replaced them, or one was copied from elsewhere; pack them again with '
-                    '`datasets_lmdb pack ... --overwrite`')
+    raise DataError(
+        f'{lq_dir} and {gt_dir} come from different pack runs ({detail}): a pack was interrupted while '
+        'it replaced them, or one was copied from elsewhere; pack them again with '
+        '`datasets_lmdb pack ... --overwrite`'
+    )

@@ -13,6 +13,7 @@ Problems with the data (missing folders, unpaired or unreadable files) raise
 :class:`~gmmoe_arch.data.image_io.DataError` (``MissingDataError``, also a ``FileNotFoundError``, for
 missing folders), a bad ``pair_rule`` a ``ValueError``; each names the option and the first few culprits.
 """
+
 import os
 import re
 
@@ -41,8 +42,9 @@ def stem(name):
 def list_images(folder, option):
     """Map stem -> file name for the images directly inside ``folder`` (option named in errors)."""
     if not os.path.isdir(folder):
-        raise MissingDataError(f'{option}: folder not found: {folder}; put the images there or change {option} '
-                               f'({WHERE_TO_LOOK})')
+        raise MissingDataError(
+            f'{option}: folder not found: {folder}; put the images there or change {option} ({WHERE_TO_LOOK})'
+        )
     images, others = {}, []
     for name in sorted(os.listdir(folder)):
         if name.startswith('.') or not os.path.isfile(os.path.join(folder, name)):
@@ -51,13 +53,13 @@ def list_images(folder, option):
             others.append(name)
             continue
         if stem(name) in images:
-            raise DataError(f'{option}: two images share the name {stem(name)!r} in {folder}: '
-                             f'{images[stem(name)]}, {name}')
+            raise DataError(
+                f'{option}: two images share the name {stem(name)!r} in {folder}: {images[stem(name)]}, {name}'
+            )
         images[stem(name)] = name
     if not images:
         extra = f'; it holds only {culprits(others)}' if others else ''
-        raise DataError(f'{option}: no images ({", ".join(IMAGE_EXTENSIONS)}) in {folder}{extra} '
-                        f'({WHERE_TO_LOOK})')
+        raise DataError(f'{option}: no images ({", ".join(IMAGE_EXTENSIONS)}) in {folder}{extra} ({WHERE_TO_LOOK})')
     return images
 
 
@@ -73,8 +75,10 @@ def make_rule(pair_rule):
         lq, gt = pair_rule.split('->', 1)
         pair_rule = {'lq': lq, 'gt': gt}
     if not (isinstance(pair_rule, dict) and set(pair_rule) == {'lq', 'gt'}):
-        raise ValueError(f"pair_rule: expected 'identical', 'lol_v2_real', {{lq: REGEX, gt: TEMPLATE}} "
-                         f"(a mapping or its JSON/YAML text) or 'REGEX->TEMPLATE', got {pair_rule!r}")
+        raise ValueError(
+            f"pair_rule: expected 'identical', 'lol_v2_real', {{lq: REGEX, gt: TEMPLATE}} "
+            f"(a mapping or its JSON/YAML text) or 'REGEX->TEMPLATE', got {pair_rule!r}"
+        )
     try:
         pattern = re.compile(pair_rule['lq'])
     except re.error as err:
@@ -123,8 +127,9 @@ def read_pair_list(path):
     return pairs
 
 
-def pair_stems(lq_stems, gt_stems, pair_rule='identical', pair_list=None, skip_unpaired=False,
-               where=('dataroot_lq', 'dataroot_gt')):
+def pair_stems(
+    lq_stems, gt_stems, pair_rule='identical', pair_list=None, skip_unpaired=False, where=('dataroot_lq', 'dataroot_gt')
+):
     """Pair lq stems with gt stems; returns ``[(lq_stem, gt_stem)]`` sorted by lq stem.
 
     Without ``pair_list`` every lq and every gt stem must find its partner (unless
@@ -137,8 +142,10 @@ def pair_stems(lq_stems, gt_stems, pair_rule='identical', pair_list=None, skip_u
         pairs = [(lq, gt if gt is not None else rule(lq)) for lq, gt in pair_list]
         missing = [f'{lq} -> {gt}' for lq, gt in pairs if lq not in lq_stems or gt not in gt_stems]
         if missing:
-            raise DataError(f'meta_info_file: {len(missing)} listed pair(s) not found in {where[0]} '
-                            f'/ {where[1]}: {culprits(missing)}')
+            raise DataError(
+                f'meta_info_file: {len(missing)} listed pair(s) not found in {where[0]} '
+                f'/ {where[1]}: {culprits(missing)}'
+            )
         return sorted(pairs)
     pairs, lonely_lq = [], []
     for lq in sorted(lq_stems):
@@ -149,10 +156,15 @@ def pair_stems(lq_stems, gt_stems, pair_rule='identical', pair_list=None, skip_u
             lonely_lq.append(lq)
     lonely_gt = sorted(gt_stems - {gt for _, gt in pairs})
     if (lonely_lq or lonely_gt) and not (skip_unpaired and pairs):
-        parts = [f'{len(v)} in {w} without a partner: {culprits(v)}'
-                 for v, w in ((lonely_lq, where[0]), (lonely_gt, where[1])) if v]
-        raise DataError(f'unpaired images (pair_rule={pair_rule!r}): {"; ".join(parts)}. Fix the '
-                        'folders, choose pairs with meta_info_file, or set skip_unpaired')
+        parts = [
+            f'{len(v)} in {w} without a partner: {culprits(v)}'
+            for v, w in ((lonely_lq, where[0]), (lonely_gt, where[1]))
+            if v
+        ]
+        raise DataError(
+            f'unpaired images (pair_rule={pair_rule!r}): {"; ".join(parts)}. Fix the '
+            'folders, choose pairs with meta_info_file, or set skip_unpaired'
+        )
     return pairs
 
 
@@ -188,12 +200,16 @@ def read_lmdb_meta(lmdb_dir, option):
     when the folder, its ``data.mdb`` or its ``meta_info.txt`` is missing or a line is malformed.
     """
     if not os.path.isdir(lmdb_dir):
-        raise MissingDataError(f'{option}: LMDB folder not found: {lmdb_dir}; pack the dataset with '
-                               f'`datasets_lmdb pack` or change {option} ({WHERE_TO_LOOK})')
+        raise MissingDataError(
+            f'{option}: LMDB folder not found: {lmdb_dir}; pack the dataset with '
+            f'`datasets_lmdb pack` or change {option} ({WHERE_TO_LOOK})'
+        )
     for needed in ('data.mdb', 'meta_info.txt'):
         if not os.path.isfile(os.path.join(lmdb_dir, needed)):
-            raise MissingDataError(f'{option}: {lmdb_dir} is not a complete LMDB (no {needed}); '
-                                   'pack it again with `datasets_lmdb pack --overwrite` (see docs/data.md)')
+            raise MissingDataError(
+                f'{option}: {lmdb_dir} is not a complete LMDB (no {needed}); '
+                'pack it again with `datasets_lmdb pack --overwrite` (see docs/data.md)'
+            )
     meta = {}
     with open(os.path.join(lmdb_dir, 'meta_info.txt'), encoding='utf-8') as f:
         for number, line in enumerate(f, 1):
@@ -201,8 +217,9 @@ def read_lmdb_meta(lmdb_dir, option):
                 continue
             match = _META_LINE.match(line.strip())
             if match is None:
-                raise DataError(f'{option}: {lmdb_dir}/meta_info.txt line {number} is not '
-                                 f'"NAME.EXT (h,w,c) TAG": {line.strip()!r}')
+                raise DataError(
+                    f'{option}: {lmdb_dir}/meta_info.txt line {number} is not "NAME.EXT (h,w,c) TAG": {line.strip()!r}'
+                )
             name = match.group(1)
             key = name.rsplit('.', 1)[0]
             meta[key] = tuple(int(match.group(i)) for i in (2, 3, 4))

@@ -5,6 +5,7 @@ pixel, decodes with OpenCV (which keeps 16 bits and alpha) and turns the image u
 with Pillow). :func:`write_image` encodes by the extension and writes through :func:`write_file`, which
 never leaves a partial file under the final name (temporary name, fsync, rename).
 """
+
 import os
 import secrets
 from contextlib import contextmanager
@@ -64,9 +65,15 @@ def read_header(path: str) -> Tuple[Optional[Tuple[int, int]], int]:
 
 def _apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
     """Turn a stored ``H x W (x C)`` array upright, as ``PIL.ImageOps.exif_transpose`` does."""
-    ops = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
-           5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1),
-           7: lambda a: np.rot90(a, 2).swapaxes(0, 1), 8: lambda a: np.rot90(a, 1)}
+    ops = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.swapaxes(0, 1),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: np.rot90(a, 2).swapaxes(0, 1),
+        8: lambda a: np.rot90(a, 1),
+    }
     return np.ascontiguousarray(ops[orientation](img)) if orientation in ops else img
 
 
@@ -79,9 +86,11 @@ def read_image(path: str, max_image_pixels: Optional[int] = DEFAULT_MAX_IMAGE_PI
     """
     size, orientation = read_header(path)
     if size is not None and max_image_pixels is not None and size[0] * size[1] > max_image_pixels:
-        raise EnhanceError(f'{path}: its header declares {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, more '
-                           f'than --max-image-pixels {max_image_pixels:,} (memory grows with the image: about 9 '
-                           'bytes per pixel for 8-bit RGB); raise --max-image-pixels to enhance it anyway')
+        raise EnhanceError(
+            f'{path}: its header declares {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, more '
+            f'than --max-image-pixels {max_image_pixels:,} (memory grows with the image: about 9 '
+            'bytes per pixel for 8-bit RGB); raise --max-image-pixels to enhance it anyway'
+        )
     try:
         img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:  # e.g. above OpenCV's own pixel limit, some truncated files
@@ -98,7 +107,7 @@ def read_image(path: str, max_image_pixels: Optional[int] = DEFAULT_MAX_IMAGE_PI
 def _swap_red_blue(img: np.ndarray, rows: int = 256) -> None:
     """BGR(A) <-> RGB(A) in place, a band of rows at a time (no second copy of a large image)."""
     for r in range(0, img.shape[0], rows):
-        band = img[r:r + rows]
+        band = img[r : r + rows]
         band[..., [0, 2]] = band[..., [2, 0]]
 
 
@@ -119,7 +128,7 @@ def write_file(path: str, data: bytes) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         view = memoryview(data).cast('B')
         while view:
-            view = view[os.write(fd, view[:WRITE_CHUNK]):]
+            view = view[os.write(fd, view[:WRITE_CHUNK]) :]
         os.fsync(fd)
         os.close(fd)
         fd = None
@@ -129,8 +138,9 @@ def write_file(path: str, data: bytes) -> None:
             os.close(fd)
         if os.path.lexists(tmp):
             os.unlink(tmp)
-        raise EnhanceError(f'{path}: cannot be written ({exc.strerror or exc}); nothing was written under '
-                           'that name') from exc
+        raise EnhanceError(
+            f'{path}: cannot be written ({exc.strerror or exc}); nothing was written under that name'
+        ) from exc
     _sync_folder(folder)
 
 
@@ -154,7 +164,7 @@ def write_image(path: str, img: np.ndarray, jpeg_quality: int = 95) -> None:
     ext = os.path.splitext(str(path))[1]
     params = [int(cv2.IMWRITE_JPEG_QUALITY), jpeg_quality] if ext.lower() in ('.jpg', '.jpeg') else []
     if img.ndim == 3:
-        img = img[..., [2, 1, 0, 3][:img.shape[2]]]
+        img = img[..., [2, 1, 0, 3][: img.shape[2]]]
     try:
         ok, encoded = cv2.imencode(ext, np.ascontiguousarray(img), params)
     except cv2.error as exc:  # a format that cannot hold the dtype or channels, an unknown extension

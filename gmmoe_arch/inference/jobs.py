@@ -6,6 +6,7 @@ folders but not symlink loops; an output that is an input, by path or by device 
 writes each image, recording a failure per image (unreadable, oversized, out of memory, unwritable) and going
 on with the rest; :func:`enhance_paths` does all of it for the Python API with each check done once.
 """
+
 import fnmatch
 import glob
 import os
@@ -53,6 +54,7 @@ def check_writable(folders: Iterable[str], what: str) -> None:
 @dataclass
 class Job:
     """One image: where it is read from, where it goes, and its name in reports."""
+
     src: str
     dst: str
     name: str
@@ -115,8 +117,11 @@ def _image_files(folder: str) -> List[Tuple[str, str]]:
     """Image files in ``folder`` and below (symlinked folders followed, loops not): ``(path, relative path)``."""
     found = []
     for sub in _subfolders(folder):
-        found += [_join(sub, n) for n in sorted(os.listdir(sub))
-                  if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(_join(sub, n))]
+        found += [
+            _join(sub, n)
+            for n in sorted(os.listdir(sub))
+            if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(_join(sub, n))
+        ]
     return [(f, os.path.relpath(f, folder)) for f in found]
 
 
@@ -161,9 +166,11 @@ def collect_jobs(inputs: Iterable[str], out_dir: str, suffix: str = '') -> List[
         real = os.path.realpath(dst)
         same = source_ids.get(_file_id(dst)) if os.path.exists(dst) else None
         if real in sources or same is not None:
-            raise EnhanceError(f'output {dst} would overwrite the input {same or src} (the same file'
-                               f'{"" if real in sources else ", through a hard link or mount"}): choose another '
-                               '-o folder or a --suffix')
+            raise EnhanceError(
+                f'output {dst} would overwrite the input {same or src} (the same file'
+                f'{"" if real in sources else ", through a hard link or mount"}): choose another '
+                '-o folder or a --suffix'
+            )
         if real in targets and targets[real] != os.path.realpath(src):
             raise EnhanceError(f'inputs {targets[real]} and {src} would both be written to {dst}')
         if real not in targets:
@@ -175,6 +182,7 @@ def collect_jobs(inputs: Iterable[str], out_dir: str, suffix: str = '') -> List[
 @dataclass
 class Summary:
     """What :func:`enhance_jobs` did: written outputs, failures ``(name, message)``, per-image gates."""
+
     written: List[str] = field(default_factory=list)
     failed: List[Tuple[str, str]] = field(default_factory=list)
     gates: Dict[str, Dict[str, List[float]]] = field(default_factory=dict)
@@ -182,10 +190,21 @@ class Summary:
     seconds: float = 0.0
 
 
-def enhance_paths(inputs: Iterable[str], out_dir: str, net: nn.Module, suffix: str = '', *,
-                  tile: Optional[int] = None, overlap: int = DEFAULT_OVERLAP, max_pixels: int = DEFAULT_MAX_PIXELS,
-                  precision: str = 'fp32', stat_passes: int = DEFAULT_STAT_PASSES, record: bool = False,
-                  progress: bool = False, max_image_pixels: Optional[int] = DEFAULT_MAX_IMAGE_PIXELS) -> Summary:
+def enhance_paths(
+    inputs: Iterable[str],
+    out_dir: str,
+    net: nn.Module,
+    suffix: str = '',
+    *,
+    tile: Optional[int] = None,
+    overlap: int = DEFAULT_OVERLAP,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    precision: str = 'fp32',
+    stat_passes: int = DEFAULT_STAT_PASSES,
+    record: bool = False,
+    progress: bool = False,
+    max_image_pixels: Optional[int] = DEFAULT_MAX_IMAGE_PIXELS,
+) -> Summary:
     """Enhance every image named by ``inputs`` (files, folders, globs) into ``out_dir``; return a :class:`Summary`.
 
     The options are checked, the jobs collected (:func:`collect_jobs`) and their output folders checked
@@ -200,9 +219,15 @@ def enhance_paths(inputs: Iterable[str], out_dir: str, net: nn.Module, suffix: s
     return enhance_jobs(jobs, net, tiling, options, max_image_pixels, record, progress)
 
 
-def enhance_jobs(jobs: List[Job], net: nn.Module, tiling: Tiling, options: RunOptions,
-                 max_image_pixels: Optional[int] = DEFAULT_MAX_IMAGE_PIXELS, record: bool = False,
-                 progress: bool = False) -> Summary:
+def enhance_jobs(
+    jobs: List[Job],
+    net: nn.Module,
+    tiling: Tiling,
+    options: RunOptions,
+    max_image_pixels: Optional[int] = DEFAULT_MAX_IMAGE_PIXELS,
+    record: bool = False,
+    progress: bool = False,
+) -> Summary:
     """Enhance each :class:`Job` with checked options (``options.device`` is ``net``'s); return a :class:`Summary`.
 
     The caller has checked the output folders (:func:`check_writable`). An image that cannot be read,
@@ -228,8 +253,14 @@ def enhance_jobs(jobs: List[Job], net: nn.Module, tiling: Tiling, options: RunOp
     return summary
 
 
-def _enhance_file(job: Job, net: nn.Module, tiling: Tiling, options: RunOptions, max_image_pixels: Optional[int],
-                  gates: Optional[dict]) -> int:
+def _enhance_file(
+    job: Job,
+    net: nn.Module,
+    tiling: Tiling,
+    options: RunOptions,
+    max_image_pixels: Optional[int],
+    gates: Optional[dict],
+) -> int:
     """Read, enhance and write one image; return its number of tiles. Running out of memory (host or
     GPU) is an :class:`EnhanceError` for this image only."""
     try:

@@ -5,6 +5,7 @@ size comes from a preset, an option file's ``network_g``, or the checkpoint itse
 (:func:`gmmoe_arch.archs.checkpoint_config.infer_config`). Every problem is one :class:`EnhanceError`
 naming the file and what does not fit, raised before any image is touched.
 """
+
 import os
 from typing import Dict, Optional, Tuple, Union
 
@@ -43,22 +44,27 @@ def load_state_dict(path: str) -> Dict[str, Tensor]:
     try:
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as exc:  # torch raises many types for non-checkpoints (UnpicklingError, RuntimeError, ...)
-        raise EnhanceError(f'checkpoint {path}: not a PyTorch checkpoint of tensors (torch.load with '
-                           f'weights_only=True refused it: {type(exc).__name__})') from exc
+        raise EnhanceError(
+            f'checkpoint {path}: not a PyTorch checkpoint of tensors (torch.load with '
+            f'weights_only=True refused it: {type(exc).__name__})'
+        ) from exc
     if isinstance(ckpt, dict):
         for key in ('params_ema', 'params'):
             if isinstance(ckpt.get(key), dict):
                 ckpt = ckpt[key]
                 break
     if not isinstance(ckpt, dict) or not ckpt or not all(torch.is_tensor(v) for v in ckpt.values()):
-        raise EnhanceError(f'checkpoint {path}: expected a state dict of tensors, {{"params": ...}} or '
-                           f'{{"params_ema": ...}}; got {type(ckpt).__name__}'
-                           + (f' with keys {sorted(map(str, ckpt))[:5]}' if isinstance(ckpt, dict) else ''))
-    return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in ckpt.items()}
+        raise EnhanceError(
+            f'checkpoint {path}: expected a state dict of tensors, {{"params": ...}} or '
+            f'{{"params_ema": ...}}; got {type(ckpt).__name__}'
+            + (f' with keys {sorted(map(str, ckpt))[:5]}' if isinstance(ckpt, dict) else '')
+        )
+    return {k[len('module.') :] if k.startswith('module.') else k: v for k, v in ckpt.items()}
 
 
-def _network_options(preset: Optional[str], option_file: Optional[str],
-                     state_dict: Optional[Dict[str, Tensor]]) -> Tuple[dict, str]:
+def _network_options(
+    preset: Optional[str], option_file: Optional[str], state_dict: Optional[Dict[str, Tensor]]
+) -> Tuple[dict, str]:
     """``(network_g options, where they came from)``: the option file, the preset, else the checkpoint."""
     if option_file is not None:
         import yaml
@@ -86,25 +92,39 @@ def _mismatch_report(net: nn.Module, state_dict: Dict[str, Tensor], limit: int =
     missing = [k for k in expected if k not in given]
     unexpected = [k for k in given if k not in expected]
     shapes = [f'{k} {given[k]} vs {expected[k]}' for k in expected if k in given and given[k] != expected[k]]
-    parts = [f'{len(items)} {what}: {", ".join(items[:limit])}{", ..." if len(items) > limit else ""}'
-             for what, items in (('missing', missing), ('unexpected', unexpected),
-                                 ('with other shapes (checkpoint vs network)', shapes)) if items]
+    parts = [
+        f'{len(items)} {what}: {", ".join(items[:limit])}{", ..." if len(items) > limit else ""}'
+        for what, items in (
+            ('missing', missing),
+            ('unexpected', unexpected),
+            ('with other shapes (checkpoint vs network)', shapes),
+        )
+        if items
+    ]
     return '; '.join(parts)
 
 
-def _size_mismatch(weights: str, state_dict: Dict[str, Tensor], net: nn.Module, preset: Optional[str],
-                   option_file: Optional[str]) -> Optional[str]:
+def _size_mismatch(
+    weights: str, state_dict: Dict[str, Tensor], net: nn.Module, preset: Optional[str], option_file: Optional[str]
+) -> Optional[str]:
     """The message for a checkpoint of another network size than the one built, else None."""
     held, built = infer_config(state_dict), infer_config(net.state_dict())
     if held is None or built is None or held == built:
         return None
     chosen, flag = (f'--preset {preset}', '--preset') if preset is not None else (f'--opt {option_file}', '--opt')
-    return (f'checkpoint {weights} holds a {describe_size(held)}; {chosen} is a {describe_size(built)}; '
-            f'drop {flag} to read the size off the checkpoint')
+    return (
+        f'checkpoint {weights} holds a {describe_size(held)}; {chosen} is a {describe_size(built)}; '
+        f'drop {flag} to read the size off the checkpoint'
+    )
 
 
-def load_network(weights: Optional[str] = None, preset: Optional[str] = None, option_file: Optional[str] = None,
-                 device: Device = 'auto', random_weights: bool = False) -> nn.Module:
+def load_network(
+    weights: Optional[str] = None,
+    preset: Optional[str] = None,
+    option_file: Optional[str] = None,
+    device: Device = 'auto',
+    random_weights: bool = False,
+) -> nn.Module:
     """Build a GM-MoE network, load ``weights`` strictly, and return it in eval mode on ``device``.
 
     Args:
@@ -124,8 +144,10 @@ def load_network(weights: Optional[str] = None, preset: Optional[str] = None, op
     if preset is not None and option_file is not None:
         raise EnhanceError('give either --preset or --opt, not both')
     if weights is None and not random_weights:
-        raise EnhanceError('no --weights given: a GM-MoE network with random weights does not enhance '
-                           'anything (pass --random-weights to run one anyway, e.g. for a benchmark)')
+        raise EnhanceError(
+            'no --weights given: a GM-MoE network with random weights does not enhance '
+            'anything (pass --random-weights to run one anyway, e.g. for a benchmark)'
+        )
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     state_dict = load_state_dict(weights) if weights is not None else None
     opt, source = _network_options(preset, option_file, state_dict)

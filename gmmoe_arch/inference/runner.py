@@ -8,6 +8,7 @@ estimates of the network's global means (:mod:`.statistics`). Options are checke
 :class:`RunOptions` and :class:`~.tiling.Tiling` are made; :func:`run_image` and :func:`enhance_tensor`
 take them (or a plan) and do not check again.
 """
+
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Dict, Optional, Tuple
@@ -43,6 +44,7 @@ class RunOptions:
             :class:`~.statistics.ImageStatistics`) before the output pass; each pass refines the last
             one's estimate. 0: every tile uses its own statistics. Unused for a single tile.
     """
+
     device: torch.device
     precision: str = 'fp32'
     stat_passes: int = DEFAULT_STAT_PASSES
@@ -66,9 +68,16 @@ def network_device(net: nn.Module) -> torch.device:
     return next(net.parameters()).device
 
 
-def _sweep(net: nn.Module, tile_input: TileInput, plan: TilePlan, device: torch.device,
-           inject: Optional[Dict[int, Tensor]], add_output: Optional[AddOutput] = None,
-           gates: Optional[Gates] = None, record: bool = True) -> ImageStatistics:
+def _sweep(
+    net: nn.Module,
+    tile_input: TileInput,
+    plan: TilePlan,
+    device: torch.device,
+    inject: Optional[Dict[int, Tensor]],
+    add_output: Optional[AddOutput] = None,
+    gates: Optional[Gates] = None,
+    record: bool = True,
+) -> ImageStatistics:
     """One pass of ``net`` over the tiles of ``plan``; returns the :class:`ImageStatistics` it recorded
     (nothing with ``record=False``).
 
@@ -94,8 +103,14 @@ def _sweep(net: nn.Module, tile_input: TileInput, plan: TilePlan, device: torch.
     return stats
 
 
-def _run(net: nn.Module, tile_input: TileInput, plan: TilePlan, add_output: AddOutput, options: RunOptions,
-         gates: Optional[Gates]) -> None:
+def _run(
+    net: nn.Module,
+    tile_input: TileInput,
+    plan: TilePlan,
+    add_output: AddOutput,
+    options: RunOptions,
+    gates: Optional[Gates],
+) -> None:
     """The statistics passes, then the output pass."""
     inject = None
     with torch.inference_mode(), options.autocast():
@@ -104,8 +119,9 @@ def _run(net: nn.Module, tile_input: TileInput, plan: TilePlan, add_output: AddO
         _sweep(net, tile_input, plan, options.device, inject, add_output, gates, record=False)
 
 
-def enhance_tensor(net: nn.Module, x: Tensor, plan: TilePlan, options: RunOptions,
-                   gates: Optional[Gates] = None) -> Tensor:
+def enhance_tensor(
+    net: nn.Module, x: Tensor, plan: TilePlan, options: RunOptions, gates: Optional[Gates] = None
+) -> Tensor:
     """Run ``net`` over ``x`` ``(1, 3, H, W)`` float32 (CPU) tile by tile; return ``(1, 3, H, W)`` float32,
     the tiles' outputs blended with their shares. ``gates`` (a dict) is filled with each expert block's gate
     weights ``(n_experts,)``, the mean over tiles weighted by the output pixels each tile accounts for."""
@@ -118,8 +134,9 @@ def enhance_tensor(net: nn.Module, x: Tensor, plan: TilePlan, options: RunOption
     return out
 
 
-def run_image(net: nn.Module, img: np.ndarray, tiling: Tiling, options: RunOptions,
-              gates: Optional[Gates] = None) -> Tuple[np.ndarray, int]:
+def run_image(
+    net: nn.Module, img: np.ndarray, tiling: Tiling, options: RunOptions, gates: Optional[Gates] = None
+) -> Tuple[np.ndarray, int]:
     """:func:`enhance_image` with options already checked: ``(output, number of tiles)``.
 
     Memory: besides ``img`` and the returned array, only one tile and one band of rows (a tile's
@@ -145,9 +162,16 @@ def run_image(net: nn.Module, img: np.ndarray, tiling: Tiling, options: RunOptio
     return out, len(plan)
 
 
-def enhance_image(net: nn.Module, img: np.ndarray, tile: Optional[int] = None, overlap: int = DEFAULT_OVERLAP,
-                  max_pixels: int = DEFAULT_MAX_PIXELS, precision: str = 'fp32',
-                  stat_passes: int = DEFAULT_STAT_PASSES, gates: Optional[Gates] = None) -> np.ndarray:
+def enhance_image(
+    net: nn.Module,
+    img: np.ndarray,
+    tile: Optional[int] = None,
+    overlap: int = DEFAULT_OVERLAP,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    precision: str = 'fp32',
+    stat_passes: int = DEFAULT_STAT_PASSES,
+    gates: Optional[Gates] = None,
+) -> np.ndarray:
     """Enhance one image array; return an array of the same shape and dtype.
 
     Args:

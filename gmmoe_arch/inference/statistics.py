@@ -6,6 +6,7 @@ A tile on its own would average over the tile only. :class:`ImageStatistics` is 
 :func:`~gmmoe_arch.archs.pooling.pooling_hook` that records each tile's share-weighted sums of those maps
 and injects whole-image means estimated from an earlier pass over the tiles.
 """
+
 from typing import Dict, Optional, Tuple
 
 import numpy as np

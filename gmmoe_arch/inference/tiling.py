@@ -6,6 +6,7 @@ share (raised-cosine ramps across overlaps, normalised so that the shares add up
 :class:`RowBlender` sums the weighted tile outputs over one band of rows and hands each row on as soon as
 no later tile touches it, so no image-sized float32 array is ever held.
 """
+
 import math
 from dataclasses import dataclass
 from typing import Callable, Iterator, List, Optional, Tuple
@@ -51,13 +52,14 @@ def _window(spans: List[Span], index: int) -> np.ndarray:
         w[:r] *= _ramp(r)
     if index < len(spans) - 1 and stop > spans[index + 1][0]:
         r = stop - spans[index + 1][0]
-        w[len(w) - r:] *= _ramp(r)[::-1]
+        w[len(w) - r :] *= _ramp(r)[::-1]
     return w
 
 
 @dataclass
 class TilePlan:
     """Tiles over an ``h x w`` image: row spans ``ys`` and column spans ``xs`` (``(start, stop)``)."""
+
     h: int
     w: int
     ys: List[Span]
@@ -91,6 +93,7 @@ class Tiling:
     side ``floor(sqrt(max_pixels))``, at least :data:`MIN_TILE`, widened for narrow images). ``tile=N``
     forces ``N x N`` tiles (clipped to the image). Neighbouring tiles overlap by at least ``overlap``.
     """
+
     tile: Optional[int] = None
     overlap: int = DEFAULT_OVERLAP
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -147,13 +150,13 @@ class RowBlender:
             self.flush(y0)
         if y1 - self.top > len(self.acc):
             grown = np.zeros((y1 - self.top,) + self.acc.shape[1:], np.float32)
-            grown[:len(self.acc)] = self.acc
+            grown[: len(self.acc)] = self.acc
             self.acc = grown
-        self.acc[y0 - self.top:y1 - self.top, x0:x1] += pred[0].numpy().transpose(1, 2, 0)
+        self.acc[y0 - self.top : y1 - self.top, x0:x1] += pred[0].numpy().transpose(1, 2, 0)
 
     def flush(self, stop: int) -> None:
         """Hand on rows ``[top, stop)``: every tile covering them has been added."""
         if stop > self.top:
-            self.emit(self.top, stop, self.acc[:stop - self.top])
-            self.acc = self.acc[stop - self.top:]
+            self.emit(self.top, stop, self.acc[: stop - self.top])
+            self.acc = self.acc[stop - self.top :]
             self.top = stop

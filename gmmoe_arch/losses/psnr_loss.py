@@ -1,4 +1,5 @@
 """PSNR loss: minus the PSNR of each image in [0, 1], averaged over the batch (GM-MoE's training loss)."""
+
 import math
 
 import torch
@@ -26,8 +27,9 @@ class PSNRLoss(nn.Module):
     def __init__(self, loss_weight=1.0, toY=False, reduction='mean'):
         super().__init__()
         if reduction != 'mean':
-            raise ValueError(f'PSNRLoss: reduction must be "mean" (the batch average of per-image PSNR), '
-                             f'got {reduction!r}')
+            raise ValueError(
+                f'PSNRLoss: reduction must be "mean" (the batch average of per-image PSNR), got {reduction!r}'
+            )
         self.loss_weight = float(loss_weight)
         self.toY = bool(toY)
         self.scale = 10.0 / math.log(10.0)
@@ -37,8 +39,10 @@ class PSNRLoss(nn.Module):
         if weight is not None:
             raise ValueError('PSNRLoss: per-pixel weights are not supported')
         if pred.shape != target.shape or pred.dim() != 4:
-            raise ValueError(f'PSNRLoss: pred and target must both be (B, C, H, W), got '
-                             f'{tuple(pred.shape)} and {tuple(target.shape)}')
+            raise ValueError(
+                f'PSNRLoss: pred and target must both be (B, C, H, W), got '
+                f'{tuple(pred.shape)} and {tuple(target.shape)}'
+            )
         pred, target = pred.float(), target.float()
         if self.toY:
             if pred.shape[1] != 3:

@@ -3,6 +3,7 @@
 Many low-light enhancement papers report it next to plain PSNR: it removes the global exposure
 error (which the ground truth alone determines) and keeps the structural and colour error.
 """
+
 import numpy as np
 from basicsr.metrics.metric_util import reorder_image
 from basicsr.metrics.psnr_ssim import calculate_psnr
@@ -44,5 +45,6 @@ def calculate_psnr_gt_mean(img, img2, crop_border, input_order='HWC', test_y_cha
     if crop_border:
         img = img[crop_border:-crop_border, crop_border:-crop_border, ...]
         img2 = img2[crop_border:-crop_border, crop_border:-crop_border, ...]
-    return calculate_psnr(rescale_to_mean(img, img2), img2, crop_border=0, input_order='HWC',
-                          test_y_channel=test_y_channel)
+    return calculate_psnr(
+        rescale_to_mean(img, img2), img2, crop_border=0, input_order='HWC', test_y_channel=test_y_channel
+    )

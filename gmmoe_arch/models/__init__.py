@@ -1,2 +1,3 @@
 """Registers this package's models with BasicSR."""
+
 from . import gmmoe_model  # noqa: F401

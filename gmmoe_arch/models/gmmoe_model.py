@@ -21,6 +21,7 @@ The network's structure (hundreds of lines) goes to the log file only; the conso
 Validation and testing also log each expert's gate weight averaged over the images, per expert
 block and over all blocks (log file and TensorBoard ``gates/<dataset>/...``).
 """
+
 import logging
 import os
 from collections import OrderedDict
@@ -43,8 +44,11 @@ class TrainingDiverged(RuntimeError):
 def torch_optimizers():
     """Names of the optimiser classes in ``torch.optim``."""
     base = torch.optim.Optimizer
-    return sorted(name for name, obj in vars(torch.optim).items()
-                  if isinstance(obj, type) and issubclass(obj, base) and obj is not base)
+    return sorted(
+        name
+        for name, obj in vars(torch.optim).items()
+        if isinstance(obj, type) and issubclass(obj, base) and obj is not base
+    )
 
 
 def parse_grad_clip(value):
@@ -94,8 +98,10 @@ class GMMoEModel(SRModel):
         self.amp_dtype = AMP_DTYPES[amp_dtype] if use_amp else None
         self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         if use_amp:
-            get_root_logger().info(f'Mixed precision: autocast {amp_dtype} on {self.device.type}'
-                                   + (' with loss scaling' if self.grad_scaler.is_enabled() else ''))
+            get_root_logger().info(
+                f'Mixed precision: autocast {amp_dtype} on {self.device.type}'
+                + (' with loss scaling' if self.grad_scaler.is_enabled() else '')
+            )
 
     def _setup_compile(self, compile_opt):
         if compile_opt is False or compile_opt is None:
@@ -103,25 +109,30 @@ class GMMoEModel(SRModel):
         if compile_opt is True:
             compile_opt = {}
         if not isinstance(compile_opt, dict):
-            raise ValueError('train.compile: expected true/false or a dict of torch.compile arguments, '
-                             f'got {compile_opt!r}')
+            raise ValueError(
+                f'train.compile: expected true/false or a dict of torch.compile arguments, got {compile_opt!r}'
+            )
         self.get_bare_model(self.net_g).compile(**compile_opt)
-        get_root_logger().info(f'net_g compiled with torch.compile({compile_opt or ""}); '
-                               'the first iterations include the compilation')
+        get_root_logger().info(
+            f'net_g compiled with torch.compile({compile_opt or ""}); the first iterations include the compilation'
+        )
 
     def setup_optimizers(self):
         optim_opt = self.opt['train'].get('optim_g')
         if not isinstance(optim_opt, dict) or 'type' not in optim_opt:
-            raise ValueError('train.optim_g: expected a mapping with at least "type" and "lr", '
-                             f'e.g. {{type: AdamW, lr: 1.0e-3}}; got {optim_opt!r}')
+            raise ValueError(
+                'train.optim_g: expected a mapping with at least "type" and "lr", '
+                f'e.g. {{type: AdamW, lr: 1.0e-3}}; got {optim_opt!r}'
+            )
         super().setup_optimizers()
 
     def get_optimizer(self, optim_type, params, lr=None, **kwargs):
         """Build ``torch.optim.<optim_type>(params, lr=lr, **kwargs)``; errors name ``train.optim_g``."""
         cls = getattr(torch.optim, str(optim_type), None)
         if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)) or cls is torch.optim.Optimizer:
-            raise ValueError(f'train.optim_g.type: unknown optimiser "{optim_type}"; '
-                             f'torch.optim has {", ".join(torch_optimizers())}')
+            raise ValueError(
+                f'train.optim_g.type: unknown optimiser "{optim_type}"; torch.optim has {", ".join(torch_optimizers())}'
+            )
         if lr is None:
             raise ValueError('train.optim_g.lr: missing learning rate')
         try:
@@ -161,14 +172,18 @@ class GMMoEModel(SRModel):
         return TrainingDiverged(
             f'{what} at iteration {current_iter} ({detail}); nothing of it was saved. {self._last_checkpoint()} '
             'Lower train.optim_g.lr, set train.grad_clip or turn train.use_amp off, then resume with '
-            '--auto_resume (or start again)')
+            '--auto_resume (or start again)'
+        )
 
     def _check_finite(self, l_total, loss_dict, current_iter):
         """Raise :class:`TrainingDiverged` on every rank when any rank's loss is NaN/Inf."""
         if self._any_rank(~torch.isfinite(l_total.detach())):
             values = ', '.join(f'{k}={v.item():.4g}' for k, v in loss_dict.items())
-            raise self._diverged('training loss is not finite', current_iter,
-                                 f'{values or l_total.item()}; stopped before this step changed the weights')
+            raise self._diverged(
+                'training loss is not finite',
+                current_iter,
+                f'{values or l_total.item()}; stopped before this step changed the weights',
+            )
 
     @staticmethod
     def _nonfinite_weights(net):
@@ -192,25 +207,35 @@ class GMMoEModel(SRModel):
                 was_training = bare.training
                 bare.eval()
                 amp = self.amp_dtype is not None
-                with torch.no_grad(), torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                                     enabled=amp):
+                with (
+                    torch.no_grad(),
+                    torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=amp),
+                ):
                     bad = bad | ~torch.isfinite(bare(self.lq[:1])).all()
                 bare.train(was_training)
         if self._any_rank(bad):
-            raise self._diverged('the network is not finite', current_iter,
-                                 'its weights, or its output on the current batch; the checkpoint was not written')
+            raise self._diverged(
+                'the network is not finite',
+                current_iter,
+                'its weights, or its output on the current batch; the checkpoint was not written',
+            )
 
     def _last_checkpoint(self):
         """A sentence naming the newest ``net_g_<iter>.pth`` BasicSR saved, or saying there is none."""
         folder = self.opt['path'].get('models')
         iters = []
         if folder and os.path.isdir(folder):
-            iters = [int(f[len('net_g_'):-len('.pth')]) for f in os.listdir(folder)
-                     if f.startswith('net_g_') and f.endswith('.pth') and f[len('net_g_'):-len('.pth')].isdigit()]
+            iters = [
+                int(f[len('net_g_') : -len('.pth')])
+                for f in os.listdir(folder)
+                if f.startswith('net_g_') and f.endswith('.pth') and f[len('net_g_') : -len('.pth')].isdigit()
+            ]
         if not iters:
             return 'No checkpoint had been saved yet.'
-        return (f'The last good checkpoint is {os.path.join(folder, f"net_g_{max(iters)}.pth")} (training state '
-                f'{os.path.join(self.opt["path"].get("training_states", ""), f"{max(iters)}.state")}).')
+        return (
+            f'The last good checkpoint is {os.path.join(folder, f"net_g_{max(iters)}.pth")} (training state '
+            f'{os.path.join(self.opt["path"].get("training_states", ""), f"{max(iters)}.state")}).'
+        )
 
     def optimize_parameters(self, current_iter):
         self.optimizer_g.zero_grad(set_to_none=True)
@@ -239,7 +264,7 @@ class GMMoEModel(SRModel):
         if current_iter == -1 and self.trained_iter and freq and self.trained_iter % freq:
             # The training state needs the loop's epoch, which the model does not see: weights only.
             nets = [self.net_g] + ([self.net_g_ema] if hasattr(self, 'net_g_ema') else [])
-            self.save_network(nets, 'net_g', self.trained_iter, param_key=['params', 'params_ema'][:len(nets)])
+            self.save_network(nets, 'net_g', self.trained_iter, param_key=['params', 'params_ema'][: len(nets)])
 
     @master_only
     def print_network(self, net):
@@ -247,8 +272,10 @@ class GMMoEModel(SRModel):
         bare = self.get_bare_model(net)
         name = type(bare).__name__ if bare is net else f'{type(net).__name__} - {type(bare).__name__}'
         logger = get_root_logger()
-        logger.info(f'Network: {name}, with parameters: {sum(p.numel() for p in bare.parameters()):,d} '
-                    '(structure in the log file)')
+        logger.info(
+            f'Network: {name}, with parameters: {sum(p.numel() for p in bare.parameters()):,d} '
+            '(structure in the log file)'
+        )
         if not logger.isEnabledFor(logging.INFO):
             return
         record = logger.makeRecord(logger.name, logging.INFO, __file__, 0, str(bare), None, None)
@@ -284,9 +311,10 @@ class GMMoEModel(SRModel):
         bare = self.get_bare_model(self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g)
         experts = expert_names(bare)
         overall = torch.stack(list(means.values())).mean(0)
-        lines = [f'Gate weights on {dataset_name}, mean over {self._gate_count} image(s); '
-                 f'experts: {", ".join(experts)}',
-                 f'\t{"all blocks":<16}' + ' '.join(f'{v:.4f}' for v in overall.tolist())]
+        lines = [
+            f'Gate weights on {dataset_name}, mean over {self._gate_count} image(s); experts: {", ".join(experts)}',
+            f'\t{"all blocks":<16}' + ' '.join(f'{v:.4f}' for v in overall.tolist()),
+        ]
         lines += [f'\t{path:<16}' + ' '.join(f'{v:.4f}' for v in m.tolist()) for path, m in means.items()]
         get_root_logger().info('\n'.join(lines))
         if tb_logger:

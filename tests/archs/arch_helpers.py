@@ -1,4 +1,5 @@
 """Helpers shared by the architecture tests: scoped expert registration and which forward ran."""
+
 from contextlib import contextmanager
 
 from gmmoe_arch.archs.experts import EXPERT_REGISTRY, ColourExpert, DetailExpert, FeatureExpert

@@ -1,13 +1,15 @@
 """GMMoE's fast path computes the straightforward path's function, in inference and in training."""
+
 import math
 
 import pytest
 import torch
-from arch_helpers import paths_taken, registered_expert
-from helpers import activate_branches, reference_net
 from torch import nn
 
-from gmmoe_arch.archs.gmmoe_arch import SFEB, GMMoE, ExpertBlock
+from gmmoe_arch.archs.gmmoe_arch import SFEB, ExpertBlock, GMMoE
+
+from arch_helpers import paths_taken, registered_expert
+from helpers import activate_branches, reference_net
 
 W8 = dict(width=8, enc_blk_nums=[1, 1, 1, 1], middle_blk_num=1, dec_blk_nums=[1, 1, 1, 1])
 SMALL = dict(width=8, enc_blk_nums=[1, 1], middle_blk_num=1, dec_blk_nums=[1, 1])
@@ -152,6 +154,7 @@ def test_checkpointing_gives_the_same_gradients_and_recomputes(level, expert_run
     def count(key):
         def hook(*_):
             calls[key] += 1
+
         return hook
 
     block = next(m for m in ckpt.modules() if isinstance(m, ExpertBlock))
@@ -228,9 +231,14 @@ def test_training_step_under_bf16_autocast_runs_on_the_fast_path():
     assert all(torch.isfinite(p.grad).all() for p in net.parameters())
 
 
-@pytest.mark.parametrize('kwargs, option', [(dict(checkpoint='yes'), 'network_g.checkpoint'),
-                                             (dict(checkpoint=1), 'network_g.checkpoint'),
-                                             (dict(fast='no'), 'network_g.fast')])
+@pytest.mark.parametrize(
+    'kwargs, option',
+    [
+        (dict(checkpoint='yes'), 'network_g.checkpoint'),
+        (dict(checkpoint=1), 'network_g.checkpoint'),
+        (dict(fast='no'), 'network_g.fast'),
+    ],
+)
 def test_bad_switch_values_name_the_option(kwargs, option):
     with pytest.raises(ValueError, match=option):
         GMMoE(**SMALL, **kwargs)
@@ -252,6 +260,7 @@ def _ddp_step(rank, port, queue):
 
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
+
     dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=2)
     torch.set_num_threads(1)
     with warnings.catch_warnings(record=True) as caught:
@@ -267,6 +276,7 @@ def test_ddp_training_step_on_the_fast_path_gives_no_grad_stride_warning():
     import socket
 
     import torch.multiprocessing as mp
+
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         port = s.getsockname()[1]

@@ -1,16 +1,26 @@
 """The fast path's seams: layers read by attribute, no writes into shared inputs, private torch APIs checked."""
+
 import warnings
 
 import pytest
 import torch
-from arch_helpers import FAST_MODULES, paths_taken
 from torch import nn
 
 from gmmoe_arch.archs import fast_ops
 from gmmoe_arch.archs.fast_path import FastPath
 from gmmoe_arch.archs.gmmoe_arch import GMMoE, activate_branches
-from gmmoe_arch.archs.torch_private import (ADAPTERS, CheckedAdapter, _check_conv, _check_version, _public_conv,
-                                            onednn_conv, onednn_conv_add, version_counter)
+from gmmoe_arch.archs.torch_private import (
+    ADAPTERS,
+    CheckedAdapter,
+    _check_conv,
+    _check_version,
+    _public_conv,
+    onednn_conv,
+    onednn_conv_add,
+    version_counter,
+)
+
+from arch_helpers import FAST_MODULES, paths_taken
 
 SMALL = dict(width=8, enc_blk_nums=[1, 1], middle_blk_num=1, dec_blk_nums=[1, 1])
 
@@ -190,8 +200,9 @@ def test_the_conv_adapters_are_what_the_fast_path_calls(monkeypatch):
     calls = {'conv': 0, 'conv_add': 0}
     for key, adapter in (('conv', onednn_conv), ('conv_add', onednn_conv_add)):
         chosen = adapter._chosen or adapter._choose()
-        monkeypatch.setattr(adapter, '_chosen', lambda *a, key=key, chosen=chosen: calls.update(
-            {key: calls[key] + 1}) or chosen(*a))
+        monkeypatch.setattr(
+            adapter, '_chosen', lambda *a, key=key, chosen=chosen: calls.update({key: calls[key] + 1}) or chosen(*a)
+        )
     with torch.no_grad():
         small_net()(image())
     assert calls['conv'] > 0 and calls['conv_add'] > 0

@@ -1,16 +1,18 @@
 """GMMoE against the released network's reference vectors, checkpoints, presets and extensibility."""
+
 import re
 
 import pytest
 import torch
-from arch_helpers import registered_expert
 from basicsr.archs import build_network
 from basicsr.models.base_model import BaseModel
-from helpers import activate_branches, reference_net
 from torch import nn
 
 import gmmoe_arch  # noqa: F401  (registers GMMoE)
 from gmmoe_arch import EXPERT_REGISTRY, PRESETS, GMMoE, record_gates
+
+from arch_helpers import registered_expert
+from helpers import activate_branches, reference_net
 
 
 def read_keys(path):
@@ -99,8 +101,16 @@ def test_preset_state_dict_and_parameter_count(preset, key_file, reference_dir):
 
 
 def test_released_type_name_and_yaml_style_build():
-    net = build_network({'type': 'OURNet24', 'img_channel': 3, 'width': 8, 'enc_blk_nums': [1, 1],
-                         'middle_blk_num': 1, 'dec_blk_nums': [1, 1]})
+    net = build_network(
+        {
+            'type': 'OURNet24',
+            'img_channel': 3,
+            'width': 8,
+            'enc_blk_nums': [1, 1],
+            'middle_blk_num': 1,
+            'dec_blk_nums': [1, 1],
+        }
+    )
     assert isinstance(net, GMMoE)
     assert build_network({'type': 'GMMoE', 'preset': 'paper', 'width': 8}).intro.out_channels == 8
 
@@ -176,8 +186,14 @@ def half_expert():
 
 
 def test_expert_registered_from_outside_is_usable_from_yaml_dict(half_expert):
-    opt = {'type': 'GMMoE', 'width': 8, 'enc_blk_nums': [1, 1], 'middle_blk_num': 1, 'dec_blk_nums': [1, 1],
-           'experts': ['ColourExpert', 'DetailExpert', 'FeatureExpert', {'type': 'HalfExpert', 'scale': 0.25}]}
+    opt = {
+        'type': 'GMMoE',
+        'width': 8,
+        'enc_blk_nums': [1, 1],
+        'middle_blk_num': 1,
+        'dec_blk_nums': [1, 1],
+        'experts': ['ColourExpert', 'DetailExpert', 'FeatureExpert', {'type': 'HalfExpert', 'scale': 0.25}],
+    }
     net = build_network(opt)
     assert isinstance(net.middle_blks[0].experts[3], HalfExpert)
     assert net.middle_blks[0].experts[3].scale == 0.25

@@ -1,4 +1,5 @@
 """Every global pool of GMMoE goes through ``global_mean``, in the same order on both paths, and hooks see it."""
+
 import threading
 
 import pytest
@@ -91,7 +92,7 @@ def test_bf16_channels_last_mean_is_within_bf16_rounding_and_float32_is_the_redu
         low = _mean_over_pixels(x.bfloat16())
     assert low.dtype == torch.bfloat16 and low.shape == (2, 16, 1, 1)
     exact = x.bfloat16().double().mean((2, 3), keepdim=True)
-    assert (low.double() - exact).abs().max().item() <= 2 ** -7 * exact.abs().max().item()
+    assert (low.double() - exact).abs().max().item() <= 2**-7 * exact.abs().max().item()
     with torch.enable_grad():
         assert torch.equal(_mean_over_pixels(x), x.mean((2, 3), keepdim=True))
 

@@ -1,4 +1,5 @@
 """LLIEPairedDataset on tiny generated trees: preset layouts, both backends, formats, bad inputs."""
+
 import os
 import random
 
@@ -44,14 +45,24 @@ def write_preset_tree(root, preset, n=3, seed=0):
         written[split] = []
         for i in range(n):
             lq_name, gt_name = NAMES[preset](split, i)
-            written[split].append((write(root / lq_dir / lq_name, noise(rng, (*SIZE, 3))),
-                                   write(root / gt_dir / gt_name, noise(rng, (*SIZE, 3)))))
+            written[split].append(
+                (
+                    write(root / lq_dir / lq_name, noise(rng, (*SIZE, 3))),
+                    write(root / gt_dir / gt_name, noise(rng, (*SIZE, 3))),
+                )
+            )
     return written
 
 
 def options(lq, gt, backend='disk', phase='val', **extra):
-    opt = {'name': 'test', 'type': 'LLIEPairedDataset', 'phase': phase, 'dataroot_lq': str(lq),
-           'dataroot_gt': str(gt), 'io_backend': {'type': backend}}
+    opt = {
+        'name': 'test',
+        'type': 'LLIEPairedDataset',
+        'phase': phase,
+        'dataroot_lq': str(lq),
+        'dataroot_gt': str(gt),
+        'io_backend': {'type': backend},
+    }
     opt.update(extra)
     return opt
 
@@ -80,21 +91,25 @@ def test_preset_layouts_disk_and_lmdb_agree(tmp_path, preset):
     assert counts == {'train': 3, 'val': 3}
     for split, (lq_dir, gt_dir, rule) in PRESETS[preset].items():
         disk_val = build_dataset(options(tmp_path / 'src' / lq_dir, tmp_path / 'src' / gt_dir, pair_rule=rule))
-        lmdb_val = build_dataset(options(tmp_path / 'lmdb' / split / 'lq.lmdb', tmp_path / 'lmdb' / split / 'gt.lmdb',
-                                         'lmdb'))
+        lmdb_val = build_dataset(
+            options(tmp_path / 'lmdb' / split / 'lq.lmdb', tmp_path / 'lmdb' / split / 'gt.lmdb', 'lmdb')
+        )
         got = samples(disk_val)
         for sample, (lq_path, gt_path) in zip(got, sorted(written[split])):
             assert sample['lq_path'] == lq_path and sample['gt_path'] == gt_path
             assert torch.equal(sample['lq'], as_rgb_tensor(lq_path))
             assert torch.equal(sample['gt'], as_rgb_tensor(gt_path))
         assert_same(got, samples(lmdb_val))
-        assert [s['lq_path'] for s in samples(lmdb_val)] == [os.path.splitext(os.path.basename(p))[0]
-                                                            for p, _ in sorted(written[split])]
+        assert [s['lq_path'] for s in samples(lmdb_val)] == [
+            os.path.splitext(os.path.basename(p))[0] for p, _ in sorted(written[split])
+        ]
         train = dict(phase='train', gt_size=16, use_hflip=True, use_rot=True)
-        disk_train = build_dataset(options(tmp_path / 'src' / lq_dir, tmp_path / 'src' / gt_dir, pair_rule=rule,
-                                           **train))
-        lmdb_train = build_dataset(options(tmp_path / 'lmdb' / split / 'lq.lmdb',
-                                           tmp_path / 'lmdb' / split / 'gt.lmdb', 'lmdb', **train))
+        disk_train = build_dataset(
+            options(tmp_path / 'src' / lq_dir, tmp_path / 'src' / gt_dir, pair_rule=rule, **train)
+        )
+        lmdb_train = build_dataset(
+            options(tmp_path / 'lmdb' / split / 'lq.lmdb', tmp_path / 'lmdb' / split / 'gt.lmdb', 'lmdb', **train)
+        )
         crops = samples(disk_train, seed=3)
         assert crops[0]['lq'].shape == (3, 16, 16) and crops[0]['lq'].dtype == torch.float32
         assert_same(crops, samples(lmdb_train, seed=3))
@@ -113,16 +128,18 @@ def pairs(tmp_path):
 def test_both_stored_forms_read_the_same(pairs, form):
     pack_pairs(str(pairs / 'lq'), str(pairs / 'gt'), str(pairs / form), form=form, workers=1, progress=False)
     disk = build_dataset(options(pairs / 'lq', pairs / 'gt', phase='train', gt_size=8, use_hflip=True))
-    packed = build_dataset(options(pairs / form / 'lq.lmdb', pairs / form / 'gt.lmdb', 'lmdb', phase='train',
-                                   gt_size=8, use_hflip=True))
+    packed = build_dataset(
+        options(pairs / form / 'lq.lmdb', pairs / form / 'gt.lmdb', 'lmdb', phase='train', gt_size=8, use_hflip=True)
+    )
     assert_same(samples(disk), samples(packed))
 
 
 def test_reads_lmdb_packed_by_basicsr(pairs):
     for side in ('lq', 'gt'):
         names = sorted(os.listdir(pairs / side))
-        make_lmdb_from_imgs(str(pairs / side), str(pairs / f'{side}.lmdb'), names,
-                            [os.path.splitext(n)[0] for n in names])
+        make_lmdb_from_imgs(
+            str(pairs / side), str(pairs / f'{side}.lmdb'), names, [os.path.splitext(n)[0] for n in names]
+        )
     packed = build_dataset(options(pairs / 'lq.lmdb', pairs / 'gt.lmdb', 'lmdb'))
     assert_same(samples(build_dataset(options(pairs / 'lq', pairs / 'gt'))), samples(packed))
 
@@ -135,8 +152,10 @@ def test_16_bit_images_scale_by_65535(tmp_path, ext):
     write(tmp_path / 'gt' / f'a{ext}', gt)
     pack_pairs(str(tmp_path / 'lq'), str(tmp_path / 'gt'), str(tmp_path / 'db'), workers=1, progress=False)
     expected = torch.from_numpy(lq[:, :, ::-1].transpose(2, 0, 1).astype(np.float32) / 65535)
-    for opt in (options(tmp_path / 'lq', tmp_path / 'gt'),
-                options(tmp_path / 'db' / 'lq.lmdb', tmp_path / 'db' / 'gt.lmdb', 'lmdb')):
+    for opt in (
+        options(tmp_path / 'lq', tmp_path / 'gt'),
+        options(tmp_path / 'db' / 'lq.lmdb', tmp_path / 'db' / 'gt.lmdb', 'lmdb'),
+    ):
         sample = build_dataset(opt)[0]
         assert torch.allclose(sample['lq'], expected, atol=1e-7)
         assert sample['gt'].max() > 255 / 65535 * 1.5  # not squashed to 8 bits
@@ -193,6 +212,7 @@ def test_lmdb_dataset_in_worker_processes(pairs):
 
 # ---- bad inputs: each error names the culprit and the option ----
 
+
 def build_error(opt, kind=ValueError):
     with pytest.raises(kind) as info:
         build_dataset(opt)
@@ -200,8 +220,9 @@ def build_error(opt, kind=ValueError):
 
 
 def test_missing_option_and_bad_backend(pairs):
-    assert 'dataroot_gt' in build_error({'name': 'x', 'type': 'LLIEPairedDataset', 'phase': 'val',
-                                         'dataroot_lq': str(pairs / 'lq')})
+    assert 'dataroot_gt' in build_error(
+        {'name': 'x', 'type': 'LLIEPairedDataset', 'phase': 'val', 'dataroot_lq': str(pairs / 'lq')}
+    )
     assert 'io_backend.type' in build_error(options(pairs / 'lq', pairs / 'gt', 'memcached'))
 
 
@@ -301,7 +322,7 @@ def test_lmdb_size_mismatch_from_meta_info(pairs):
 def test_image_damaged_after_building_is_a_data_error_naming_it(pairs):
     dataset = build_dataset(options(pairs / 'lq', pairs / 'gt'))
     png = (pairs / 'gt' / '2.png').read_bytes()
-    (pairs / 'gt' / '2.png').write_bytes(png[:len(png) // 2])
+    (pairs / 'gt' / '2.png').write_bytes(png[: len(png) // 2])
     with pytest.raises(DataError, match=r"LLIEPairedDataset 'test': .*gt/2\.png: not a decodable image"):
         dataset[2]
     os.remove(pairs / 'lq' / '1.png')

@@ -1,4 +1,5 @@
 """datasets_lmdb: packing, stored forms, verify, re-runs and the command line."""
+
 import os
 
 import cv2
@@ -8,10 +9,11 @@ import pytest
 import torch
 from basicsr.data import build_dataset
 
-from helpers import write_pairs
 from datasets_lmdb import pack_pairs, pack_preset, verify
 from datasets_lmdb.__main__ import main
 from gmmoe_arch.data.image_io import DataError, decode
+
+from helpers import write_pairs
 
 
 def pack(src, out, **kwargs):
@@ -50,9 +52,16 @@ def test_pack_writes_shared_keys_meta_info_and_exact_pixels(tmp_path, form, line
 def test_png_form_is_readable_by_basicsr_paired_dataset(tmp_path):
     src = write_pairs(tmp_path / 'src', n=2)
     pack(src, tmp_path / 'out', form='png')
-    opt = {'name': 'b', 'type': 'PairedImageDataset', 'phase': 'val', 'scale': 1, 'filename_tmpl': '{}',
-           'io_backend': {'type': 'lmdb'}, 'dataroot_lq': str(tmp_path / 'out' / 'lq.lmdb'),
-           'dataroot_gt': str(tmp_path / 'out' / 'gt.lmdb')}
+    opt = {
+        'name': 'b',
+        'type': 'PairedImageDataset',
+        'phase': 'val',
+        'scale': 1,
+        'filename_tmpl': '{}',
+        'io_backend': {'type': 'lmdb'},
+        'dataroot_lq': str(tmp_path / 'out' / 'lq.lmdb'),
+        'dataroot_gt': str(tmp_path / 'out' / 'gt.lmdb'),
+    }
     ours = dict(opt, type='LLIEPairedDataset')
     assert torch.equal(build_dataset(opt)[1]['gt'], build_dataset(ours)[1]['gt'])
 
@@ -63,8 +72,9 @@ def test_reader_processes_store_the_same_bytes(tmp_path):
     pack(src, tmp_path / 'two', workers=2)
     for key in ('000', '004'):
         assert stored(tmp_path / 'one' / 'lq.lmdb', key) == stored(tmp_path / 'two' / 'lq.lmdb', key)
-    assert ((tmp_path / 'one' / 'gt.lmdb' / 'meta_info.txt').read_text()
-            == (tmp_path / 'two' / 'gt.lmdb' / 'meta_info.txt').read_text())
+    assert (tmp_path / 'one' / 'gt.lmdb' / 'meta_info.txt').read_text() == (
+        tmp_path / 'two' / 'gt.lmdb' / 'meta_info.txt'
+    ).read_text()
 
 
 def test_16_bit_and_grayscale_are_kept(tmp_path):
@@ -115,7 +125,9 @@ def test_rerun_refuses_then_overwrites(tmp_path):
     os.remove(src / 'gt' / '002.png')
     assert pack(src, tmp_path / 'out', overwrite=True) == 2
     assert verify(str(tmp_path / 'out'), progress=False) == (
-        {str(tmp_path / 'out' / 'gt.lmdb'): 2, str(tmp_path / 'out' / 'lq.lmdb'): 2}, [])
+        {str(tmp_path / 'out' / 'gt.lmdb'): 2, str(tmp_path / 'out' / 'lq.lmdb'): 2},
+        [],
+    )
 
 
 def test_failed_pack_leaves_no_partial_database(tmp_path):
@@ -123,7 +135,7 @@ def test_failed_pack_leaves_no_partial_database(tmp_path):
     pack(src, tmp_path / 'out')
     before = stored(tmp_path / 'out' / 'gt.lmdb', '003')
     png = (src / 'gt' / '003.png').read_bytes()
-    (src / 'gt' / '003.png').write_bytes(png[:len(png) // 2])  # header intact, pixels cut off
+    (src / 'gt' / '003.png').write_bytes(png[: len(png) // 2])  # header intact, pixels cut off
     with pytest.raises(DataError, match=r'003\.png: not a decodable image'):
         pack(src, tmp_path / 'out', overwrite=True, workers=2)
     assert sorted(os.listdir(tmp_path / 'out')) == ['gt.lmdb', 'lq.lmdb']  # no .partial-* left
@@ -135,7 +147,7 @@ def test_failed_pack_leaves_no_partial_database(tmp_path):
 
 def test_leftover_of_a_killed_run_is_removed(tmp_path):
     src = write_pairs(tmp_path / 'src', n=1)
-    dead = tmp_path / 'out' / f'.partial-{2 ** 22 + 1}-x' / 'lq.lmdb'
+    dead = tmp_path / 'out' / f'.partial-{2**22 + 1}-x' / 'lq.lmdb'
     dead.mkdir(parents=True)
     pack(src, tmp_path / 'out')
     assert sorted(os.listdir(tmp_path / 'out')) == ['gt.lmdb', 'lq.lmdb']
@@ -162,8 +174,10 @@ def test_preset_with_wrong_root_shows_the_expected_tree(tmp_path, capsys):
     assert not (tmp_path / 'out').exists()
 
 
-@pytest.mark.parametrize('rule', [r'rain-(.*)->norain-\1', '{"lq": "rain-(.*)", "gt": "norain-\\\\1"}',
-                                  "{lq: 'rain-(.*)', gt: 'norain-\\1'}"])
+@pytest.mark.parametrize(
+    'rule',
+    [r'rain-(.*)->norain-\1', '{"lq": "rain-(.*)", "gt": "norain-\\\\1"}', "{lq: 'rain-(.*)', gt: 'norain-\\1'}"],
+)
 def test_cli_generic_pack_with_regex_rule(tmp_path, capsys, rule):
     """The arrow form, the README's JSON form (as the shell passes it) and YAML's flow mapping."""
     rng = np.random.default_rng(1)
@@ -171,8 +185,20 @@ def test_cli_generic_pack_with_regex_rule(tmp_path, capsys, rule):
         for folder, name in (('in', f'rain-{i}.jpg'), ('target', f'norain-{i}.jpg')):
             os.makedirs(tmp_path / folder, exist_ok=True)
             cv2.imwrite(str(tmp_path / folder / name), rng.integers(0, 256, (16, 12, 3)).astype(np.uint8))
-    argv = ['pack', '--lq', str(tmp_path / 'in'), '--gt', str(tmp_path / 'target'), '--out', str(tmp_path / 'db'),
-            '--pair-rule', rule, '--workers', '1', '--no-progress']
+    argv = [
+        'pack',
+        '--lq',
+        str(tmp_path / 'in'),
+        '--gt',
+        str(tmp_path / 'target'),
+        '--out',
+        str(tmp_path / 'db'),
+        '--pair-rule',
+        rule,
+        '--workers',
+        '1',
+        '--no-progress',
+    ]
     assert main(argv) == 0
     assert '2 pairs' in capsys.readouterr().out
     assert (tmp_path / 'db' / 'lq.lmdb' / 'meta_info.txt').read_text().split()[0] == 'rain-1.raw'
@@ -182,8 +208,12 @@ def test_cli_generic_pack_with_regex_rule(tmp_path, capsys, rule):
 
 def test_preset_checks_every_split_before_writing(tmp_path):
     rng = np.random.default_rng(2)
-    for folder, name in (('our485/low', '1.png'), ('our485/high', '1.png'), ('eval15/low', '5.png'),
-                         ('eval15/high', '6.png')):
+    for folder, name in (
+        ('our485/low', '1.png'),
+        ('our485/high', '1.png'),
+        ('eval15/low', '5.png'),
+        ('eval15/high', '6.png'),
+    ):
         os.makedirs(tmp_path / folder)
         cv2.imwrite(str(tmp_path / folder / name), rng.integers(0, 256, (8, 8, 3)).astype(np.uint8))
     with pytest.raises(ValueError, match=r'eval15/low without a partner: 5'):
@@ -193,8 +223,18 @@ def test_preset_checks_every_split_before_writing(tmp_path):
 
 def test_cli_bad_json_pair_rule_is_one_line(tmp_path, capsys):
     write_pairs(tmp_path, n=1)
-    argv = ['pack', '--lq', str(tmp_path / 'lq'), '--gt', str(tmp_path / 'gt'), '--out', str(tmp_path / 'db'),
-            '--pair-rule', '{"lq": "rain-(.*)", "gt": "norain-\\1"', '--no-progress']
+    argv = [
+        'pack',
+        '--lq',
+        str(tmp_path / 'lq'),
+        '--gt',
+        str(tmp_path / 'gt'),
+        '--out',
+        str(tmp_path / 'db'),
+        '--pair-rule',
+        '{"lq": "rain-(.*)", "gt": "norain-\\1"',
+        '--no-progress',
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and 'pair_rule' in err and 'JSON/YAML' in err

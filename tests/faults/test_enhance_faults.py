@@ -1,5 +1,6 @@
 """Faults around ``gmmoe enhance``: hard-linked outputs, full disks, kills mid-write, running out of memory,
 unwritable outputs, symlink loops, decompression-bomb headers."""
+
 import glob
 import os
 import signal
@@ -13,12 +14,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from helpers import REPO, activate_branches, enospc_writes
 
 from gmmoe_arch import GMMoE, enhance
 from gmmoe_arch.enhance import EnhanceError, collect_jobs, enhance_paths, read_image
 from gmmoe_arch.enhance_cli import main
 from gmmoe_arch.inference import jobs
+
+from helpers import REPO, activate_branches, enospc_writes
 
 
 @pytest.fixture(scope='module')
@@ -34,16 +36,22 @@ def noisy(h, w, seed=0):
 
 def png_header_only(path, width, height):
     """A PNG whose header declares ``width x height`` RGB pixels, followed by a few bytes of data."""
+
     def chunk(kind, data):
         return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
 
-    path.write_bytes(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0))
-                     + chunk(b'IDAT', zlib.compress(b'\0' * 1000)) + chunk(b'IEND', b''))
+    path.write_bytes(
+        b'\x89PNG\r\n\x1a\n'
+        + chunk(b'IHDR', struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0))
+        + chunk(b'IDAT', zlib.compress(b'\0' * 1000))
+        + chunk(b'IEND', b'')
+    )
 
 
 @contextmanager
 def deadline(seconds):
     """Fail (instead of hanging) when the block runs longer than ``seconds``."""
+
     def fail(*_):
         raise AssertionError(f'still running after {seconds} s (a symlink loop followed?)')
 
@@ -91,15 +99,17 @@ def test_output_reached_through_a_symlinked_folder_is_refused(tmp_path):
 
 
 def test_disk_full_on_a_small_tmpfs_fails_that_image_only_and_leaves_nothing_half_written(
-        small_disk, tmp_path, reference_dir, capsys):
+    small_disk, tmp_path, reference_dir, capsys
+):
     disk = small_disk(64 * 1024)
     src = tmp_path / 'in'
     src.mkdir()
     cv2.imwrite(str(src / 'big.png'), noisy(200, 200))  # ~120 KB as PNG: does not fit
     cv2.imwrite(str(src / 'small.png'), noisy(16, 16))
     (disk / 'big.png').write_bytes(b'the previous output')
-    code = main(['enhance', str(src), '-o', str(disk), '--weights', str(reference_dir / 'gmmoe_w8_net_g.pth'),
-                 '--no-progress'])
+    code = main(
+        ['enhance', str(src), '-o', str(disk), '--weights', str(reference_dir / 'gmmoe_w8_net_g.pth'), '--no-progress']
+    )
     captured = capsys.readouterr()
     assert code == 1
     assert f'{disk / "big.png"}: cannot be written (No space left on device)' in captured.err
@@ -129,15 +139,26 @@ def test_gates_file_on_a_full_disk_is_reported_and_the_images_kept(small_disk, t
                 f.write(b'\0' * 4096)
     cv2.imwrite(str(tmp_path / 'a.png'), noisy(24, 24))
     gates = disk / 'gates.json'
-    code = main(['enhance', str(tmp_path / 'a.png'), '-o', str(tmp_path / 'out'), '--gates', str(gates),
-                 '--weights', str(reference_dir / 'gmmoe_w8_net_g.pth'), '--no-progress'])
+    code = main(
+        [
+            'enhance',
+            str(tmp_path / 'a.png'),
+            '-o',
+            str(tmp_path / 'out'),
+            '--gates',
+            str(gates),
+            '--weights',
+            str(reference_dir / 'gmmoe_w8_net_g.pth'),
+            '--no-progress',
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 1 and f'failed: gate weights: {gates}: cannot be written (No space left' in captured.err
     assert os.listdir(disk) == ['filler'] and 'gate weights in' not in captured.out
     assert (tmp_path / 'out' / 'a.png').is_file() and '1 image(s) written' in captured.out
 
 
-KILL_MID_WRITE = '''
+KILL_MID_WRITE = """
 import os, signal, sys
 import numpy as np
 from gmmoe_arch import enhance
@@ -147,7 +168,7 @@ def write_half_then_die(fd, data):
     os.kill(os.getpid(), signal.SIGKILL)
 os.write = write_half_then_die
 enhance.write_image(sys.argv[1], np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
-'''
+"""
 
 
 def test_kill_during_a_write_leaves_the_previous_file_under_the_final_name(tmp_path):
@@ -164,8 +185,10 @@ def test_kill_during_a_write_leaves_the_previous_file_under_the_final_name(tmp_p
 # ---------------------------------------------------------------- memory
 
 
-@pytest.mark.parametrize('error', [MemoryError(), RuntimeError('[enforce fail at alloc_cpu.cpp:117] '
-                                                               "DefaultCPUAllocator: can't allocate memory")])
+@pytest.mark.parametrize(
+    'error',
+    [MemoryError(), RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")],
+)
 def test_running_out_of_memory_on_one_image_does_not_abort_the_batch(tmp_path, tiny_net, monkeypatch, error):
     src = tmp_path / 'in'
     src.mkdir()
@@ -197,9 +220,11 @@ def test_an_image_above_max_image_pixels_is_refused_before_decoding(tmp_path, mo
     monkeypatch.setattr(cv2, 'imread', no_decoding)
     with pytest.raises(EnhanceError) as err:
         read_image(str(path), max_image_pixels=59999)
-    assert str(err.value) == (f'{path}: its header declares 300x200 = 60,000 pixels, more than --max-image-pixels '
-                              '59,999 (memory grows with the image: about 9 bytes per pixel for 8-bit RGB); raise '
-                              '--max-image-pixels to enhance it anyway')
+    assert str(err.value) == (
+        f'{path}: its header declares 300x200 = 60,000 pixels, more than --max-image-pixels '
+        '59,999 (memory grows with the image: about 9 bytes per pixel for 8-bit RGB); raise '
+        '--max-image-pixels to enhance it anyway'
+    )
 
 
 def test_bomb_header_gives_one_line_naming_the_file(tmp_path, reference_dir, capsys):
@@ -207,14 +232,25 @@ def test_bomb_header_gives_one_line_naming_the_file(tmp_path, reference_dir, cap
     src.mkdir()
     png_header_only(src / 'bomb.png', 100000, 100000)
     cv2.imwrite(str(src / 'fine.png'), noisy(16, 16))
-    code = main(['enhance', str(src), '-o', str(tmp_path / 'out'), '--weights',
-                 str(reference_dir / 'gmmoe_w8_net_g.pth'), '--no-progress'])
+    code = main(
+        [
+            'enhance',
+            str(src),
+            '-o',
+            str(tmp_path / 'out'),
+            '--weights',
+            str(reference_dir / 'gmmoe_w8_net_g.pth'),
+            '--no-progress',
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and 'Traceback' not in err and 'DecompressionBomb' not in err
     lines = [line for line in err.splitlines() if 'bomb.png' in line]
-    assert lines == [f'gmmoe enhance: failed: {src / "bomb.png"}: its header declares 100000x100000 = '
-                     '10,000,000,000 pixels, more than --max-image-pixels 150,000,000 (memory grows with the image: '
-                     'about 9 bytes per pixel for 8-bit RGB); raise --max-image-pixels to enhance it anyway']
+    assert lines == [
+        f'gmmoe enhance: failed: {src / "bomb.png"}: its header declares 100000x100000 = '
+        '10,000,000,000 pixels, more than --max-image-pixels 150,000,000 (memory grows with the image: '
+        'about 9 bytes per pixel for 8-bit RGB); raise --max-image-pixels to enhance it anyway'
+    ]
     assert os.listdir(tmp_path / 'out') == ['fine.png']
 
 
@@ -268,14 +304,35 @@ def test_folder_walking_and_globs_end_on_symlink_loops(looped_tree, tmp_path):
 
 
 def test_globs_match_what_glob_matches_on_a_tree_without_loops(tmp_path, monkeypatch):
-    for rel in ['a.png', 'b.jpg', '.hidden.png', 'x1.png', 'sub/c.png', 'sub/.h/d.png', 'sub/deep/e.png',
-                'other/f.png']:
+    for rel in [
+        'a.png',
+        'b.jpg',
+        '.hidden.png',
+        'x1.png',
+        'sub/c.png',
+        'sub/.h/d.png',
+        'sub/deep/e.png',
+        'other/f.png',
+    ]:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b'x')
     os.symlink(tmp_path / 'other', tmp_path / 'sub' / 'link')
     monkeypatch.chdir(tmp_path)
-    patterns = ['*.png', '**/*.png', 'sub/**/*.png', '*/*.png', 'x?.png', '[ab].*', '.*.png', 'sub/**', '**/deep/*',
-                str(tmp_path / '**' / '*.png'), str(tmp_path / 's*' / '*.png'), 'sub/.h/*.png', 'missing/*.png']
+    patterns = [
+        '*.png',
+        '**/*.png',
+        'sub/**/*.png',
+        '*/*.png',
+        'x?.png',
+        '[ab].*',
+        '.*.png',
+        'sub/**',
+        '**/deep/*',
+        str(tmp_path / '**' / '*.png'),
+        str(tmp_path / 's*' / '*.png'),
+        'sub/.h/*.png',
+        'missing/*.png',
+    ]
     for pattern in patterns:
         expected = sorted(f for f in glob.glob(pattern, recursive=True))
         assert jobs._glob(pattern) == [p for p in expected if not p.endswith(os.sep)], pattern

@@ -4,6 +4,7 @@ steps, flipped bytes, truncated and damaged ``data.mdb``, truncated JPEGs, decom
 Processes are forked from the test process (no interpreter start-up per case); a child that would die of
 SIGBUS or SIGKILL is reported by its exit status instead of taking the test run with it.
 """
+
 import os
 import signal
 import struct
@@ -18,11 +19,12 @@ import numpy as np
 import pytest
 from basicsr.data import build_dataset
 
-from helpers import enospc_writes, write_pairs
 from datasets_lmdb import pack_pairs, verify
 from datasets_lmdb.__main__ import main
 from datasets_lmdb.output import PackError
 from gmmoe_arch.data.image_io import LEGACY_RAW_MAGIC, MAX_PIXELS, DataError, MissingDataError, decode
+
+from helpers import enospc_writes, write_pairs
 
 
 def start(fn, *args):
@@ -61,8 +63,21 @@ def forked(fn, *args):
 
 
 def cli_pack(src, out, *extra):
-    return main(['pack', '--lq', str(src / 'lq'), '--gt', str(src / 'gt'), '--out', str(out), '--workers', '1',
-                 '--no-progress', *extra])
+    return main(
+        [
+            'pack',
+            '--lq',
+            str(src / 'lq'),
+            '--gt',
+            str(src / 'gt'),
+            '--out',
+            str(out),
+            '--workers',
+            '1',
+            '--no-progress',
+            *extra,
+        ]
+    )
 
 
 def stored(db, key):
@@ -74,8 +89,14 @@ def stored(db, key):
 
 
 def lmdb_options(out, **io):
-    return {'name': 'faults', 'type': 'LLIEPairedDataset', 'phase': 'val', 'dataroot_lq': str(out / 'lq.lmdb'),
-            'dataroot_gt': str(out / 'gt.lmdb'), 'io_backend': {'type': 'lmdb', **io}}
+    return {
+        'name': 'faults',
+        'type': 'LLIEPairedDataset',
+        'phase': 'val',
+        'dataroot_lq': str(out / 'lq.lmdb'),
+        'dataroot_gt': str(out / 'gt.lmdb'),
+        'io_backend': {'type': 'lmdb', **io},
+    }
 
 
 def data_error(fn):
@@ -94,12 +115,14 @@ def last_line_only(text):
 
 # ---- 1. two packs into one folder ----
 
+
 def test_second_pack_into_a_busy_folder_fails_fast_naming_folder_and_holder(tmp_path):
     first, second = write_pairs(tmp_path / 'a', n=3), write_pairs(tmp_path / 'b', n=5, seed=1)
     out, go = tmp_path / 'out', tmp_path / 'go'
 
     def slow_pack():
         import datasets_lmdb.pack as pack_module
+
         store = pack_module._store
 
         def wait_then_store(*args):
@@ -139,6 +162,7 @@ def test_racing_packs_never_both_succeed(tmp_path):
 
 
 # ---- 2. SIGKILL while lq/gt are replaced, and a pair mixed from two runs ----
+
 
 def kill_at_rename(target, src, out):
     """Pack with ``--overwrite`` and SIGKILL this process just before it renames onto ``target``."""
@@ -194,6 +218,7 @@ def test_kill_while_writing_keeps_the_old_pair_and_verify_names_the_leftover(tmp
 
     def die_on_second_put():
         import datasets_lmdb.pack as pack_module
+
         put, calls = pack_module._Writer.put, []
 
         def put_or_die(self, *args):
@@ -216,6 +241,7 @@ def test_kill_while_writing_keeps_the_old_pair_and_verify_names_the_leftover(tmp
 
 
 # ---- 3. verify's blind spots ----
+
 
 def test_flipped_byte_in_a_raw_entry_is_found_by_verify_and_on_request_by_the_dataset(tmp_path, capsys):
     out = tmp_path / 'out'
@@ -266,6 +292,7 @@ def dataset_in_child(out):
             print(f'DataError: {err}')
             return 5
         return 0
+
     return forked(build)
 
 
@@ -293,12 +320,19 @@ def test_damaged_data_mdb_is_a_one_line_problem_never_sigbus(tmp_path, damage):
 
 # ---- 4. truncated images and decompression bombs ----
 
+
 def png_header(w, h):
     """A PNG declaring ``w x h`` RGB pixels with a tiny (wrong-size) image body."""
+
     def chunk(kind, data):
         return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
-    return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 8, 2, 0, 0, 0))
-            + chunk(b'IDAT', zlib.compress(b'\0' * 64)) + chunk(b'IEND', b''))
+
+    return (
+        b'\x89PNG\r\n\x1a\n'
+        + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 8, 2, 0, 0, 0))
+        + chunk(b'IDAT', zlib.compress(b'\0' * 64))
+        + chunk(b'IEND', b'')
+    )
 
 
 def test_truncated_jpeg_is_refused_by_pack_and_dataset(tmp_path):
@@ -306,13 +340,21 @@ def test_truncated_jpeg_is_refused_by_pack_and_dataset(tmp_path):
     rng = np.random.default_rng(3)
     jpeg = cv2.imencode('.jpg', rng.integers(0, 256, (48, 40, 3), dtype=np.uint8))[1].tobytes()
     (src / 'gt' / '001.png').unlink()
-    (src / 'gt' / '001.jpg').write_bytes(jpeg[:len(jpeg) * 2 // 3])
-    message = data_error(lambda: pack_pairs(str(src / 'lq'), str(src / 'gt'), str(tmp_path / 'out'), workers=1,
-                                            progress=False))
+    (src / 'gt' / '001.jpg').write_bytes(jpeg[: len(jpeg) * 2 // 3])
+    message = data_error(
+        lambda: pack_pairs(str(src / 'lq'), str(src / 'gt'), str(tmp_path / 'out'), workers=1, progress=False)
+    )
     assert '001.jpg: truncated JPEG' in message
     assert os.listdir(tmp_path / 'out') == []
-    dataset = build_dataset({'name': 'disk', 'type': 'LLIEPairedDataset', 'phase': 'val',
-                             'dataroot_lq': str(src / 'lq'), 'dataroot_gt': str(src / 'gt')})
+    dataset = build_dataset(
+        {
+            'name': 'disk',
+            'type': 'LLIEPairedDataset',
+            'phase': 'val',
+            'dataroot_lq': str(src / 'lq'),
+            'dataroot_gt': str(src / 'gt'),
+        }
+    )
     message = data_error(lambda: dataset[1])
     assert '001.jpg: truncated JPEG' in message
     assert decode(jpeg, 'whole').shape == (48, 40, 3)  # the complete file decodes
@@ -323,16 +365,27 @@ def test_decompression_bomb_is_refused_naming_the_file(tmp_path, side):
     assert side * side > MAX_PIXELS
     src = write_pairs(tmp_path / 'src', n=2)
     (src / 'lq' / '001.png').write_bytes(png_header(side, side))
-    message = data_error(lambda: pack_pairs(str(src / 'lq'), str(src / 'gt'), str(tmp_path / 'out'), workers=1,
-                                            progress=False))
+    message = data_error(
+        lambda: pack_pairs(str(src / 'lq'), str(src / 'gt'), str(tmp_path / 'out'), workers=1, progress=False)
+    )
     assert str(src / 'lq' / '001.png') in message and 'pixels' in message
-    message = data_error(lambda: build_dataset({'name': 'disk', 'type': 'LLIEPairedDataset', 'phase': 'val',
-                                                'dataroot_lq': str(src / 'lq'), 'dataroot_gt': str(src / 'gt')}))
+    message = data_error(
+        lambda: build_dataset(
+            {
+                'name': 'disk',
+                'type': 'LLIEPairedDataset',
+                'phase': 'val',
+                'dataroot_lq': str(src / 'lq'),
+                'dataroot_gt': str(src / 'gt'),
+            }
+        )
+    )
     assert str(src / 'lq' / '001.png') in message and 'pixels' in message
     assert 'pixels' in data_error(lambda: decode(png_header(side, side), 'entry'))
 
 
 # ---- 5. a full disk ----
+
 
 def test_full_disk_during_pack_is_one_line_and_keeps_the_old_pair(tmp_path, small_disk, capsys):
     disk = small_disk(1 << 20)
@@ -361,6 +414,7 @@ def test_enospc_while_finishing_is_reported_as_a_full_disk(tmp_path):
 
 
 # ---- 6. DataError for missing data ----
+
 
 def test_missing_lmdb_points_to_presets_and_docs(tmp_path):
     with pytest.raises(MissingDataError) as info:

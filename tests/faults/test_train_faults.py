@@ -1,13 +1,15 @@
 """Faults during ``basicsr train`` / ``basicsr test``: full disk, damaged checkpoints, hostile pickles, bad options."""
+
 import errno
 import os
 
 import pytest
 import torch
 import yaml
-from helpers import run_basicsr, tiny_gmmoe_options, write_pairs, write_yaml
 
 from gmmoe_arch import cli, compat
+
+from helpers import run_basicsr, tiny_gmmoe_options, write_pairs, write_yaml
 
 
 def train(tmp_path, env, options, *extra, cwd=None):
@@ -79,9 +81,15 @@ def test_hostile_checkpoint_runs_no_code_even_when_torch_allows_it(tmp_path, plu
     torch.save({'params': Hostile(marker)}, evil)
     data = write_pairs(tmp_path / 'data', n=2)
     options = tiny_gmmoe_options(data, 'hostile', total_iter=1, checkpoint_freq=1)
-    test_opt = {'name': 'hostile', 'model_type': 'GMMoEModel', 'num_gpu': 0,
-                'datasets': {'test_1': options['datasets']['val']}, 'network_g': options['network_g'],
-                'path': {'pretrain_network_g': str(evil), 'strict_load_g': True}, 'val': options['val']}
+    test_opt = {
+        'name': 'hostile',
+        'model_type': 'GMMoEModel',
+        'num_gpu': 0,
+        'datasets': {'test_1': options['datasets']['val']},
+        'network_g': options['network_g'],
+        'path': {'pretrain_network_g': str(evil), 'strict_load_g': True},
+        'val': options['val'],
+    }
     env = dict(plugin_env, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD='1')
     done = run_basicsr(['test', '-opt', str(write_yaml(tmp_path / 'test.yml', test_opt))], tmp_path, env)
     assert done.returncode == 2 and f'cannot load network checkpoint {evil}' in done.stderr
@@ -96,14 +104,19 @@ def test_hostile_checkpoint_runs_no_code_even_when_torch_allows_it(tmp_path, plu
     assert not marker.exists()
 
 
-@pytest.mark.parametrize('edit, message', [
-    (lambda o: o['network_g'].update(width='eight'), "network_g.width must be an integer >= 1, got 'eight'"),
-    (lambda o: o['network_g'].update(width=-4), 'network_g.width must be an integer >= 1, got -4'),
-    (lambda o: o['datasets']['train'].update(gt_size='big'),
-     "datasets.train.gt_size must be an integer >= 1, got 'big'"),
-    (lambda o: o['logger'].update(save_checkpoint_freq=0), 'logger.save_checkpoint_freq must be an integer >= 1'),
-    (lambda o: o['network_g'].update(enc_blk_nums=[1, 'x']), "network_g.enc_blk_nums[1] must be an integer"),
-])
+@pytest.mark.parametrize(
+    'edit, message',
+    [
+        (lambda o: o['network_g'].update(width='eight'), "network_g.width must be an integer >= 1, got 'eight'"),
+        (lambda o: o['network_g'].update(width=-4), 'network_g.width must be an integer >= 1, got -4'),
+        (
+            lambda o: o['datasets']['train'].update(gt_size='big'),
+            "datasets.train.gt_size must be an integer >= 1, got 'big'",
+        ),
+        (lambda o: o['logger'].update(save_checkpoint_freq=0), 'logger.save_checkpoint_freq must be an integer >= 1'),
+        (lambda o: o['network_g'].update(enc_blk_nums=[1, 'x']), 'network_g.enc_blk_nums[1] must be an integer'),
+    ],
+)
 def test_wrong_option_types_are_one_line_errors(tmp_path, capsys, edit, message):
     options = tiny_gmmoe_options(tmp_path, 'types', total_iter=1, checkpoint_freq=1)
     edit(options)

@@ -1,10 +1,12 @@
 """Fixtures of the inference tests: the reference network and a tiny random one with every branch active."""
+
 import pytest
 import torch
-from helpers import activate_branches
 
 from gmmoe_arch import GMMoE
 from gmmoe_arch.inference.loading import load_network
+
+from helpers import activate_branches
 
 
 @pytest.fixture(scope='session')

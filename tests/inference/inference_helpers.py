@@ -1,4 +1,5 @@
 """Images and references shared by the inference tests."""
+
 import numpy as np
 import torch
 

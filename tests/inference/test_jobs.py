@@ -1,4 +1,5 @@
 """gmmoe_arch.inference.jobs: output names, refused outputs, a batch that goes on past a corrupt file."""
+
 import cv2
 import numpy as np
 import pytest
@@ -17,8 +18,10 @@ def test_output_names_mirror_inputs_and_inputs_are_never_overwritten(tmp_path):
     for rel in ['a.png', 'sub/b.jpg', 'sub/notes.txt']:
         (tmp_path / 'in' / rel).write_bytes(b'x')
     jobs = collect_jobs([str(tmp_path / 'in')], str(tmp_path / 'out'), suffix='_gm')
-    assert [(j.name, j.dst) for j in jobs] == [('a.png', str(tmp_path / 'out' / 'a_gm.png')),
-                                               ('sub/b.jpg', str(tmp_path / 'out' / 'sub' / 'b_gm.jpg'))]
+    assert [(j.name, j.dst) for j in jobs] == [
+        ('a.png', str(tmp_path / 'out' / 'a_gm.png')),
+        ('sub/b.jpg', str(tmp_path / 'out' / 'sub' / 'b_gm.jpg')),
+    ]
     globbed = collect_jobs([str(tmp_path / 'in' / '**' / '*.jpg')], str(tmp_path / 'out'))
     assert [j.dst for j in globbed] == [str(tmp_path / 'out' / 'b.jpg')]
     with pytest.raises(EnhanceError, match='would overwrite the input'):
@@ -72,10 +75,20 @@ def test_each_check_runs_once_per_run_and_each_image_is_planned_once(tiny_net, t
     for i in range(2):
         cv2.imwrite(str(folder / f'{i}.png'), random_image((80, 70, 3), np.uint8, seed=i))
     counts = Counter()
-    for owner, name in [(Tiling, '__post_init__'), (Tiling, 'plan'), (RunOptions, '__post_init__'),
-                        (jobs, 'check_writable'), (jobs, 'collect_jobs')]:
+    for owner, name in [
+        (Tiling, '__post_init__'),
+        (Tiling, 'plan'),
+        (RunOptions, '__post_init__'),
+        (jobs, 'check_writable'),
+        (jobs, 'collect_jobs'),
+    ]:
         count_calls(monkeypatch, owner, name, counts)
     summary = enhance_paths([str(folder)], str(tmp_path / 'out'), tiny_net, tile=64, overlap=16, stat_passes=0)
     assert len(summary.written) == 2 and summary.tiles == 2 * 4
-    assert counts == {'Tiling.__post_init__': 1, 'RunOptions.__post_init__': 1, 'jobs.check_writable': 1,
-                      'jobs.collect_jobs': 1, 'Tiling.plan': 2}
+    assert counts == {
+        'Tiling.__post_init__': 1,
+        'RunOptions.__post_init__': 1,
+        'jobs.check_writable': 1,
+        'jobs.collect_jobs': 1,
+        'Tiling.plan': 2,
+    }

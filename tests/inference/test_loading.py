@@ -1,4 +1,5 @@
 """gmmoe_arch.inference.loading and archs.checkpoint_config: checkpoints, option files, sizes, devices."""
+
 import pytest
 import torch
 
@@ -14,8 +15,9 @@ def test_released_checkpoint_loads_strictly_with_inferred_config(ref_ckpt, ref_n
     assert set(state) == {k for k in released if '.conv6.' not in k}
     assert all(torch.equal(v, released[k]) for k, v in state.items())
     assert not ref_net.training and not any(p.requires_grad for p in ref_net.parameters())
-    assert infer_config(released) == dict(img_channel=3, width=8, enc_blk_nums=[1, 1, 1, 1], middle_blk_num=1,
-                                          dec_blk_nums=[1, 1, 1, 1])
+    assert infer_config(released) == dict(
+        img_channel=3, width=8, enc_blk_nums=[1, 1, 1, 1], middle_blk_num=1, dec_blk_nums=[1, 1, 1, 1]
+    )
 
 
 def test_inferred_config_rebuilds_other_sizes_and_is_none_for_other_networks():
@@ -33,8 +35,10 @@ def test_option_file_network_and_params_ema_preferred(ref_ckpt, tmp_path):
     ckpt = tmp_path / 'ours.pth'
     torch.save({'params': wrong, 'params_ema': {'module.' + k: v for k, v in released.items()}}, ckpt)
     opt = tmp_path / 'net.yml'
-    opt.write_text('network_g:\n  type: OURNet24\n  width: 8\n  enc_blk_nums: [1, 1, 1, 1]\n'
-                   '  middle_blk_num: 1\n  dec_blk_nums: [1, 1, 1, 1]\n')
+    opt.write_text(
+        'network_g:\n  type: OURNet24\n  width: 8\n  enc_blk_nums: [1, 1, 1, 1]\n'
+        '  middle_blk_num: 1\n  dec_blk_nums: [1, 1, 1, 1]\n'
+    )
     net = load_network(str(ckpt), option_file=str(opt), device='cpu')
     assert type(net).__name__ == 'OURNet24'
     assert torch.equal(net.state_dict()['intro.weight'], released['intro.weight'])
@@ -58,24 +62,30 @@ def test_bad_checkpoint_gives_one_clear_error(case, ref_ckpt, tmp_path):
         load_network(str(path), device='cpu', **kwargs)
     msg = str(err.value)
     assert str(path) in msg
-    expected = {'missing_file': 'no such file', 'not_checkpoint': 'not a PyTorch checkpoint',
-                'no_tensors': 'expected a state dict of tensors',
-                'wrong_preset': 'holds a width-8 network (enc [1, 1, 1, 1], middle 1, dec [1, 1, 1, 1]); '
-                                '--preset paper is a width-24 network (enc [1, 1, 1, 1], middle 1, dec [1, 1, 1, 1]); '
-                                'drop --preset',
-                'missing_key': '1 missing: encoders.1.0.GateNetwork.0.weight'}[case]
+    expected = {
+        'missing_file': 'no such file',
+        'not_checkpoint': 'not a PyTorch checkpoint',
+        'no_tensors': 'expected a state dict of tensors',
+        'wrong_preset': 'holds a width-8 network (enc [1, 1, 1, 1], middle 1, dec [1, 1, 1, 1]); '
+        '--preset paper is a width-24 network (enc [1, 1, 1, 1], middle 1, dec [1, 1, 1, 1]); '
+        'drop --preset',
+        'missing_key': '1 missing: encoders.1.0.GateNetwork.0.weight',
+    }[case]
     assert expected in msg
 
 
 def test_checkpoint_of_another_size_than_the_option_file_is_named(ref_ckpt, tmp_path):
     opt = tmp_path / 'net.yml'
-    opt.write_text('network_g:\n  type: GMMoE\n  width: 16\n  enc_blk_nums: [1, 1]\n  middle_blk_num: 2\n'
-                   '  dec_blk_nums: [1, 1]\n')
+    opt.write_text(
+        'network_g:\n  type: GMMoE\n  width: 16\n  enc_blk_nums: [1, 1]\n  middle_blk_num: 2\n  dec_blk_nums: [1, 1]\n'
+    )
     with pytest.raises(EnhanceError) as err:
         load_network(str(ref_ckpt), option_file=str(opt), device='cpu')
-    assert str(err.value) == (f'checkpoint {ref_ckpt} holds a width-8 network (enc [1, 1, 1, 1], middle 1, dec '
-                              f'[1, 1, 1, 1]); --opt {opt} is a width-16 network (enc [1, 1], middle 2, dec [1, 1]); '
-                              'drop --opt to read the size off the checkpoint')
+    assert str(err.value) == (
+        f'checkpoint {ref_ckpt} holds a width-8 network (enc [1, 1, 1, 1], middle 1, dec '
+        f'[1, 1, 1, 1]); --opt {opt} is a width-16 network (enc [1, 1], middle 2, dec [1, 1]); '
+        'drop --opt to read the size off the checkpoint'
+    )
 
 
 def test_random_weights_need_explicit_consent():

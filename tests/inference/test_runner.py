@@ -1,4 +1,5 @@
 """gmmoe_arch.inference.runner: enhance_image against the network itself, precisions, dtypes, options."""
+
 import numpy as np
 import pytest
 import torch
@@ -30,10 +31,13 @@ def test_precisions(ref_net):
             enhance_image(ref_net, img, precision='fp16')
 
 
-@pytest.mark.parametrize('kwargs, message', [
-    (dict(precision='fp64'), '--precision fp64: choose from fp32, fp16, bf16'),
-    (dict(stat_passes=-1), '--stat-passes -1: must be >= 0'),
-])
+@pytest.mark.parametrize(
+    'kwargs, message',
+    [
+        (dict(precision='fp64'), '--precision fp64: choose from fp32, fp16, bf16'),
+        (dict(stat_passes=-1), '--stat-passes -1: must be >= 0'),
+    ],
+)
 def test_bad_run_options_are_refused_when_made(kwargs, message):
     with pytest.raises(EnhanceError, match=message):
         RunOptions(CPU, **kwargs)
@@ -50,8 +54,11 @@ def test_identity_network_reproduces_every_dtype():
     for p in net.ending.parameters():  # output = ending(x) + input: zero ending -> identity
         torch.nn.init.zeros_(p)
     rng = np.random.default_rng(2)
-    for img in [(rng.random((20, 30, 3)) * 255).astype(np.uint8), (rng.random((20, 30)) * 65535).astype(np.uint16),
-                rng.random((20, 30, 3)).astype(np.float32)]:
+    for img in [
+        (rng.random((20, 30, 3)) * 255).astype(np.uint8),
+        (rng.random((20, 30)) * 65535).astype(np.uint16),
+        rng.random((20, 30, 3)).astype(np.float32),
+    ]:
         out = enhance_image(net, img)
         assert out.dtype == img.dtype
         np.testing.assert_allclose(out.astype(float), img.astype(float), atol=1e-5 if img.dtype == np.float32 else 1)

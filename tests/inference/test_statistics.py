@@ -1,4 +1,5 @@
 """gmmoe_arch.inference.statistics: whole-image pooled statistics through the pooling seam, fp32 and bf16."""
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +15,7 @@ SITES = 27  # 9 expert blocks x (gate, channel attention, SCA) in the reference 
 def into(out):
     def add(y0, y1, x0, x1, pred):
         out[..., y0:y1, x0:x1] += pred
+
     return add
 
 
@@ -60,8 +62,9 @@ def test_tiled_output_approximates_whole_image_output(ref_net, precision):
     h, w = 336, 256
     x = smooth_image(h, w)
     whole_gates, local_gates, shared_gates = {}, {}, {}
-    whole = enhance_tensor(ref_net, x, Tiling(max_pixels=h * w).plan(h, w), RunOptions(CPU, precision),
-                           gates=whole_gates)
+    whole = enhance_tensor(
+        ref_net, x, Tiling(max_pixels=h * w).plan(h, w), RunOptions(CPU, precision), gates=whole_gates
+    )
     plan = Tiling(tile=256, overlap=64).plan(h, w, align=ref_net.padder_size)
     assert plan.ys == [(0, 256), (80, 336)] and plan.xs == [(0, 256)]
     local = enhance_tensor(ref_net, x, plan, RunOptions(CPU, precision, stat_passes=0), gates=local_gates)
@@ -71,8 +74,15 @@ def test_tiled_output_approximates_whole_image_output(ref_net, precision):
         return max(float(np.abs(gates[k] - whole_gates[k]).max()) for k in whole_gates)
 
     err_local, err_shared = (local - whole).abs(), (shared - whole).abs()
-    print(precision, float(err_local.max()), float(err_local.mean()), gate_error(local_gates),
-          float(err_shared.max()), float(err_shared.mean()), gate_error(shared_gates))
+    print(
+        precision,
+        float(err_local.max()),
+        float(err_local.mean()),
+        gate_error(local_gates),
+        float(err_shared.max()),
+        float(err_shared.mean()),
+        gate_error(shared_gates),
+    )
     assert err_shared.mean() < 0.5 * err_local.mean()
     if precision == 'fp32':  # bf16 rounds the gate weights themselves to steps of up to 2^-8
         assert err_shared.max() < 0.04 and err_shared.mean() < 0.003

@@ -1,4 +1,5 @@
 """gmmoe_arch.inference.tiling: tile plans, blending shares, row bands; options checked when made."""
+
 import numpy as np
 import pytest
 from inference_helpers import CPU, random_image
@@ -28,9 +29,13 @@ def test_tile_plan_covers_aligned_overlapping_and_shares_sum_to_one(h, w, tile, 
 def test_small_images_are_one_tile_and_bad_tiling_options_are_refused():
     assert len(Tiling().plan(37, 53)) == 1 and len(Tiling().plan(1, 1)) == 1
     assert len(Tiling().plan(2000, 1500)) > 1
-    for kwargs, text in [(dict(tile=32), '--tile 32'), (dict(tile=256, overlap=128), '--overlap 128'),
-                         (dict(overlap=-1), '--overlap -1'), (dict(max_pixels=0), '--max-pixels 0'),
-                         (dict(overlap=300), r'--overlap 300: must be under half the tile side \(512 px\)')]:
+    for kwargs, text in [
+        (dict(tile=32), '--tile 32'),
+        (dict(tile=256, overlap=128), '--overlap 128'),
+        (dict(overlap=-1), '--overlap -1'),
+        (dict(max_pixels=0), '--max-pixels 0'),
+        (dict(overlap=300), r'--overlap 300: must be under half the tile side \(512 px\)'),
+    ]:
         with pytest.raises(EnhanceError, match=text):
             Tiling(**kwargs)
 
@@ -46,8 +51,9 @@ def whole_image_reference(net, img, **options):
     return np.concatenate([out, img[..., 3:]], axis=2) if img.ndim == 3 and img.shape[2] == 4 else out
 
 
-@pytest.mark.parametrize('shape, dtype', [((150, 100, 4), np.uint8), ((120, 130), np.uint16),
-                                          ((100, 150, 3), np.float32)])
+@pytest.mark.parametrize(
+    'shape, dtype', [((150, 100, 4), np.uint8), ((120, 130), np.uint16), ((100, 150, 3), np.float32)]
+)
 def test_row_bands_give_the_whole_image_result(tiny_net, shape, dtype):
     img = random_image(shape, dtype, seed=3)
     options = dict(tile=64, overlap=16, stat_passes=1)

@@ -1,18 +1,19 @@
 """PSNRLoss against its formula, computed by hand per image."""
+
 import math
 
 import pytest
 import torch
-import gmmoe_arch  # noqa: F401,I001  (first: applies the basicsr compat patches, fills the registries)
 from basicsr.losses import build_loss
 
+import gmmoe_arch  # noqa: F401,I001  (first: applies the basicsr compat patches, fills the registries)
 
 
 def hand_psnr_loss(pred, target, weight=1.0):
     """Minus the mean PSNR (images in [0, 1]) with the 1e-8 guard, one image at a time."""
     values = []
     for p, t in zip(pred.double(), target.double()):
-        mse = sum(((a - b)**2).sum().item() for a, b in zip(p, t)) / p.numel()
+        mse = sum(((a - b) ** 2).sum().item() for a, b in zip(p, t)) / p.numel()
         values.append(10.0 / math.log(10.0) * math.log(mse + 1e-8))
     return weight * sum(values) / len(values)
 
@@ -25,7 +26,7 @@ def test_matches_formula_per_image_mean():
     loss = build_loss({'type': 'PSNRLoss', 'loss_weight': 0.5})
     assert loss(pred, target).item() == pytest.approx(hand_psnr_loss(pred, target, 0.5), rel=1e-5)
     # averaging PSNRs differs from the PSNR of the batch MSE when images differ in error
-    batch_mse = ((pred - target)**2).mean().item()
+    batch_mse = ((pred - target) ** 2).mean().item()
     assert abs(loss(pred, target).item() - 0.5 * 10 / math.log(10) * math.log(batch_mse)) > 0.1
 
 

@@ -1,13 +1,13 @@
 """GMMoEModel: optimiser by name, gradient clipping, NaN stop, AMP, gate logging (in-process, tiny network)."""
+
 import os
 
 import pytest
 import torch
-import gmmoe_arch  # noqa: F401,I001  (first: applies the basicsr compat patches, fills the registries)
 from basicsr.models import build_model
 
+import gmmoe_arch  # noqa: F401,I001  (first: applies the basicsr compat patches, fills the registries)
 from gmmoe_arch.models.gmmoe_model import TrainingDiverged
-
 
 
 @pytest.fixture(autouse=True)
@@ -23,16 +23,28 @@ TINY = {'type': 'GMMoE', 'width': 4, 'enc_blk_nums': [1, 1], 'middle_blk_num': 1
 
 
 def make_opt(tmp_path, **train):
-    train_opt = {'optim_g': {'type': 'AdamW', 'lr': 1e-3, 'betas': [0.9, 0.9], 'weight_decay': 0},
-                 'scheduler': {'type': 'CosineAnnealingRestartLR', 'periods': [10], 'eta_min': 1e-7},
-                 'pixel_opt': {'type': 'PSNRLoss', 'loss_weight': 1.0}}
+    train_opt = {
+        'optim_g': {'type': 'AdamW', 'lr': 1e-3, 'betas': [0.9, 0.9], 'weight_decay': 0},
+        'scheduler': {'type': 'CosineAnnealingRestartLR', 'periods': [10], 'eta_min': 1e-7},
+        'pixel_opt': {'type': 'PSNRLoss', 'loss_weight': 1.0},
+    }
     train_opt.update(train)
     paths = {k: str(tmp_path / k) for k in ('models', 'training_states')}
     for p in paths.values():
         os.makedirs(p, exist_ok=True)
-    return {'name': 'unit', 'model_type': 'GMMoEModel', 'num_gpu': 0, 'is_train': True, 'dist': False,
-            'rank': 0, 'world_size': 1, 'network_g': dict(TINY), 'path': paths, 'train': train_opt,
-            'val': {'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 0}}}}
+    return {
+        'name': 'unit',
+        'model_type': 'GMMoEModel',
+        'num_gpu': 0,
+        'is_train': True,
+        'dist': False,
+        'rank': 0,
+        'world_size': 1,
+        'network_g': dict(TINY),
+        'path': paths,
+        'train': train_opt,
+        'val': {'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 0}}},
+    }
 
 
 def batch(n=2, size=16, seed=0):
@@ -56,11 +68,14 @@ def test_adamw_by_name_and_steps(tmp_path):
     assert any(not torch.equal(before[k], v) for k, v in params(model).items())
 
 
-@pytest.mark.parametrize('optim, match', [
-    ({'type': 'AdamQ', 'lr': 1e-3}, 'train.optim_g.type: unknown optimiser "AdamQ"'),
-    ({'type': 'AdamW'}, 'train.optim_g.lr'),
-    ({'type': 'SGD', 'lr': 0.1, 'bogus': 1}, 'train.optim_g: SGD rejected'),
-])
+@pytest.mark.parametrize(
+    'optim, match',
+    [
+        ({'type': 'AdamQ', 'lr': 1e-3}, 'train.optim_g.type: unknown optimiser "AdamQ"'),
+        ({'type': 'AdamW'}, 'train.optim_g.lr'),
+        ({'type': 'SGD', 'lr': 0.1, 'bogus': 1}, 'train.optim_g: SGD rejected'),
+    ],
+)
 def test_bad_optimiser_options_are_named(tmp_path, optim, match):
     with pytest.raises(ValueError, match=match):
         build_model(make_opt(tmp_path, optim_g=optim))
@@ -88,16 +103,18 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
     model.feed_data(batch())
     model.optimize_parameters(1)
     model.save(0, 1)
-    saved = {f: (tmp_path / d / f).read_bytes() for d in ('models', 'training_states')
-             for f in os.listdir(tmp_path / d)}
+    saved = {
+        f: (tmp_path / d / f).read_bytes() for d in ('models', 'training_states') for f in os.listdir(tmp_path / d)
+    }
     assert set(saved) == {'net_g_1.pth', '1.state'}
     before = params(model)
     model.feed_data(bad)
     with pytest.raises(TrainingDiverged, match=r'not finite at iteration 2.*checkpoint is .*net_g_1\.pth.*1\.state'):
         model.optimize_parameters(2)
     assert all(torch.equal(before[k], v) for k, v in params(model).items())
-    after = {f: (tmp_path / d / f).read_bytes() for d in ('models', 'training_states')
-             for f in os.listdir(tmp_path / d)}
+    after = {
+        f: (tmp_path / d / f).read_bytes() for d in ('models', 'training_states') for f in os.listdir(tmp_path / d)
+    }
     assert after == saved
     assert isinstance(TrainingDiverged('x'), RuntimeError)
 
@@ -144,7 +161,6 @@ class _Set(torch.utils.data.Dataset):
 
 
 class _Board:
-
     def __init__(self):
         self.scalars = {}
 
@@ -205,7 +221,9 @@ def test_exploding_step_at_a_save_iteration_is_not_saved(tmp_path):
         group['lr'] = 1e9
     model.optimize_parameters(2)
     assert all(torch.isfinite(p).all() for p in model.net_g.parameters())
-    with pytest.raises(TrainingDiverged, match=r'not finite at iteration 2 .*not written.*checkpoint is .*net_g_1\.pth'):
+    with pytest.raises(
+        TrainingDiverged, match=r'not finite at iteration 2 .*not written.*checkpoint is .*net_g_1\.pth'
+    ):
         model.save(0, 2)
     with pytest.raises(TrainingDiverged):
         model.save(-1, -1)

@@ -1,11 +1,12 @@
 """Whole ``basicsr train`` runs of GMMoEModel (tiny network, CPU): torchrun with two ranks, kill and resume."""
+
 import subprocess
 import sys
 import time
 
 import pytest
-from helpers import (assert_ranks_match_saved, run_basicsr, tiny_gmmoe_options, train_two_ranks, write_pairs,
-                      write_yaml)
+
+from helpers import assert_ranks_match_saved, run_basicsr, tiny_gmmoe_options, train_two_ranks, write_pairs, write_yaml
 
 pytestmark = pytest.mark.slow  # whole training runs in subprocesses
 
@@ -75,8 +76,12 @@ def test_torchrun_two_ranks_reach_total_iter_with_identical_weights(tmp_path, pl
     assert 'world_size: 2' in log and 'dist: True' in log and 'GMMoEModel' in log
     assert 'Gate weights on tiny_val' in log
     assert 'iter:       8,' in log and 'iter:       9,' not in log
-    assert {p.name for p in (exp / 'models').iterdir()} == {'net_g_3.pth', 'net_g_6.pth', 'net_g_8.pth',
-                                                             'net_g_latest.pth'}
+    assert {p.name for p in (exp / 'models').iterdir()} == {
+        'net_g_3.pth',
+        'net_g_6.pth',
+        'net_g_8.pth',
+        'net_g_latest.pth',
+    }
     # what BasicSR saved (rank 0 only) is what both ranks hold after the last step
     assert_ranks_match_saved(ranks, exp / 'models' / 'net_g_8.pth')
     assert_ranks_match_saved(ranks, exp / 'models' / 'net_g_latest.pth')

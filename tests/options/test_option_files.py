@@ -1,5 +1,6 @@
 """Every YAML in options/ parses, passes the ``basicsr`` command's checks, and builds its network
 (on the meta device: the released preset has 690M parameters) and its datasets on stand-in trees."""
+
 import copy
 import os
 from pathlib import Path
@@ -9,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
-import gmmoe_arch  # noqa: F401,I001  (first: applies the basicsr compat patches, fills the registries)
 from basicsr.archs import build_network
 from basicsr.data import build_dataset
 from basicsr.losses import build_loss
 from basicsr.utils.options import ordered_yaml
 from basicsr.utils.registry import METRIC_REGISTRY, MODEL_REGISTRY
 
+import gmmoe_arch  # noqa: F401,I001  (first: applies the basicsr compat patches, fills the registries)
 from datasets_lmdb import pack_pairs
 from gmmoe_arch.cli import check_option_file
 from gmmoe_arch.data.pairing import make_rule
@@ -61,8 +62,9 @@ def make_stand_in(dataset_opt, size, scratch):
     lq_root, gt_root = dataset_opt['dataroot_lq'], dataset_opt['dataroot_gt']
     if dataset_opt['io_backend']['type'] == 'lmdb':
         out = os.path.dirname(lq_root)
-        assert (lq_root, gt_root) == (os.path.join(out, 'lq.lmdb'), os.path.join(out, 'gt.lmdb')), \
+        assert (lq_root, gt_root) == (os.path.join(out, 'lq.lmdb'), os.path.join(out, 'gt.lmdb')), (
             'LMDB option files follow the datasets_lmdb layout <out>/{lq,gt}.lmdb'
+        )
         if not os.path.isdir(lq_root):
             pack_pairs(*stand_in_pair(dataset_opt, scratch, size), out, progress=False, workers=1)
         return
@@ -79,8 +81,12 @@ def test_every_benchmark_has_its_files():
         for variant in ('', '_released'):
             assert {f'train_gmmoe_{key}{variant}.yml', f'test_gmmoe_{key}{variant}.yml'} <= names
         assert {f'train_gmmoe_{key}_lmdb.yml', f'test_gmmoe_{key}_lmdb.yml'} <= names
-    assert {'train_gmmoe_demo.yml', 'test_gmmoe_demo.yml', 'train_gmmoe_derain_example.yml',
-            'train_gmmoe_dehaze_example.yml'} <= names
+    assert {
+        'train_gmmoe_demo.yml',
+        'test_gmmoe_demo.yml',
+        'train_gmmoe_derain_example.yml',
+        'train_gmmoe_dehaze_example.yml',
+    } <= names
 
 
 @pytest.mark.parametrize('path', FILES, ids=[p.name for p in FILES])
