@@ -11,6 +11,7 @@ compat.apply()
 from . import archs, data, losses, metrics, models  # noqa: E402,F401  (registration)
 from .archs.experts import EXPERT_REGISTRY  # noqa: E402
 from .archs.gmmoe_arch import PRESETS, GMMoE, record_gates  # noqa: E402
+from .archs.pooling import global_mean, pooling_hook  # noqa: E402
 from .enhance import EnhanceError, enhance_image, enhance_paths, load_network  # noqa: E402
 
 __version__ = '0.1.0'
@@ -21,7 +22,9 @@ __all__ = [
     'PRESETS',
     'enhance_image',
     'enhance_paths',
+    'global_mean',
     'load_network',
+    'pooling_hook',
     'record_gates',
     '__version__',
 ]
