@@ -201,6 +201,17 @@ def tiny_gmmoe_options(data, name, total_iter, checkpoint_freq, val_freq=1000):
     }
 
 
+def lmdb_value(db, key):
+    """The bytes stored under ``key`` in the LMDB folder ``db`` (None when absent)."""
+    import lmdb
+
+    env = lmdb.open(str(db), readonly=True, lock=False)
+    with env.begin() as txn:
+        value = txn.get(key.encode())
+    env.close()
+    return value
+
+
 def write_yaml(path, opt):
     import yaml
 

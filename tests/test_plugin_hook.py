@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, TINY_PLUGIN, write_pairs, write_yaml
+from helpers import REPO, TINY_PLUGIN, tiny_gmmoe_options, write_pairs, write_yaml
 
 SITE_PACKAGES = Path(sysconfig.get_paths()['purelib'])
 HOOK_PTH = 'gmmoe_basicsr_hook.pth'
@@ -46,39 +46,8 @@ def run_python(args, cwd, python=sys.executable, timeout=300):
     return done
 
 
-def tiny_gmmoe_train_options(data, name):
-    """Train options naming only gmmoe's registered classes: GMMoE (width 4), its dataset, loss and model."""
-    return {
-        'name': name,
-        'model_type': 'GMMoEModel',
-        'num_gpu': 0,
-        'manual_seed': 10,
-        'datasets': {
-            'train': {
-                'name': 'tiny',
-                'type': 'LLIEPairedDataset',
-                'dataroot_lq': str(data / 'lq'),
-                'dataroot_gt': str(data / 'gt'),
-                'io_backend': {'type': 'disk'},
-                'gt_size': 32,
-                'num_worker_per_gpu': 0,
-                'batch_size_per_gpu': 1,
-            }
-        },
-        'network_g': {'type': 'GMMoE', 'width': 4, 'enc_blk_nums': [1, 1], 'middle_blk_num': 1, 'dec_blk_nums': [1, 1]},
-        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
-        'train': {
-            'optim_g': {'type': 'AdamW', 'lr': 1e-3},
-            'scheduler': {'type': 'MultiStepLR', 'milestones': [100], 'gamma': 0.5},
-            'total_iter': 2,
-            'pixel_opt': {'type': 'PSNRLoss', 'loss_weight': 1.0},
-        },
-        'logger': {'print_freq': 1, 'save_checkpoint_freq': 2, 'use_tb_logger': False},
-    }
-
-
 def tiny_gmmoe_test_options(data, name, weights):
-    train = tiny_gmmoe_train_options(data, name)
+    train = tiny_gmmoe_options(data, name, total_iter=2, checkpoint_freq=2)
     dataset = dict(train['datasets']['train'], name='tiny_test')
     return {
         'name': name,
@@ -154,7 +123,7 @@ def test_upstream_train_and_test_modules_run_gmmoe(tmp_path):
     name = f'gmmoe_hook_test_{uuid.uuid4().hex[:8]}'
     exp, results = SITE_PACKAGES / 'experiments' / name, SITE_PACKAGES / 'results' / f'{name}_test'
     try:
-        train = write_yaml(tmp_path / 'train.yml', tiny_gmmoe_train_options(data, name))
+        train = write_yaml(tmp_path / 'train.yml', tiny_gmmoe_options(data, name, total_iter=2, checkpoint_freq=2))
         run_python(['-m', 'basicsr.train', '-opt', str(train)], tmp_path)
         weights = exp / 'models' / 'net_g_2.pth'
         assert weights.is_file() and (exp / 'training_states' / '2.state').is_file()
@@ -189,7 +158,7 @@ def test_third_party_train_script_that_imports_basicsr_first(tmp_path):
     (tmp_path / 'myproject').mkdir()
     (tmp_path / 'myproject' / '__init__.py').write_text('from basicsr.utils.registry import ARCH_REGISTRY\n')
     (tmp_path / 'train.py').write_text(REALESRGAN_SHAPED_TRAIN)
-    opt = write_yaml(tmp_path / 'tiny.yml', tiny_gmmoe_train_options(data, 'tiny'))
+    opt = write_yaml(tmp_path / 'tiny.yml', tiny_gmmoe_options(data, 'tiny', total_iter=2, checkpoint_freq=2))
     done = run_python(['train.py', '-opt', str(opt)], tmp_path)
     assert 'load_resume_state from gmmoe_arch.compat' in done.stdout
     assert (tmp_path / 'experiments' / 'tiny' / 'models' / 'net_g_2.pth').is_file()

@@ -13,20 +13,12 @@ from datasets_lmdb import pack_pairs, pack_preset, verify
 from datasets_lmdb.__main__ import main
 from gmmoe_arch.data.image_io import DataError, decode
 
-from helpers import write_pairs
+from helpers import lmdb_value, write_pairs
 
 
 def pack(src, out, **kwargs):
     kwargs = {'workers': 1, 'progress': False, **kwargs}
     return pack_pairs(str(src / 'lq'), str(src / 'gt'), str(out), **kwargs)
-
-
-def stored(db, key):
-    env = lmdb.open(str(db), readonly=True, lock=False)
-    with env.begin() as txn:
-        value = txn.get(key.encode())
-    env.close()
-    return value
 
 
 def put(db, key, value):
@@ -45,7 +37,7 @@ def test_pack_writes_shared_keys_meta_info_and_exact_pixels(tmp_path, form, line
         assert meta[0] == line and len(meta) == 3
         for key in ('000', '001', '002'):
             expected = cv2.imread(str(src / side / f'{key}.png'), cv2.IMREAD_UNCHANGED)
-            assert np.array_equal(decode(stored(tmp_path / 'out' / f'{side}.lmdb', key), key), expected)
+            assert np.array_equal(decode(lmdb_value(tmp_path / 'out' / f'{side}.lmdb', key), key), expected)
     assert verify(str(tmp_path / 'out'), progress=False)[1] == []
 
 
@@ -71,7 +63,7 @@ def test_reader_processes_store_the_same_bytes(tmp_path):
     pack(src, tmp_path / 'one', workers=1)
     pack(src, tmp_path / 'two', workers=2)
     for key in ('000', '004'):
-        assert stored(tmp_path / 'one' / 'lq.lmdb', key) == stored(tmp_path / 'two' / 'lq.lmdb', key)
+        assert lmdb_value(tmp_path / 'one' / 'lq.lmdb', key) == lmdb_value(tmp_path / 'two' / 'lq.lmdb', key)
     assert (tmp_path / 'one' / 'gt.lmdb' / 'meta_info.txt').read_text() == (
         tmp_path / 'two' / 'gt.lmdb' / 'meta_info.txt'
     ).read_text()
@@ -94,7 +86,7 @@ def test_verify_names_a_corrupted_entry(tmp_path, damage, capsys):
     src = write_pairs(tmp_path / 'src', n=3)
     pack(src, tmp_path / 'out')
     db = tmp_path / 'out' / 'gt.lmdb'
-    put(db, '001', b'not an image' if damage == 'garbage' else stored(db, '001')[:-10])
+    put(db, '001', b'not an image' if damage == 'garbage' else lmdb_value(db, '001')[:-10])
     checked, problems = verify(str(tmp_path / 'out'), progress=False)
     assert checked == {str(tmp_path / 'out' / 'gt.lmdb'): 3, str(tmp_path / 'out' / 'lq.lmdb'): 3}
     assert len(problems) == 1 and 'gt.lmdb: key 001' in problems[0]
@@ -106,7 +98,7 @@ def test_verify_names_a_corrupted_entry(tmp_path, damage, capsys):
 def test_verify_finds_meta_info_disagreements(tmp_path):
     src = write_pairs(tmp_path / 'src', n=3)
     pack(src, tmp_path / 'out')
-    put(tmp_path / 'out' / 'lq.lmdb', 'stray', stored(tmp_path / 'out' / 'lq.lmdb', '000'))
+    put(tmp_path / 'out' / 'lq.lmdb', 'stray', lmdb_value(tmp_path / 'out' / 'lq.lmdb', '000'))
     meta = tmp_path / 'out' / 'gt.lmdb' / 'meta_info.txt'
     meta.write_text(meta.read_text().replace('002.raw (48,40,3)', '002.raw (48,41,3)'))
     problems = verify(str(tmp_path / 'out'), progress=False)[1]
@@ -133,13 +125,13 @@ def test_rerun_refuses_then_overwrites(tmp_path):
 def test_failed_pack_leaves_no_partial_database(tmp_path):
     src = write_pairs(tmp_path / 'src', n=4)
     pack(src, tmp_path / 'out')
-    before = stored(tmp_path / 'out' / 'gt.lmdb', '003')
+    before = lmdb_value(tmp_path / 'out' / 'gt.lmdb', '003')
     png = (src / 'gt' / '003.png').read_bytes()
     (src / 'gt' / '003.png').write_bytes(png[: len(png) // 2])  # header intact, pixels cut off
     with pytest.raises(DataError, match=r'003\.png: not a decodable image'):
         pack(src, tmp_path / 'out', overwrite=True, workers=2)
     assert sorted(os.listdir(tmp_path / 'out')) == ['gt.lmdb', 'lq.lmdb']  # no .partial-* left
-    assert stored(tmp_path / 'out' / 'gt.lmdb', '003') == before  # the old database is untouched
+    assert lmdb_value(tmp_path / 'out' / 'gt.lmdb', '003') == before  # the old database is untouched
     with pytest.raises(ValueError):
         pack(src, tmp_path / 'fresh')
     assert os.listdir(tmp_path / 'fresh') == []

@@ -24,7 +24,7 @@ from datasets_lmdb.__main__ import main
 from datasets_lmdb.output import PackError
 from gmmoe_arch.data.image_io import LEGACY_RAW_MAGIC, MAX_PIXELS, DataError, MissingDataError, decode
 
-from helpers import enospc_writes, write_pairs
+from helpers import enospc_writes, lmdb_value, write_pairs
 
 
 def start(fn, *args):
@@ -78,14 +78,6 @@ def cli_pack(src, out, *extra):
             *extra,
         ]
     )
-
-
-def stored(db, key):
-    env = lmdb.open(str(db), readonly=True, lock=False)
-    with env.begin() as txn:
-        value = txn.get(key.encode())
-    env.close()
-    return value
 
 
 def lmdb_options(out, **io):
@@ -214,7 +206,7 @@ def test_kill_while_writing_keeps_the_old_pair_and_verify_names_the_leftover(tmp
     old, new = write_pairs(tmp_path / 'old', n=2), write_pairs(tmp_path / 'new', n=3, seed=1)
     out = tmp_path / 'out'
     assert cli_pack(old, out) == 0
-    before = stored(out / 'gt.lmdb', '001')
+    before = lmdb_value(out / 'gt.lmdb', '001')
 
     def die_on_second_put():
         import datasets_lmdb.pack as pack_module
@@ -231,7 +223,7 @@ def test_kill_while_writing_keeps_the_old_pair_and_verify_names_the_leftover(tmp
         return cli_pack(new, out, '--overwrite')
 
     assert forked(die_on_second_put)[0] == -signal.SIGKILL
-    assert stored(out / 'gt.lmdb', '001') == before
+    assert lmdb_value(out / 'gt.lmdb', '001') == before
     capsys.readouterr()
     assert main(['verify', str(out), '--no-progress']) == 0  # the databases are sound; the leftover is named
     report = capsys.readouterr().out
@@ -391,14 +383,14 @@ def test_full_disk_during_pack_is_one_line_and_keeps_the_old_pair(tmp_path, smal
     disk = small_disk(1 << 20)
     out = disk / 'out'
     assert cli_pack(write_pairs(tmp_path / 'old', n=2), out) == 0
-    before = stored(out / 'gt.lmdb', '001')
+    before = lmdb_value(out / 'gt.lmdb', '001')
     big = write_pairs(tmp_path / 'big', n=12, size=(200, 160), seed=1)  # ~2.3 MB raw, on a 1 MB disk
     capsys.readouterr()
     assert cli_pack(big, out, '--overwrite') == 2
     line = last_line_only(capsys.readouterr().err)
     assert str(out) in line and 'the disk is full' in line and 'untouched' in line
     assert sorted(os.listdir(out)) == ['gt.lmdb', 'lq.lmdb']
-    assert stored(out / 'gt.lmdb', '001') == before
+    assert lmdb_value(out / 'gt.lmdb', '001') == before
     assert verify(str(out), progress=False) == ({str(out / 'gt.lmdb'): 2, str(out / 'lq.lmdb'): 2}, [])
 
 
