@@ -243,10 +243,10 @@ def peak_gib(device):
 
 def measure(fn, plan, warmup):
     """Call ``fn`` ``warmup`` times (timed apart: compilation, CUDA-graph recording), then back to back for
-    about ``plan.target_s`` -> ``{per_call_s, calls, warmup_s, first_call_s, first, last}`` (``first``/``last``:
-    what the first and the last call returned)."""
+    about ``plan.target_s`` -> ``{per_call_s, calls, warmup_s, first_call_s, last}`` (``last``: what the last call
+    returned; nothing older is kept, as a CUDA-graph replay overwrites the outputs of the one before)."""
     start = time.perf_counter()
-    first = fn()
+    fn()
     sync(plan.device)
     first_s = time.perf_counter() - start
     for _ in range(warmup - 1):
@@ -264,7 +264,7 @@ def measure(fn, plan, warmup):
         last = fn()
     sync(plan.device)
     return {'per_call_s': (time.perf_counter() - start) / calls, 'calls': calls, 'warmup_s': warmup_s,
-            'first_call_s': first_s, 'first': first, 'last': last}
+            'first_call_s': first_s, 'last': last}
 
 
 def agreement(out, ref):
@@ -443,6 +443,7 @@ class Trainer:
         self.graphs = variant.compile_mode in GRAPH_MODES
         self.opt = torch.optim.AdamW(net.parameters(), lr=1e-4, betas=(0.9, 0.9),
                                      **({'fused': True} if variant.fused_adamw else {}))
+        self.first_loss = None  # the loss of the first step, before any update: compared across variants
 
     def step(self, lq, gt):
         """One step on ``lq``/``gt`` ``(B, 3, H, W)``; returns the loss (a 0-dim tensor, not synced)."""
@@ -461,6 +462,8 @@ class Trainer:
         self.opt.step()
         if self.variant.model_checks and GMMoEModel._nonfinite_weights(self.net).item():
             raise FloatingPointError('weights are not finite')
+        if self.first_loss is None:
+            self.first_loss = loss.detach().clone()
         return loss.detach()
 
 
@@ -474,7 +477,7 @@ def train_entry(trainer, plan, lq, gt, warmup, plain_it_s=None):
     reset_peak(plan.device)
     stats = measure(lambda: trainer.step(lq, gt), plan, warmup)
     entry = {'it_s': 1 / stats['per_call_s'], 'ms_per_step': 1000 * stats['per_call_s'], 'steps': stats['calls'],
-             'peak_gib': peak_gib(plan.device), 'first_loss': stats['first'].item(),
+             'peak_gib': peak_gib(plan.device), 'first_loss': trainer.first_loss.item(),
              'loss_finite': bool(torch.isfinite(stats['last']))}
     if plain_it_s:
         entry['vs_plain'] = entry['it_s'] / plain_it_s
@@ -537,11 +540,11 @@ class NvmlSampler:
         try:
             import pynvml
             pynvml.nvmlInit()
-            uuid = str(torch.cuda.get_device_properties(device).uuid)
-            try:
+            uuid = str(getattr(torch.cuda.get_device_properties(device), 'uuid', ''))
+            try:  # by UUID: NVML numbers all GPUs, CUDA only the visible ones
                 self.handle = pynvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith('GPU-') else f'GPU-{uuid}')
             except pynvml.NVMLError:
-                self.handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+                self.handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
             self.read = lambda: pynvml.nvmlDeviceGetUtilizationRates(self.handle).gpu
         except Exception as exc:  # no pynvml, no driver library, no device: say so in the results
             self.why_not = f'NVML unavailable: {type(exc).__name__}: {exc}'[:200]
@@ -848,6 +851,8 @@ def parse_args(argv=None):
     args.compile_dtypes = [d.strip() for d in args.compile_dtypes.split(',') if d.strip()]
     if set(args.compile_dtypes) - set(DTYPES):
         p.error(f'--compile-dtypes: choose from {", ".join(DTYPES)}, got {", ".join(args.compile_dtypes)}')
+    if args.tmp_dir is not None and not os.path.isdir(args.tmp_dir):
+        p.error(f'--tmp-dir {args.tmp_dir}: not a folder')
     if args.budget_s is None:
         args.budget_s = 1800.0 if args.cpu_dry_run else 420.0
     if args.budget_s <= 0:

@@ -90,3 +90,44 @@ def test_without_a_gpu_it_refuses_in_one_line(tmp_path):
         'no CUDA device here: run it on a GPU machine, or pass --cpu-dry-run to test the script on the CPU')
     assert 'Traceback' not in done.stderr
     assert not (tmp_path / 'gpu_check.json').exists()
+
+
+@pytest.fixture
+def gpu_check(monkeypatch):
+    """The script as a module (``main`` runs in this process); restores the thread count its dry run sets."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import gpu_check
+    threads = torch.get_num_threads()
+    yield gpu_check
+    torch.set_num_threads(threads)
+
+
+def test_a_failing_measurement_or_part_is_recorded_and_the_run_goes_on(gpu_check, monkeypatch, tmp_path):
+    def broken(*args, **kwargs):
+        raise FloatingPointError('injected')
+
+    monkeypatch.setattr(gpu_check, 'infer_entry', broken)
+    monkeypatch.setattr(gpu_check, 'part_released', broken)
+    gpu_check.main(['--cpu-dry-run', '--parts', 'inference,released,reference', '--out', str(tmp_path)])
+    results = json.loads((tmp_path / 'gpu_check.json').read_text())
+    assert len(results['inference']) == 12
+    assert {e['error'] for e in results['inference'].values()} == {'FloatingPointError: injected'}
+    assert 'infer_entry' in results['inference']['64x48 b1 plain fp32']['traceback']
+    assert results['released']['FAILED']['error'] == 'FloatingPointError: injected'
+    assert results['reference']['float64']['max_abs_diff'] < 1e-10
+    assert set(results['meta']['part_seconds']) == {'inference', 'released', 'reference'}
+    assert results['summary'] == {}
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--parts', 'inference,bogus'], '--parts: unknown bogus'),
+    (['--compile-modes', 'fastest'], '--compile-modes: choose from default, reduce-overhead'),
+    (['--compile-dtypes', 'fp16'], '--compile-dtypes: choose from fp32, bf16, got fp16'),
+    (['--tmp-dir', '/no/such/folder'], '--tmp-dir /no/such/folder: not a folder'),
+    (['--budget-s', '0'], '--budget-s must be > 0'),
+])
+def test_option_mistakes_are_one_line_errors(gpu_check, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_check.parse_args(['--cpu-dry-run'] + args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
