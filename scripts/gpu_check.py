@@ -69,8 +69,8 @@ COMPILE_MODES = ('reduce-overhead', 'max-autotune-no-cudagraphs')
 KNOWN_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
 GRAPH_MODES = ('reduce-overhead', 'max-autotune')  # the modes that capture CUDA graphs
 # shares of --budget-s, sized from the H100 run's times (eager parts) and a guess of 40-120 s per compilation
-PART_WEIGHTS = {'reference': 2, 'inference': 11, 'training': 6, 'released': 6, 'training_compiled': 36,
-                'loader': 16, 'inference_compiled': 23, 'basicsr': 20}
+PART_WEIGHTS = {'reference': 2, 'inference': 14, 'training': 8, 'released': 6, 'training_compiled': 34,
+                'loader': 16, 'inference_compiled': 20, 'basicsr': 20}
 DEFAULT_PARTS = 'reference,inference,training,released,training_compiled,loader,inference_compiled'
 
 
@@ -108,7 +108,7 @@ def gpu_plan():
     return Plan(device=torch.device('cuda'), infer_shapes=[(400, 600, 1), (400, 600, 8), (1024, 1024, 1),
                                                             (1024, 1024, 8)],
                 train_batch=8, train_crop=256, released_crop=256, net_size={}, released_size={}, warmup=3,
-                compile_warmup=3, min_runs=5, max_runs=200, target_s=1.0, compile_backend='inductor',
+                compile_warmup=3, min_runs=3, max_runs=200, target_s=1.0, compile_backend='inductor',
                 compile_infer_max=None, loader_pairs=200, loader_size=(400, 600), loader_workers=(4, 8, 16),
                 min_eager_s=2.0, min_compile_s=25.0, min_loader_s=6.0)
 
@@ -394,8 +394,10 @@ def part_inference_compiled(rec, plan, budget, state):
             call = infer_call(compile_net(copy.deepcopy(base), plan, mode), x, dtype)
             entry, stats, _ = infer_entry(call, plan, b, ref, plan.compile_warmup, plain)
             entry.update(compile_s=stats['first_call_s'], warmup_s=stats['warmup_s'], **compile_stats(before))
+            state.compile_s['inference_compiled'] = stats['warmup_s']
             return entry
-        guarded(rec, budget, 'inference_compiled', f'{key} compile {mode} {dtype_name}', plan.min_compile_s, run)
+        guarded(rec, budget, 'inference_compiled', f'{key} compile {mode} {dtype_name}',
+                state.compile_need(plan, 'inference_compiled'), run)
 
 
 # ---------------------------------------------------------------- training
@@ -484,7 +486,7 @@ def train_entry(trainer, plan, lq, gt, warmup, plain_it_s=None):
     return entry, stats
 
 
-def run_train_variants(rec, plan, budget, state, section, variants, need_s):
+def run_train_variants(rec, plan, budget, state, section, variants):
     lq, gt = train_batch(plan, plan.train_batch, plan.train_crop)
     for name, variant in variants.items():
         def run(variant=variant, name=name):
@@ -495,22 +497,24 @@ def run_train_variants(rec, plan, budget, state, section, variants, need_s):
             entry, stats = train_entry(trainer, plan, lq, gt, warmup, state.plain_it_s)
             if variant.compile_mode:
                 entry.update(compile_s=stats['first_call_s'], warmup_s=stats['warmup_s'], **compile_stats(before))
+                state.compile_s[section] = stats['warmup_s']
             if name == 'plain fp32':
                 state.plain_it_s, state.plain_loss = entry['it_s'], entry['first_loss']
             elif state.plain_loss is not None:
                 entry['first_loss_vs_plain'] = entry['first_loss'] - state.plain_loss
             state.offer(name, entry, trainer)
             return entry
+        need_s = state.compile_need(plan, section) if variant.compile_mode else plan.min_eager_s
         guarded(rec, budget, section, name, need_s, run)
 
 
 def part_training(rec, plan, budget, state):
-    run_train_variants(rec, plan, budget, state, 'training', TRAIN_VARIANTS, plan.min_eager_s)
+    run_train_variants(rec, plan, budget, state, 'training', TRAIN_VARIANTS)
 
 
 def part_training_compiled(rec, plan, budget, state):
     variants = compiled_train_variants(state.compile_modes, state.compile_dtypes)
-    run_train_variants(rec, plan, budget, state, 'training_compiled', variants, plan.min_compile_s)
+    run_train_variants(rec, plan, budget, state, 'training_compiled', variants)
 
 
 def part_released(rec, plan, budget, state):
@@ -768,6 +772,12 @@ class State:
         self.infer_refs = {}
         self.plain_it_s = self.plain_loss = None
         self.best = None   # (name, Trainer, it/s)
+        self.compile_s = {}  # section -> compile + warm-up seconds of its last compiled variant
+
+    def compile_need(self, plan, section):
+        """Seconds a compiled variant needs to start: the last one's compile time (most of it), at least the plan's
+        minimum, so no compilation starts that the budget would cut off anyway."""
+        return max(plan.min_compile_s, 0.8 * self.compile_s.get(section, 0.0))
 
     def offer(self, name, entry, trainer):
         if entry['loss_finite'] and (self.best is None or entry['it_s'] > self.best[2]):
