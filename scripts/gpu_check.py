@@ -33,6 +33,7 @@ as such, and any failure is recorded and the run goes on. From the repository ro
 width 4), 64x64 images, 2 timed steps, 0 and 2 loader workers, one compile mode and dtype, compiled with
 dynamo's ``eager`` backend (inductor's C++ build would take minutes there); its times mean nothing.
 """
+
 import argparse
 import contextlib
 import copy
@@ -69,32 +70,41 @@ COMPILE_MODES = ('reduce-overhead', 'max-autotune-no-cudagraphs')
 KNOWN_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
 GRAPH_MODES = ('reduce-overhead', 'max-autotune')  # the modes that capture CUDA graphs
 # shares of --budget-s, sized from the H100 run's times (eager parts) and a guess of 40-120 s per compilation
-PART_WEIGHTS = {'reference': 2, 'inference': 14, 'training': 8, 'released': 6, 'training_compiled': 34,
-                'loader': 16, 'inference_compiled': 20, 'basicsr': 20}
+PART_WEIGHTS = {
+    'reference': 2,
+    'inference': 14,
+    'training': 8,
+    'released': 6,
+    'training_compiled': 34,
+    'loader': 16,
+    'inference_compiled': 20,
+    'basicsr': 20,
+}
 DEFAULT_PARTS = 'reference,inference,training,released,training_compiled,loader,inference_compiled'
 
 
 @dataclasses.dataclass
 class Plan:
     """Sizes and repeat counts of one run (:func:`gpu_plan` or :func:`dry_plan`)."""
+
     device: torch.device
-    infer_shapes: list          # [(height, width, batch)], in priority order
+    infer_shapes: list  # [(height, width, batch)], in priority order
     train_batch: int
     train_crop: int
     released_crop: int
-    net_size: dict              # GMMoE size arguments overriding the paper preset's (dry run: tiny)
-    released_size: dict         # the same for the released preset
-    warmup: int                 # eager calls before timing
-    compile_warmup: int         # compiled calls before timing (compile, CUDA-graph recording)
+    net_size: dict  # GMMoE size arguments overriding the paper preset's (dry run: tiny)
+    released_size: dict  # the same for the released preset
+    warmup: int  # eager calls before timing
+    compile_warmup: int  # compiled calls before timing (compile, CUDA-graph recording)
     min_runs: int
     max_runs: int
-    target_s: float             # time aimed at per measurement
+    target_s: float  # time aimed at per measurement
     compile_backend: str
     compile_infer_max: Optional[int]  # compiled inference variants to try at most (None: all)
     loader_pairs: int
-    loader_size: tuple          # (height, width) of the synthetic pairs
+    loader_size: tuple  # (height, width) of the synthetic pairs
     loader_workers: tuple
-    min_eager_s: float          # left in a part's budget for an eager measurement to start
+    min_eager_s: float  # left in a part's budget for an eager measurement to start
     min_compile_s: float
     min_loader_s: float
     seed: int = 0
@@ -105,23 +115,56 @@ class Plan:
 
 
 def gpu_plan():
-    return Plan(device=torch.device('cuda'), infer_shapes=[(400, 600, 1), (400, 600, 8), (1024, 1024, 1),
-                                                            (1024, 1024, 8)],
-                train_batch=8, train_crop=256, released_crop=256, net_size={}, released_size={}, warmup=3,
-                compile_warmup=3, min_runs=3, max_runs=200, target_s=1.0, compile_backend='inductor',
-                compile_infer_max=None, loader_pairs=200, loader_size=(400, 600), loader_workers=(4, 8, 16),
-                min_eager_s=2.0, min_compile_s=25.0, min_loader_s=6.0)
+    return Plan(
+        device=torch.device('cuda'),
+        infer_shapes=[(400, 600, 1), (400, 600, 8), (1024, 1024, 1), (1024, 1024, 8)],
+        train_batch=8,
+        train_crop=256,
+        released_crop=256,
+        net_size={},
+        released_size={},
+        warmup=3,
+        compile_warmup=3,
+        min_runs=3,
+        max_runs=200,
+        target_s=1.0,
+        compile_backend='inductor',
+        compile_infer_max=None,
+        loader_pairs=200,
+        loader_size=(400, 600),
+        loader_workers=(4, 8, 16),
+        min_eager_s=2.0,
+        min_compile_s=25.0,
+        min_loader_s=6.0,
+    )
 
 
 def dry_plan():
     # width 16, not 8: torch 2.14's CPU kernel for the SFEB's dilated depthwise conv returns NaN weight gradients
     # (and corrupts memory) with 8 channels-last bf16 channels, which would end the run in a segfault
     tiny = dict(width=16, enc_blk_nums=[1, 1], middle_blk_num=1, dec_blk_nums=[1, 1])
-    return Plan(device=torch.device('cpu'), infer_shapes=[(48, 64, 1), (64, 64, 2)], train_batch=2, train_crop=64,
-                released_crop=32, net_size=tiny, released_size=dict(width=4), warmup=1, compile_warmup=1,
-                min_runs=2, max_runs=2, target_s=0.0, compile_backend='eager', compile_infer_max=1,
-                loader_pairs=6, loader_size=(64, 64), loader_workers=(0, 2), min_eager_s=0.0, min_compile_s=0.0,
-                min_loader_s=0.0)
+    return Plan(
+        device=torch.device('cpu'),
+        infer_shapes=[(48, 64, 1), (64, 64, 2)],
+        train_batch=2,
+        train_crop=64,
+        released_crop=32,
+        net_size=tiny,
+        released_size=dict(width=4),
+        warmup=1,
+        compile_warmup=1,
+        min_runs=2,
+        max_runs=2,
+        target_s=0.0,
+        compile_backend='eager',
+        compile_infer_max=1,
+        loader_pairs=6,
+        loader_size=(64, 64),
+        loader_workers=(0, 2),
+        min_eager_s=0.0,
+        min_compile_s=0.0,
+        min_loader_s=0.0,
+    )
 
 
 DTYPES = {'fp32': None, 'bf16': torch.bfloat16}
@@ -189,8 +232,9 @@ class Budget:
 @contextlib.contextmanager
 def cut_off_after(seconds):
     """Raise :class:`CutOff` in this (main) thread after ``seconds``."""
+
     def alarm(*_):
-        raise CutOff(f'cut off at its part\'s time budget ({seconds:.0f} s)')
+        raise CutOff(f"cut off at its part's time budget ({seconds:.0f} s)")
 
     previous = signal.signal(signal.SIGALRM, alarm)
     signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.01))
@@ -205,14 +249,16 @@ def guarded(rec, budget, section, key, need_s, fn):
     """Record ``fn()``'s dict under ``section/key``; skipped when under ``need_s`` of the part's budget is left,
     cut off when the budget runs out; errors recorded, never raised. Returns the entry."""
     if budget.left() < max(need_s, 0.01):
-        entry = {'skipped': f'{budget.left():.0f} s left of the part\'s budget, {need_s:.0f} s needed'}
+        entry = {'skipped': f"{budget.left():.0f} s left of the part's budget, {need_s:.0f} s needed"}
     else:
         try:
             with cut_off_after(budget.left()):
                 entry = fn()
         except (Exception, CutOff) as exc:
-            entry = {'error': f'{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ""}'[:300],
-                     'traceback': traceback.format_exc()[-3000:]}
+            entry = {
+                'error': f'{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ""}'[:300],
+                'traceback': traceback.format_exc()[-3000:],
+            }
             if isinstance(exc, torch.cuda.OutOfMemoryError):
                 entry['error'] = 'CUDA out of memory'
         free_memory()
@@ -263,8 +309,13 @@ def measure(fn, plan, warmup):
     for _ in range(calls):
         last = fn()
     sync(plan.device)
-    return {'per_call_s': (time.perf_counter() - start) / calls, 'calls': calls, 'warmup_s': warmup_s,
-            'first_call_s': first_s, 'last': last}
+    return {
+        'per_call_s': (time.perf_counter() - start) / calls,
+        'calls': calls,
+        'warmup_s': warmup_s,
+        'first_call_s': first_s,
+        'last': last,
+    }
 
 
 def agreement(out, ref):
@@ -330,9 +381,12 @@ def infer_call(net, x, dtype, channels_last=False):
         x = x.contiguous(memory_format=CHANNELS_LAST)
 
     def call():
-        with torch.inference_mode(), torch.autocast(x.device.type, dtype=dtype or torch.float32,
-                                                    enabled=dtype is not None):
+        with (
+            torch.inference_mode(),
+            torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None),
+        ):
             return net(x)
+
     return call
 
 
@@ -340,8 +394,12 @@ def infer_entry(call, plan, batch, ref, warmup, plain_img_s=None):
     reset_peak(plan.device)
     stats = measure(call, plan, warmup)
     out = stats['last'].float().clone()
-    entry = {'img_s': batch / stats['per_call_s'], 'ms_per_batch': 1000 * stats['per_call_s'],
-             'calls': stats['calls'], 'peak_gib': peak_gib(plan.device)}
+    entry = {
+        'img_s': batch / stats['per_call_s'],
+        'ms_per_batch': 1000 * stats['per_call_s'],
+        'calls': stats['calls'],
+        'peak_gib': peak_gib(plan.device),
+    }
     if plain_img_s:
         entry['vs_plain'] = entry['img_s'] / plain_img_s
     entry.update(agreement(out, ref) if ref is not None else {'max_abs_diff': None, 'psnr_db': None})
@@ -358,16 +416,19 @@ def inference_at(rec, plan, budget, state, h, w, b):
     key = shape_key(h, w, b)
     x = infer_input(plan, h, w, b)
     base = make_net(plan, 'paper', fast=False).eval()
-    plain = {}   # 'out', 'img_s' of plain fp32
+    plain = {}  # 'out', 'img_s' of plain fp32
     for name, (fast, dtype, cl) in INFER_VARIANTS.items():
+
         def run(name=name, fast=fast, dtype=dtype, cl=cl):
             net = copy.deepcopy(base).set_fast(fast).eval() if fast or cl else base
-            entry, _, out = infer_entry(infer_call(net, x, dtype, cl), plan, b, plain.get('out'), plan.warmup,
-                                        plain.get('img_s'))
+            entry, _, out = infer_entry(
+                infer_call(net, x, dtype, cl), plan, b, plain.get('out'), plan.warmup, plain.get('img_s')
+            )
             if name == 'plain fp32':
                 plain.update(out=out, img_s=entry['img_s'])
                 entry.update(agreement(out, out))
             return entry
+
         guarded(rec, budget, 'inference', f'{key} {name}', plan.min_eager_s, run)
     state.infer_refs[key] = (plain.get('out'), plain.get('img_s'))
 
@@ -376,7 +437,7 @@ def compiled_infer_order(plan, modes, dtypes):
     """``[(shape, mode, dtype name)]`` in the order tried: mode by mode, batch-1 shapes (the issue's target)
     before batch 8, the dtypes at each shape."""
     shapes = sorted(plan.infer_shapes, key=lambda s: s[2])
-    return [(s, m, d) for m in modes for s in shapes for d in dtypes][:plan.compile_infer_max]
+    return [(s, m, d) for m in modes for s in shapes for d in dtypes][: plan.compile_infer_max]
 
 
 def part_inference_compiled(rec, plan, budget, state):
@@ -396,8 +457,15 @@ def part_inference_compiled(rec, plan, budget, state):
             entry.update(compile_s=stats['first_call_s'], warmup_s=stats['warmup_s'], **compile_stats(before))
             state.compile_s['inference_compiled'] = stats['warmup_s']
             return entry
-        guarded(rec, budget, 'inference_compiled', f'{key} compile {mode} {dtype_name}',
-                state.compile_need(plan, 'inference_compiled'), run)
+
+        guarded(
+            rec,
+            budget,
+            'inference_compiled',
+            f'{key} compile {mode} {dtype_name}',
+            state.compile_need(plan, 'inference_compiled'),
+            run,
+        )
 
 
 # ---------------------------------------------------------------- training
@@ -406,12 +474,13 @@ def part_inference_compiled(rec, plan, budget, state):
 @dataclasses.dataclass(frozen=True)
 class TrainVariant:
     """What a training step runs: path, autocast dtype, checkpointing, layout, optimiser, checks, compile mode."""
+
     fast: bool = False
     amp: Optional[torch.dtype] = None
     checkpoint: Optional[str] = None
     channels_last: bool = False
     fused_adamw: bool = False
-    model_checks: bool = False   # GMMoEModel's per-step finite checks (two host syncs)
+    model_checks: bool = False  # GMMoEModel's per-step finite checks (two host syncs)
     compile_mode: Optional[str] = None
 
 
@@ -429,8 +498,13 @@ TRAIN_VARIANTS = {
 
 
 def compiled_train_variants(modes, dtypes):
-    return {f'compile {mode} {d}{" AMP" if DTYPES[d] else ""}, fused AdamW':
-            TrainVariant(amp=DTYPES[d], fused_adamw=True, compile_mode=mode) for mode in modes for d in dtypes}
+    return {
+        f'compile {mode} {d}{" AMP" if DTYPES[d] else ""}, fused AdamW': TrainVariant(
+            amp=DTYPES[d], fused_adamw=True, compile_mode=mode
+        )
+        for mode in modes
+        for d in dtypes
+    }
 
 
 class Trainer:
@@ -443,8 +517,9 @@ class Trainer:
             net.to(memory_format=CHANNELS_LAST)
         self.model = compile_net(net, plan, variant.compile_mode) if variant.compile_mode else net
         self.graphs = variant.compile_mode in GRAPH_MODES
-        self.opt = torch.optim.AdamW(net.parameters(), lr=1e-4, betas=(0.9, 0.9),
-                                     **({'fused': True} if variant.fused_adamw else {}))
+        self.opt = torch.optim.AdamW(
+            net.parameters(), lr=1e-4, betas=(0.9, 0.9), **({'fused': True} if variant.fused_adamw else {})
+        )
         self.first_loss = None  # the loss of the first step, before any update: compared across variants
 
     def step(self, lq, gt):
@@ -478,9 +553,14 @@ def train_batch(plan, batch, crop):
 def train_entry(trainer, plan, lq, gt, warmup, plain_it_s=None):
     reset_peak(plan.device)
     stats = measure(lambda: trainer.step(lq, gt), plan, warmup)
-    entry = {'it_s': 1 / stats['per_call_s'], 'ms_per_step': 1000 * stats['per_call_s'], 'steps': stats['calls'],
-             'peak_gib': peak_gib(plan.device), 'first_loss': trainer.first_loss.item(),
-             'loss_finite': bool(torch.isfinite(stats['last']))}
+    entry = {
+        'it_s': 1 / stats['per_call_s'],
+        'ms_per_step': 1000 * stats['per_call_s'],
+        'steps': stats['calls'],
+        'peak_gib': peak_gib(plan.device),
+        'first_loss': trainer.first_loss.item(),
+        'loss_finite': bool(torch.isfinite(stats['last'])),
+    }
     if plain_it_s:
         entry['vs_plain'] = entry['it_s'] / plain_it_s
     return entry, stats
@@ -489,6 +569,7 @@ def train_entry(trainer, plan, lq, gt, warmup, plain_it_s=None):
 def run_train_variants(rec, plan, budget, state, section, variants):
     lq, gt = train_batch(plan, plan.train_batch, plan.train_crop)
     for name, variant in variants.items():
+
         def run(variant=variant, name=name):
             before = dynamo_counts()
             net = make_net(plan, 'paper', fast=variant.fast, checkpoint=variant.checkpoint or False)
@@ -504,6 +585,7 @@ def run_train_variants(rec, plan, budget, state, section, variants):
                 entry['first_loss_vs_plain'] = entry['first_loss'] - state.plain_loss
             state.offer(name, entry, trainer)
             return entry
+
         need_s = state.compile_need(plan, section) if variant.compile_mode else plan.min_eager_s
         guarded(rec, budget, section, name, need_s, run)
 
@@ -519,17 +601,28 @@ def part_training_compiled(rec, plan, budget, state):
 
 def part_released(rec, plan, budget, state):
     lq, gt = train_batch(plan, 1, plan.released_crop)
-    variants = {'fp32': TrainVariant(), 'fp32 checkpoint block': TrainVariant(checkpoint='block'),
-                'bf16 AMP checkpoint block': TrainVariant(checkpoint='block', amp=torch.bfloat16)}
+    variants = {
+        'fp32': TrainVariant(),
+        'fp32 checkpoint block': TrainVariant(checkpoint='block'),
+        'bf16 AMP checkpoint block': TrainVariant(checkpoint='block', amp=torch.bfloat16),
+    }
     for name, variant in variants.items():
+
         def run(variant=variant):
             reset_peak(plan.device)
-            net = make_net(plan, 'released', size=plan.released_size, fast=False,
-                           checkpoint=variant.checkpoint or False)
+            net = make_net(
+                plan, 'released', size=plan.released_size, fast=False, checkpoint=variant.checkpoint or False
+            )
             weights_gib = peak_gib(plan.device)
             entry, _ = train_entry(Trainer(net, variant, plan), plan, lq, gt, 2)
-            return dict(entry, params=sum(p.numel() for p in net.parameters()), weights_gib=weights_gib,
-                        batch=1, crop=plan.released_crop)
+            return dict(
+                entry,
+                params=sum(p.numel() for p in net.parameters()),
+                weights_gib=weights_gib,
+                batch=1,
+                crop=plan.released_crop,
+            )
+
         guarded(rec, budget, 'released', f'batch 1 x {plan.released_crop}^2 {name}', plan.min_eager_s, run)
 
 
@@ -543,6 +636,7 @@ class NvmlSampler:
         self.samples, self.stop, self.thread, self.why_not = [], threading.Event(), None, None
         try:
             import pynvml
+
             pynvml.nvmlInit()
             uuid = str(getattr(torch.cuda.get_device_properties(device), 'uuid', ''))
             try:  # by UUID: NVML numbers all GPUs, CUDA only the visible ones
@@ -584,25 +678,44 @@ def write_synthetic_pairs(plan, root):
     from bench_data import write_pairs  # the same generator the CPU data benchmark uses
 
     from datasets_lmdb import pack_pairs
+
     start = time.perf_counter()
     write_pairs(root, plan.loader_pairs, size=plan.loader_size, seed=plan.seed)
     written = time.perf_counter() - start
-    pack_pairs(os.path.join(root, 'lq'), os.path.join(root, 'gt'), os.path.join(root, 'lmdb'),
-               workers=min(8, os.cpu_count() or 1), progress=False)
-    return {'pairs': plan.loader_pairs, 'size': f'{plan.loader_size[1]}x{plan.loader_size[0]}',
-            'write_png_s': written, 'pack_lmdb_s': time.perf_counter() - start - written}
+    pack_pairs(
+        os.path.join(root, 'lq'),
+        os.path.join(root, 'gt'),
+        os.path.join(root, 'lmdb'),
+        workers=min(8, os.cpu_count() or 1),
+        progress=False,
+    )
+    return {
+        'pairs': plan.loader_pairs,
+        'size': f'{plan.loader_size[1]}x{plan.loader_size[0]}',
+        'write_png_s': written,
+        'pack_lmdb_s': time.perf_counter() - start - written,
+    }
 
 
 def loader_opt(plan, root, source, workers, batch):
     lmdb = source == 'lmdb'
     folder = os.path.join(root, 'lmdb') if lmdb else root
-    return {'name': f'{source} w{workers}', 'type': 'LLIEPairedDataset', 'phase': 'train',
-            'dataroot_lq': os.path.join(folder, 'lq.lmdb' if lmdb else 'lq'),
-            'dataroot_gt': os.path.join(folder, 'gt.lmdb' if lmdb else 'gt'),
-            'io_backend': {'type': 'lmdb' if lmdb else 'disk'}, 'gt_size': plan.train_crop, 'use_hflip': True,
-            'use_rot': True, 'num_worker_per_gpu': workers, 'batch_size_per_gpu': batch,
-            'pin_memory': plan.cuda, 'persistent_workers': workers > 0,
-            'prefetch_mode': 'cuda' if plan.cuda else None}
+    return {
+        'name': f'{source} w{workers}',
+        'type': 'LLIEPairedDataset',
+        'phase': 'train',
+        'dataroot_lq': os.path.join(folder, 'lq.lmdb' if lmdb else 'lq'),
+        'dataroot_gt': os.path.join(folder, 'gt.lmdb' if lmdb else 'gt'),
+        'io_backend': {'type': 'lmdb' if lmdb else 'disk'},
+        'gt_size': plan.train_crop,
+        'use_hflip': True,
+        'use_rot': True,
+        'num_worker_per_gpu': workers,
+        'batch_size_per_gpu': batch,
+        'pin_memory': plan.cuda,
+        'persistent_workers': workers > 0,
+        'prefetch_mode': 'cuda' if plan.cuda else None,
+    }
 
 
 def build_prefetcher(plan, opt, batches):
@@ -615,8 +728,7 @@ def build_prefetcher(plan, opt, batches):
     dataset = build_dataset(opt)
     ratio = math.ceil(batches * opt['batch_size_per_gpu'] / len(dataset)) + 1
     sampler = EnlargedSampler(dataset, 1, 0, ratio)
-    loader = build_dataloader(dataset, opt, num_gpu=1 if plan.cuda else 0, dist=False, sampler=sampler,
-                              seed=plan.seed)
+    loader = build_dataloader(dataset, opt, num_gpu=1 if plan.cuda else 0, dist=False, sampler=sampler, seed=plan.seed)
     return CUDAPrefetcher(loader, {'num_gpu': 1}) if plan.cuda else CPUPrefetcher(loader)
 
 
@@ -650,8 +762,7 @@ def loader_entry(plan, root, source, workers, state):
     steps = int(max(plan.min_runs, min(plan.max_runs, plan.target_s * 2 * synthetic_it_s)))
     warm = max(plan.warmup, 2)
     start = time.perf_counter()
-    prefetcher = build_prefetcher(plan, loader_opt(plan, root, source, workers, plan.train_batch),
-                                  warm + 2 * steps + 2)
+    prefetcher = build_prefetcher(plan, loader_opt(plan, root, source, workers, plan.train_batch), warm + 2 * steps + 2)
     first_batch_s = time.perf_counter() - start
     timed_steps(prefetcher, trainer, plan, warm)
     with NvmlSampler(plan.device) if plan.cuda else contextlib.nullcontext() as nvml:
@@ -662,11 +773,19 @@ def loader_entry(plan, root, source, workers, state):
     sync(plan.device)
     loader_only = steps / (time.perf_counter() - start)
     del prefetcher
-    return {'it_s': steps / wall, 'vs_synthetic_batch': steps / wall / synthetic_it_s,
-            'gpu_busy': busy / wall, 'waiting_for_batches': waited / wall,
-            'nvml_util_pct': nvml.mean() if nvml else 'CPU run', 'loader_only_batches_s': loader_only,
-            'loader_only_samples_s': loader_only * plan.train_batch, 'first_batch_s': first_batch_s,
-            'steps': steps, 'step': name, 'step_it_s_on_one_batch': synthetic_it_s}
+    return {
+        'it_s': steps / wall,
+        'vs_synthetic_batch': steps / wall / synthetic_it_s,
+        'gpu_busy': busy / wall,
+        'waiting_for_batches': waited / wall,
+        'nvml_util_pct': nvml.mean() if nvml else 'CPU run',
+        'loader_only_batches_s': loader_only,
+        'loader_only_samples_s': loader_only * plan.train_batch,
+        'first_batch_s': first_batch_s,
+        'steps': steps,
+        'step': name,
+        'step_it_s_on_one_batch': synthetic_it_s,
+    }
 
 
 def part_loader(rec, plan, budget, state, tmp_dir):
@@ -680,8 +799,14 @@ def part_loader(rec, plan, budget, state, tmp_dir):
             return
         for workers in plan.loader_workers:
             for source in ('png', 'lmdb'):
-                guarded(rec, budget, 'loader', f'{source} {workers} workers', plan.min_loader_s,
-                        lambda source=source, workers=workers: loader_entry(plan, root, source, workers, state))
+                guarded(
+                    rec,
+                    budget,
+                    'loader',
+                    f'{source} {workers} workers',
+                    plan.min_loader_s,
+                    lambda source=source, workers=workers: loader_entry(plan, root, source, workers, state),
+                )
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -697,6 +822,7 @@ def part_reference(rec, plan, budget, state):
     io = torch.load(folder / 'gmmoe_w8_io.pt', weights_only=True)
     state_dict = torch.load(folder / 'gmmoe_w8_net_g.pth', weights_only=True)['params']
     for dtype in (torch.float64, torch.float32):
+
         def run(dtype=dtype):
             tf32 = torch.backends.cudnn.allow_tf32
             torch.backends.cudnn.allow_tf32 = False  # the reference is float64; TF32 would blur float32
@@ -709,6 +835,7 @@ def part_reference(rec, plan, budget, state):
             finally:
                 torch.backends.cudnn.allow_tf32 = tf32
             return {'max_abs_diff': (out - io['output']).abs().max().item()}
+
         guarded(rec, budget, 'reference', str(dtype).replace('torch.', ''), 0, run)
 
 
@@ -729,35 +856,86 @@ def basicsr_run(work):
         gt = cv2.GaussianBlur(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8), (7, 7), 0)
         cv2.imwrite(str(work / 'data' / 'gt' / f'{i}.png'), gt)
         cv2.imwrite(str(work / 'data' / 'lq' / f'{i}.png'), (gt * 0.25).astype(np.uint8))
-    pairs = {'type': 'LLIEPairedDataset', 'dataroot_gt': str(work / 'data' / 'gt'),
-             'dataroot_lq': str(work / 'data' / 'lq'), 'io_backend': {'type': 'disk'}}
-    train = {'ema_decay': 0.999, 'optim_g': {'type': 'AdamW', 'lr': 1e-3, 'betas': [0.9, 0.9]},
-             'scheduler': {'type': 'CosineAnnealingRestartLR', 'periods': [40], 'eta_min': 1e-7},
-             'total_iter': 20, 'warmup_iter': -1, 'pixel_opt': {'type': 'PSNRLoss', 'loss_weight': 1.0},
-             'use_amp': True, 'amp_dtype': 'bf16'}
-    opt = {'name': 'gpu_nccl', 'model_type': 'GMMoEModel', 'scale': 1, 'num_gpu': 'auto', 'manual_seed': 0,
-           'datasets': {'train': dict(pairs, name='t', gt_size=64, use_hflip=True, use_rot=False,
-                                      num_worker_per_gpu=2, batch_size_per_gpu=4, dataset_enlarge_ratio=10),
-                        'val': dict(pairs, name='v')},
-           'network_g': {'type': 'GMMoE', 'width': 16, 'enc_blk_nums': [1, 1, 1, 1], 'middle_blk_num': 1,
-                         'dec_blk_nums': [1, 1, 1, 1]},
-           'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
-           'train': train,
-           'val': {'val_freq': 10, 'save_img': False,
-                   'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': False}}},
-           'logger': {'print_freq': 5, 'save_checkpoint_freq': 10, 'use_tb_logger': True}}
+    pairs = {
+        'type': 'LLIEPairedDataset',
+        'dataroot_gt': str(work / 'data' / 'gt'),
+        'dataroot_lq': str(work / 'data' / 'lq'),
+        'io_backend': {'type': 'disk'},
+    }
+    train = {
+        'ema_decay': 0.999,
+        'optim_g': {'type': 'AdamW', 'lr': 1e-3, 'betas': [0.9, 0.9]},
+        'scheduler': {'type': 'CosineAnnealingRestartLR', 'periods': [40], 'eta_min': 1e-7},
+        'total_iter': 20,
+        'warmup_iter': -1,
+        'pixel_opt': {'type': 'PSNRLoss', 'loss_weight': 1.0},
+        'use_amp': True,
+        'amp_dtype': 'bf16',
+    }
+    opt = {
+        'name': 'gpu_nccl',
+        'model_type': 'GMMoEModel',
+        'scale': 1,
+        'num_gpu': 'auto',
+        'manual_seed': 0,
+        'datasets': {
+            'train': dict(
+                pairs,
+                name='t',
+                gt_size=64,
+                use_hflip=True,
+                use_rot=False,
+                num_worker_per_gpu=2,
+                batch_size_per_gpu=4,
+                dataset_enlarge_ratio=10,
+            ),
+            'val': dict(pairs, name='v'),
+        },
+        'network_g': {
+            'type': 'GMMoE',
+            'width': 16,
+            'enc_blk_nums': [1, 1, 1, 1],
+            'middle_blk_num': 1,
+            'dec_blk_nums': [1, 1, 1, 1],
+        },
+        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
+        'train': train,
+        'val': {
+            'val_freq': 10,
+            'save_img': False,
+            'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': False}},
+        },
+        'logger': {'print_freq': 5, 'save_checkpoint_freq': 10, 'use_tb_logger': True},
+    }
     (work / 'train.yml').write_text(yaml.safe_dump(opt))
     env = dict(os.environ, PYTHONPATH=f'{REPO}{os.pathsep}{os.environ.get("PYTHONPATH", "")}')
-    base = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=1',
-            '-m', 'gmmoe_arch.cli', 'train', '-opt', str(work / 'train.yml'), '--launcher', 'pytorch']
+    base = [
+        sys.executable,
+        '-m',
+        'torch.distributed.run',
+        '--standalone',
+        '--nproc_per_node=1',
+        '-m',
+        'gmmoe_arch.cli',
+        'train',
+        '-opt',
+        str(work / 'train.yml'),
+        '--launcher',
+        'pytorch',
+    ]
     entry = {}
     for label, extra in (('train', []), ('resume', ['--auto_resume', '--force_yml', 'train:total_iter=30'])):
         done = subprocess.run(base + extra, cwd=work, env=env, capture_output=True, text=True, timeout=300)
         (work / f'{label}.log').write_text(done.stdout + done.stderr)
         entry[f'{label} rc'] = done.returncode
     log = '\n'.join(p.read_text() for p in sorted((work / 'experiments' / 'gpu_nccl').glob('train_*.log')))
-    entry.update({'dist on': 'dist: True' in log, 'resumed at iter 20': 'iter: 20' in log,
-                  'net_g_30 saved': (work / 'experiments' / 'gpu_nccl' / 'models' / 'net_g_30.pth').is_file()})
+    entry.update(
+        {
+            'dist on': 'dist: True' in log,
+            'resumed at iter 20': 'iter: 20' in log,
+            'net_g_30 saved': (work / 'experiments' / 'gpu_nccl' / 'models' / 'net_g_30.pth').is_file(),
+        }
+    )
     return entry
 
 
@@ -771,7 +949,7 @@ class State:
         self.compile_modes, self.compile_dtypes = compile_modes, compile_dtypes
         self.infer_refs = {}
         self.plain_it_s = self.plain_loss = None
-        self.best = None   # (name, Trainer, it/s)
+        self.best = None  # (name, Trainer, it/s)
         self.compile_s = {}  # section -> compile + warm-up seconds of its last compiled variant
 
     def compile_need(self, plan, section):
@@ -785,8 +963,11 @@ class State:
 
 
 def best_of(section, predicate=lambda name, entry: True):
-    rows = [(e[next(k for k in ('img_s', 'it_s') if k in e)], n) for n, e in (section or {}).items()
-            if isinstance(e, dict) and ('img_s' in e or 'it_s' in e) and predicate(n, e)]
+    rows = [
+        (e[next(k for k in ('img_s', 'it_s') if k in e)], n)
+        for n, e in (section or {}).items()
+        if isinstance(e, dict) and ('img_s' in e or 'it_s' in e) and predicate(n, e)
+    ]
     return max(rows) if rows else None
 
 
@@ -796,14 +977,25 @@ def summarise(results, plan):
     for h, w, b in plan.infer_shapes:
         key = shape_key(h, w, b)
         plain = results.get('inference', {}).get(f'{key} plain fp32', {}).get('img_s')
-        rows = {n[len(key) + 1:]: e for s in ('inference', 'inference_compiled')
-                for n, e in results.get(s, {}).items() if n.startswith(key + ' ')}
+        rows = {
+            n[len(key) + 1 :]: e
+            for s in ('inference', 'inference_compiled')
+            for n, e in results.get(s, {}).items()
+            if n.startswith(key + ' ')
+        }
         best = best_of(rows)
         best_fp32 = best_of(rows, lambda n, e: 'bf16' not in n)
         if plain and best:
-            row = {'plain_img_s': plain, 'best': best[1], 'best_img_s': best[0], 'speedup': best[0] / plain,
-                   'best_psnr_db': rows[best[1]]['psnr_db'], 'best_fp32': best_fp32[1],
-                   'speedup_fp32': best_fp32[0] / plain, 'best_fp32_max_abs_diff': rows[best_fp32[1]]['max_abs_diff']}
+            row = {
+                'plain_img_s': plain,
+                'best': best[1],
+                'best_img_s': best[0],
+                'speedup': best[0] / plain,
+                'best_psnr_db': rows[best[1]]['psnr_db'],
+                'best_fp32': best_fp32[1],
+                'speedup_fp32': best_fp32[0] / plain,
+                'best_fp32_max_abs_diff': rows[best_fp32[1]]['max_abs_diff'],
+            }
             if b == 1:
                 row['target_3x_met'] = row['speedup'] >= 3
             summary[f'inference {key}'] = row
@@ -811,27 +1003,47 @@ def summarise(results, plan):
     best = best_of(train, lambda n, e: e.get('loss_finite'))
     plain = train.get('plain fp32', {}).get('it_s')
     if plain and best:
-        summary['training'] = {'plain_it_s': plain, 'best': best[1], 'best_it_s': best[0],
-                               'speedup': best[0] / plain, 'target_2x_met': best[0] / plain >= 2}
+        summary['training'] = {
+            'plain_it_s': plain,
+            'best': best[1],
+            'best_it_s': best[0],
+            'speedup': best[0] / plain,
+            'target_2x_met': best[0] / plain >= 2,
+        }
     for name, e in results.get('loader', {}).items():
         if isinstance(e, dict) and 'gpu_busy' in e:
-            summary[f'loader {name}'] = {'it_s': e['it_s'], 'gpu_busy': e['gpu_busy'],
-                                         'busy_90pct_met': e['gpu_busy'] >= 0.9}
+            summary[f'loader {name}'] = {
+                'it_s': e['it_s'],
+                'gpu_busy': e['gpu_busy'],
+                'busy_90pct_met': e['gpu_busy'] >= 0.9,
+            }
     return summary
 
 
 def environment(plan, args):
-    meta = {'torch': torch.__version__, 'python': sys.version.split()[0], 'gmmoe_compat': gmmoe_arch.compat.APPLIED,
-            'cpu_count': os.cpu_count(), 'dry_run': args.cpu_dry_run, 'budget_s': args.budget_s,
-            'compile_backend': plan.compile_backend, 'compile_modes': args.compile_modes,
-            'compile_dtypes': args.compile_dtypes,
-            'plan': {k: str(v) for k, v in dataclasses.asdict(plan).items()}}
+    meta = {
+        'torch': torch.__version__,
+        'python': sys.version.split()[0],
+        'gmmoe_compat': gmmoe_arch.compat.APPLIED,
+        'cpu_count': os.cpu_count(),
+        'dry_run': args.cpu_dry_run,
+        'budget_s': args.budget_s,
+        'compile_backend': plan.compile_backend,
+        'compile_modes': args.compile_modes,
+        'compile_dtypes': args.compile_dtypes,
+        'plan': {k: str(v) for k, v in dataclasses.asdict(plan).items()},
+    }
     if plan.cuda:
         props = torch.cuda.get_device_properties(plan.device)
-        meta.update(device=props.name, capability=f'{props.major}.{props.minor}',
-                    memory_gib=round(props.total_memory / 2**30, 1), cudnn=torch.backends.cudnn.version(),
-                    cudnn_benchmark=torch.backends.cudnn.benchmark, cudnn_tf32=torch.backends.cudnn.allow_tf32,
-                    matmul_tf32=torch.backends.cuda.matmul.allow_tf32)
+        meta.update(
+            device=props.name,
+            capability=f'{props.major}.{props.minor}',
+            memory_gib=round(props.total_memory / 2**30, 1),
+            cudnn=torch.backends.cudnn.version(),
+            cudnn_benchmark=torch.backends.cudnn.benchmark,
+            cudnn_tf32=torch.backends.cudnn.allow_tf32,
+            matmul_tf32=torch.backends.cuda.matmul.allow_tf32,
+        )
     else:
         meta['device'] = 'cpu'
     return meta
@@ -840,13 +1052,21 @@ def environment(plan, args):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--out', default='gpu_check_out', help='folder for gpu_check.json (created)')
-    p.add_argument('--budget-s', type=float, default=None,
-                   help='seconds for all parts together (default 420 on a GPU, 1800 for --cpu-dry-run; imports '
-                        'and start-up come on top)')
-    p.add_argument('--parts', default=DEFAULT_PARTS,
-                   help=f'comma-separated, run in this order (default {DEFAULT_PARTS}; also: basicsr)')
-    p.add_argument('--compile-modes', default=','.join(COMPILE_MODES),
-                   help='torch.compile modes to try, in priority order')
+    p.add_argument(
+        '--budget-s',
+        type=float,
+        default=None,
+        help='seconds for all parts together (default 420 on a GPU, 1800 for --cpu-dry-run; imports '
+        'and start-up come on top)',
+    )
+    p.add_argument(
+        '--parts',
+        default=DEFAULT_PARTS,
+        help=f'comma-separated, run in this order (default {DEFAULT_PARTS}; also: basicsr)',
+    )
+    p.add_argument(
+        '--compile-modes', default=','.join(COMPILE_MODES), help='torch.compile modes to try, in priority order'
+    )
     p.add_argument('--compile-dtypes', default='fp32,bf16', help='fp32 and/or bf16 (autocast), in priority order')
     p.add_argument('--cpu-dry-run', action='store_true', help='run every code path on the CPU at tiny sizes')
     p.add_argument('--tmp-dir', default=None, help='where the loader part writes its synthetic pairs')
@@ -884,16 +1104,25 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rec = Recorder(out / 'gpu_check.json', environment(plan, args))
-    print(f'gpu_check: {rec.results["meta"]["device"]}, torch {torch.__version__}, budget {args.budget_s:.0f} s, '
-          f'parts {", ".join(args.parts)}; results in {rec.path}', flush=True)
+    print(
+        f'gpu_check: {rec.results["meta"]["device"]}, torch {torch.__version__}, budget {args.budget_s:.0f} s, '
+        f'parts {", ".join(args.parts)}; results in {rec.path}',
+        flush=True,
+    )
     # the dry run's debugging backend ignores modes and dtypes: one of each exercises the code
     first = slice(1 if args.cpu_dry_run else None)
     budget = Budget(args.budget_s, args.parts)
     state = State(args.compile_modes[first], args.compile_dtypes[first])
-    parts = {'reference': part_reference, 'inference': part_inference, 'training': part_training,
-             'released': part_released, 'training_compiled': part_training_compiled,
-             'inference_compiled': part_inference_compiled,
-             'loader': lambda *a: part_loader(*a, args.tmp_dir), 'basicsr': lambda *a: part_basicsr(*a, out)}
+    parts = {
+        'reference': part_reference,
+        'inference': part_inference,
+        'training': part_training,
+        'released': part_released,
+        'training_compiled': part_training_compiled,
+        'inference_compiled': part_inference_compiled,
+        'loader': lambda *a: part_loader(*a, args.tmp_dir),
+        'basicsr': lambda *a: part_basicsr(*a, out),
+    }
     started = time.monotonic()
     try:
         for name in args.parts:
@@ -903,8 +1132,14 @@ def main(argv=None):
             try:
                 parts[name](rec, plan, budget, state)
             except Exception:
-                rec.put(name, 'FAILED', {'error': traceback.format_exc().splitlines()[-1][:300],
-                                         'traceback': traceback.format_exc()[-3000:]})
+                rec.put(
+                    name,
+                    'FAILED',
+                    {
+                        'error': traceback.format_exc().splitlines()[-1][:300],
+                        'traceback': traceback.format_exc()[-3000:],
+                    },
+                )
             rec.results['meta'].setdefault('part_seconds', {})[name] = round(time.monotonic() - part_start, 1)
             free_memory()
     finally:

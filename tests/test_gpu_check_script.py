@@ -1,5 +1,6 @@
 """scripts/gpu_check.py: its CPU dry run goes through every part and writes every section of the JSON;
 its budget guard skips what does not fit and still writes the results; without a GPU it refuses in one line."""
+
 import json
 import os
 import subprocess
@@ -11,14 +12,24 @@ import torch
 from helpers import REPO
 
 SCRIPT = REPO / 'scripts' / 'gpu_check.py'
-SECTIONS = ('meta', 'reference', 'inference', 'training', 'released', 'training_compiled', 'loader',
-            'inference_compiled', 'summary')
+SECTIONS = (
+    'meta',
+    'reference',
+    'inference',
+    'training',
+    'released',
+    'training_compiled',
+    'loader',
+    'inference_compiled',
+    'summary',
+)
 
 
 def run_script(args, timeout=240):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, str(SCRIPT)] + args, cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT)] + args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def entries(results):
@@ -32,15 +43,22 @@ def test_cpu_dry_run_measures_every_part(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / 'gpu_check.json').read_text())
     assert set(SECTIONS) <= set(results), sorted(results)
-    failed = [(s, k, e.get('error') or e.get('skipped')) for s, k, e in entries(results)
-              if 'error' in e or 'skipped' in e]
+    failed = [
+        (s, k, e.get('error') or e.get('skipped')) for s, k, e in entries(results) if 'error' in e or 'skipped' in e
+    ]
     assert not failed
     assert results['meta']['dry_run'] and results['meta']['compile_backend'] == 'eager'
 
     inference = results['inference']
     for shape in ('64x48 b1', '64x64 b2'):
-        for variant in ('plain fp32', 'fast fp32', 'plain bf16', 'fast bf16', 'channels-last fp32',
-                        'channels-last bf16'):
+        for variant in (
+            'plain fp32',
+            'fast fp32',
+            'plain bf16',
+            'fast bf16',
+            'channels-last fp32',
+            'channels-last bf16',
+        ):
             assert inference[f'{shape} {variant}']['img_s'] > 0
         assert inference[f'{shape} plain fp32']['max_abs_diff'] == 0
         assert inference[f'{shape} fast fp32']['max_abs_diff'] < 1e-4
@@ -72,8 +90,7 @@ def test_cpu_dry_run_measures_every_part(tmp_path):
 
 @pytest.mark.slow
 def test_budget_guard_skips_what_does_not_fit_and_writes_the_json(tmp_path):
-    done = run_script(['--cpu-dry-run', '--out', str(tmp_path), '--budget-s', '0.001',
-                       '--parts', 'inference,training'])
+    done = run_script(['--cpu-dry-run', '--out', str(tmp_path), '--budget-s', '0.001', '--parts', 'inference,training'])
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / 'gpu_check.json').read_text())
     rows = entries(results)
@@ -86,8 +103,11 @@ def test_budget_guard_skips_what_does_not_fit_and_writes_the_json(tmp_path):
 def test_without_a_gpu_it_refuses_in_one_line(tmp_path):
     done = run_script(['--out', str(tmp_path)], timeout=120)
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1].endswith(
-        'no CUDA device here: run it on a GPU machine, or pass --cpu-dry-run to test the script on the CPU')
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .endswith('no CUDA device here: run it on a GPU machine, or pass --cpu-dry-run to test the script on the CPU')
+    )
     assert 'Traceback' not in done.stderr
     assert not (tmp_path / 'gpu_check.json').exists()
 
@@ -97,6 +117,7 @@ def gpu_check(monkeypatch):
     """The script as a module (``main`` runs in this process); restores the thread count its dry run sets."""
     monkeypatch.syspath_prepend(str(SCRIPT.parent))
     import gpu_check
+
     threads = torch.get_num_threads()
     yield gpu_check
     torch.set_num_threads(threads)
@@ -119,13 +140,16 @@ def test_a_failing_measurement_or_part_is_recorded_and_the_run_goes_on(gpu_check
     assert results['summary'] == {}
 
 
-@pytest.mark.parametrize('args, message', [
-    (['--parts', 'inference,bogus'], '--parts: unknown bogus'),
-    (['--compile-modes', 'fastest'], '--compile-modes: choose from default, reduce-overhead'),
-    (['--compile-dtypes', 'fp16'], '--compile-dtypes: choose from fp32, bf16, got fp16'),
-    (['--tmp-dir', '/no/such/folder'], '--tmp-dir /no/such/folder: not a folder'),
-    (['--budget-s', '0'], '--budget-s must be > 0'),
-])
+@pytest.mark.parametrize(
+    'args, message',
+    [
+        (['--parts', 'inference,bogus'], '--parts: unknown bogus'),
+        (['--compile-modes', 'fastest'], '--compile-modes: choose from default, reduce-overhead'),
+        (['--compile-dtypes', 'fp16'], '--compile-dtypes: choose from fp32, bf16, got fp16'),
+        (['--tmp-dir', '/no/such/folder'], '--tmp-dir /no/such/folder: not a folder'),
+        (['--budget-s', '0'], '--budget-s must be > 0'),
+    ],
+)
 def test_option_mistakes_are_one_line_errors(gpu_check, capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:
         gpu_check.parse_args(['--cpu-dry-run'] + args)
