@@ -337,13 +337,14 @@ def expert_names(net):
 
 
 @contextmanager
-def record_gates(net: nn.Module) -> Iterator[Dict[str, Tensor]]:
+def record_gates(net: nn.Module, keep_grad: bool = False) -> Iterator[Dict[str, Tensor]]:
     """Record every expert block's gate weights during forward passes.
 
     ``with record_gates(net) as gates: net(x)`` leaves ``gates[path]`` = the ``(B, n_experts)``
-    softmax weights of the last forward, keyed by the block's state-dict prefix
-    (``encoders.0.0``, ``middle_blks.0``, ``decoders.3.0``; a DDP/DataParallel wrapper's
-    ``module.`` is left out).
+    softmax weights of the last forward (dense: before any top-k selection), keyed by the block's
+    state-dict prefix (``encoders.0.0``, ``middle_blks.0``, ``decoders.3.0``; a DDP/DataParallel
+    wrapper's ``module.`` is left out). ``keep_grad=True`` keeps them attached to the graph, for
+    losses on the gate (gate supervision, load balancing); else they are detached.
     """
     gates, handles = {}, []
     bare = net.module if isinstance(getattr(net, 'module', None), nn.Module) else net
@@ -351,7 +352,7 @@ def record_gates(net: nn.Module) -> Iterator[Dict[str, Tensor]]:
         if isinstance(module, ExpertBlock):
 
             def hook(_module, _inputs, weights, path=path):
-                gates[path] = weights.detach()
+                gates[path] = weights if keep_grad else weights.detach()
 
             handles.append(module.gate.register_forward_hook(hook))
     try:
