@@ -29,6 +29,8 @@ sys.path.insert(0, REPO)
 import gmmoe_arch  # noqa: E402,F401,I001  (applies the basicsr compat patches before basicsr is used)
 from basicsr.metrics import calculate_psnr, calculate_ssim  # noqa: E402
 
+from gmmoe_arch.baselines import clahe, gamma_correction  # noqa: E402
+
 from datasets_lmdb import demo as demo_data  # noqa: E402
 
 TRAIN_OPT = os.path.join(REPO, 'options', 'train_gmmoe_demo.yml')
@@ -38,18 +40,9 @@ TARGET_GAIN_DB = 8.0
 SHOWN = ('] [eta', 'Validation', '# psnr', '# ssim', 'Gate weights', 'all blocks', 'Error', 'error:')
 
 
-def gamma_baseline(img):
-    """Gamma correction chosen per image so that the mean brightness becomes 0.5 (uint8 BGR in and out)."""
-    x = img.astype(np.float64) / 255.0
-    gamma = np.log(0.5) / np.log(min(max(x.mean(), 1e-3), 0.999))
-    return np.round(np.clip(x**gamma, 0, 1) * 255).astype(np.uint8)
-
-
-def clahe_baseline(img):
-    """CLAHE (clip limit 2, 8x8 tiles) on the L channel of Lab (uint8 BGR in and out)."""
-    lab = cv2.cvtColor(img, cv2.COLOR_BGR2LAB)
-    lab[..., 0] = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(lab[..., 0])
-    return cv2.cvtColor(lab, cv2.COLOR_LAB2BGR)
+def on_bgr(baseline, img):
+    """Apply an RGB baseline of ``gmmoe_arch.baselines`` to a BGR image as OpenCV reads it."""
+    return cv2.cvtColor(baseline(cv2.cvtColor(img, cv2.COLOR_BGR2RGB)), cv2.COLOR_RGB2BGR)
 
 
 def run_basicsr(phase, opt_file, cwd, log_path, env):
@@ -83,7 +76,7 @@ def evaluate(data_dir, results_dir):
         ours = cv2.imread(ours_path)
         if ours is None:
             raise SystemExit(f'basicsr test wrote no result for {name} (expected {ours_path})')
-        images = dict(zip(methods, (low, gamma_baseline(low), clahe_baseline(low), ours)))
+        images = dict(zip(methods, (low, on_bgr(gamma_correction, low), on_bgr(clahe, low), ours)))
         for method, img in images.items():
             scores[method].append((calculate_psnr(img, high, 0), calculate_ssim(img, high, 0)))
         rows.append([images[m] for m in methods] + [high])

@@ -11,6 +11,7 @@ from basicsr.data import build_dataset
 
 import gmmoe_arch  # noqa: F401,I001  (first: applies the basicsr compat patches, fills the registries)
 from datasets_lmdb import demo
+from gmmoe_arch.baselines import clahe, gamma_correction
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,10 +96,10 @@ def test_baselines_and_grid(tmp_path):
     script = load_script()
     rng = np.random.default_rng(1)
     dark = (rng.random((40, 60, 3)) * 60).astype(np.uint8)
-    gamma = script.gamma_baseline(dark)
+    gamma = script.on_bgr(gamma_correction, dark)
     assert abs(gamma.mean() / 255 - 0.5) < 0.08 and gamma.shape == dark.shape
-    clahe = script.clahe_baseline(dark)
-    assert clahe.shape == dark.shape and clahe.mean() > dark.mean()
+    enhanced = script.on_bgr(clahe, dark)
+    assert enhanced.shape == dark.shape and enhanced.mean() > dark.mean()
     path = str(tmp_path / 'grid.png')
     square = cv2.resize(gamma, (40, 40))
     script.grid([[dark] * 5, [square] * 5], path, height=50)
