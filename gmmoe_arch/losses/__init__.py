@@ -1,3 +1,3 @@
 """Registers this package's losses with BasicSR."""
 
-from . import psnr_loss  # noqa: F401
+from . import gate_losses, psnr_loss  # noqa: F401

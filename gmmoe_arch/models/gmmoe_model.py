@@ -18,23 +18,42 @@ BasicSR saves ``net_g_<iter>.pth`` every ``save_checkpoint_freq`` iterations and
 the end; when ``total_iter`` is not a multiple of the frequency, the end also saves ``net_g_<total_iter>.pth``.
 The network's structure (hundreds of lines) goes to the log file only; the console gets its one-line summary.
 
+Routing options (see ``docs/training.md``):
+
+* ``gate_opt``: ``{type: GateRoutingLoss, loss_weight: w, experts: {label: ExpertName or [names]}}`` adds
+  ``l_gate``, gate supervision by the training batches' degradation labels (``data['label']``); off
+  when absent. The training dataset must give labels.
+* ``balance_opt``: a load-balancing loss on the gates, ``l_balance``. With ``network_g.gate_top_k`` set it
+  defaults to ``{type: GateBalanceLoss, loss_weight: 0.01}``; ``false`` turns it off; given without top-k,
+  it is used as given. With top-k under DDP, ``find_unused_parameters`` is set for the wrapper.
+
+Both run the training forward under ``record_gates(net, keep_grad=True)``; without them nothing is recorded.
+
 Validation and testing also log each expert's gate weight averaged over the images, per expert
-block and over all blocks (log file and TensorBoard ``gates/<dataset>/...``).
+block and over all blocks (log file and TensorBoard ``gates/<dataset>/...``); when the dataset gives
+degradation labels, the same per label (``gates/<dataset>/<label>/...``), a figure
+(``<visualization>/gates/<dataset>_<iter>.png`` in training, ``<results>/gates_<dataset>.png`` in
+``basicsr test``) and its numbers as JSON beside it (see :mod:`.gate_stats`).
 """
 
 import logging
 import os
 from collections import OrderedDict
+from contextlib import nullcontext
 
 import torch
+from basicsr.losses import build_loss
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from ..archs.gmmoe_arch import expert_names, record_gates
+from ..losses.gate_losses import EXPERTS_OPTION
+from .gate_stats import GateStats, save_gate_figure, save_gate_json
 
 AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
+DEFAULT_BALANCE = {'type': 'GateBalanceLoss', 'loss_weight': 0.01}
 
 
 class TrainingDiverged(RuntimeError):
@@ -80,7 +99,15 @@ class GMMoEModel(SRModel):
         self.trained_iter = None
         self.amp_dtype = None
         self.grad_clip = None
-        self._gate_sums = None
+        self.cri_gate = None
+        self.cri_balance = None
+        self.labels = None
+        self._expert_names = None
+        self._gate_stats = None
+        if opt['network_g'].get('gate_top_k') is not None and opt.get('dist') and opt.get('is_train', True):
+            # unselected experts get no gradient; BasicSR's model_to_device reads this before wrapping in DDP
+            opt['find_unused_parameters'] = True
+            get_root_logger().info('network_g.gate_top_k under DDP: find_unused_parameters set to true')
         super().__init__(opt)
 
     def init_training_settings(self):
@@ -88,7 +115,49 @@ class GMMoEModel(SRModel):
         self.grad_clip = parse_grad_clip(train_opt.get('grad_clip'))
         self._setup_amp(train_opt.get('use_amp', False), train_opt.get('amp_dtype', 'bf16'))
         self._setup_compile(train_opt.get('compile', False))
+        self._setup_gate_losses(train_opt)
         super().init_training_settings()
+
+    def _setup_gate_losses(self, train_opt):
+        """``train.gate_opt`` -> ``cri_gate``, ``train.balance_opt`` (default on with top-k) -> ``cri_balance``."""
+        self._expert_names = expert_names(self.get_bare_model(self.net_g))
+        gate_opt = train_opt.get('gate_opt')
+        if gate_opt:
+            if not isinstance(gate_opt, dict) or 'type' not in gate_opt:
+                raise ValueError(
+                    'train.gate_opt: expected {type: GateRoutingLoss, loss_weight: ..., experts: {label: Expert}}, '
+                    f'got {gate_opt!r}'
+                )
+            self.cri_gate = build_loss(dict(gate_opt)).to(self.device)
+            self.cri_gate.check(self._expert_names)
+        balance_opt = train_opt.get('balance_opt')
+        top_k = self.opt['network_g'].get('gate_top_k') is not None
+        if balance_opt is True or (balance_opt is None and top_k):
+            balance_opt = dict(DEFAULT_BALANCE)
+            get_root_logger().info(f'Load balancing of the gates on by default: train.balance_opt {balance_opt}')
+        if balance_opt:
+            if not isinstance(balance_opt, dict) or 'type' not in balance_opt:
+                raise ValueError(
+                    'train.balance_opt: expected {type: GateBalanceLoss, loss_weight: ...}, true or false, '
+                    f'got {balance_opt!r}'
+                )
+            self.cri_balance = build_loss(dict(balance_opt)).to(self.device)
+
+    def feed_data(self, data):
+        """SRModel's, plus ``data['label']`` (one degradation label per image) kept as ``self.labels``."""
+        super().feed_data(data)
+        labels = data.get('label')
+        if isinstance(labels, str):
+            labels = [labels]
+        self.labels = None if labels is None else [str(x) for x in labels]
+
+    def _no_labels_error(self):
+        name = self.opt.get('datasets', {}).get('train', {}).get('name', 'train')
+        return ValueError(
+            f'train.gate_opt needs degradation labels, but the training dataset (datasets.train, "{name}") gives '
+            "none: its samples have no 'label'. Train on a labelled set (a meta_info with a label per pair, as "
+            '`datasets_lmdb synth --degradation mixed` writes) or remove train.gate_opt'
+        )
 
     def _setup_amp(self, use_amp, amp_dtype):
         if not isinstance(use_amp, bool):
@@ -237,12 +306,30 @@ class GMMoEModel(SRModel):
             f'{os.path.join(self.opt["path"].get("training_states", ""), f"{max(iters)}.state")}).'
         )
 
+    def _gate_losses(self, gates, l_total, loss_dict):
+        """Add ``l_gate`` / ``l_balance`` on the recorded gate weights to the total and the loss dict."""
+        if self.cri_gate is not None:
+            loss_dict['l_gate'] = self.cri_gate(gates, self._expert_names, self.labels)
+            l_total = l_total + loss_dict['l_gate']
+        if self.cri_balance is not None:
+            loss_dict['l_balance'] = self.cri_balance(gates)
+            l_total = l_total + loss_dict['l_balance']
+        return l_total
+
     def optimize_parameters(self, current_iter):
+        if self.cri_gate is not None and self.labels is None:
+            raise self._no_labels_error()
         self.optimizer_g.zero_grad(set_to_none=True)
         amp = self.amp_dtype is not None
-        with torch.autocast(self.device.type, dtype=self.amp_dtype if amp else torch.float32, enabled=amp):
+        on_gates = self.cri_gate is not None or self.cri_balance is not None
+        with (
+            record_gates(self.net_g, keep_grad=True) if on_gates else nullcontext({}) as gates,
+            torch.autocast(self.device.type, dtype=self.amp_dtype if amp else torch.float32, enabled=amp),
+        ):
             self.output = self.net_g(self.lq)
         l_total, loss_dict = self._losses()
+        if on_gates:
+            l_total = self._gate_losses(gates, l_total, loss_dict)
         self._check_finite(l_total, loss_dict, current_iter)
         self.grad_scaler.scale(l_total).backward()
         if self.grad_clip:
@@ -287,38 +374,80 @@ class GMMoEModel(SRModel):
         net = self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g
         with record_gates(net) as gates:
             super().test()
-        if self._gate_sums is not None:
-            for path, weights in gates.items():
-                self._gate_sums[path] = self._gate_sums.get(path, 0) + weights.float().sum(0).cpu()
-            self._gate_count += self.lq.shape[0]
+        if self._gate_stats is not None:
+            self._gate_stats.add(gates, self.labels)
 
     def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
-        self._gate_sums, self._gate_count = {}, 0
+        self._gate_stats = GateStats()
         try:
             super().nondist_validation(dataloader, current_iter, tb_logger, save_img)
             self._log_gates(dataloader.dataset.opt['name'], current_iter, tb_logger)
         finally:
-            self._gate_sums = None
+            self._gate_stats = None
 
-    def gate_means(self):
-        """Mean gate weights of the running validation: ``{block path: (n_experts,) tensor}``."""
-        return {path: total / self._gate_count for path, total in self._gate_sums.items()}
+    def gate_means(self, label=None):
+        """Mean gate weights of the running validation, over all images or those with ``label``:
+        ``{block path: (n_experts,) tensor}``."""
+        return self._gate_stats.means(label)
+
+    def _gate_table(self, title, label, experts):
+        means = self.gate_means(label)
+        lines = [
+            f'{title}, mean over {self._gate_stats.label_count(label)} image(s); experts: {", ".join(experts)}',
+            f'\t{"all blocks":<16}' + ' '.join(f'{v:.4f}' for v in self._gate_stats.overall(label).tolist()),
+        ]
+        return lines + [f'\t{path:<16}' + ' '.join(f'{v:.4f}' for v in m.tolist()) for path, m in means.items()]
+
+    def _gate_files(self, dataset_name, current_iter):
+        """Stem (no extension) of the gate figure and JSON, or None without the output folder in ``path``."""
+        paths = self.opt['path']
+        if self.opt['is_train'] and paths.get('visualization'):
+            return os.path.join(paths['visualization'], 'gates', f'{dataset_name}_{current_iter}')
+        if not self.opt['is_train'] and paths.get('results_root'):
+            return os.path.join(paths['results_root'], f'gates_{dataset_name}')
+        return None
 
     def _log_gates(self, dataset_name, current_iter, tb_logger):
-        if not self._gate_sums or not self._gate_count:
+        stats = self._gate_stats
+        if not stats.count:
             return
-        means = self.gate_means()
         bare = self.get_bare_model(self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g)
         experts = expert_names(bare)
-        overall = torch.stack(list(means.values())).mean(0)
-        lines = [
-            f'Gate weights on {dataset_name}, mean over {self._gate_count} image(s); experts: {", ".join(experts)}',
-            f'\t{"all blocks":<16}' + ' '.join(f'{v:.4f}' for v in overall.tolist()),
-        ]
-        lines += [f'\t{path:<16}' + ' '.join(f'{v:.4f}' for v in m.tolist()) for path, m in means.items()]
+        lines = self._gate_table(f'Gate weights on {dataset_name}', None, experts)
+        for label in stats.labels:
+            lines += self._gate_table(f'Gate weights on {dataset_name}, label {label}', label, experts)
+        mapping = (self.opt.get('train') or {}).get('gate_opt') or {}
+        mapping = mapping.get('experts') if isinstance(mapping, dict) else None
+        summary = stats.to_dict(experts, mapping if stats.labels else None)
+        if 'routing' in summary:
+            routing = summary['routing']
+            per_label = ', '.join(f'{k} {v:.1%}' for k, v in routing['per_label'].items())
+            lines.append(
+                f'Routing accuracy on {dataset_name} ({EXPERTS_OPTION}): {routing["accuracy"]:.1%} of '
+                f'{routing["images"]} labelled image(s) ({per_label})'
+            )
+        stem = self._gate_files(dataset_name, current_iter)
+        if stem:
+            save_gate_figure(stats, stem + '.png', experts)
+            save_gate_json(
+                stats,
+                stem + '.json',
+                experts,
+                mapping if stats.labels else None,
+                dataset=dataset_name,
+                iter=current_iter,
+            )
+            lines.append(f'Gate figure: {stem}.png (numbers in {stem}.json)')
         get_root_logger().info('\n'.join(lines))
         if tb_logger:
-            for i, name in enumerate(experts):
-                tb_logger.add_scalar(f'gates/{dataset_name}/all/{name}', overall[i].item(), current_iter)
-                for path, m in means.items():
-                    tb_logger.add_scalar(f'gates/{dataset_name}/{path}/{name}', m[i].item(), current_iter)
+            groups = [(None, 'all')] + [(label, label) for label in stats.labels]
+            for label, prefix in groups:
+                tag = f'gates/{dataset_name}' if label is None else f'gates/{dataset_name}/{prefix}'
+                overall, means = stats.overall(label), self.gate_means(label)
+                for i, name in enumerate(experts):
+                    tb_logger.add_scalar(f'{tag}/all/{name}', overall[i].item(), current_iter)
+                    for path, m in means.items():
+                        tb_logger.add_scalar(f'{tag}/{path}/{name}', m[i].item(), current_iter)
+            if 'routing' in summary:
+                accuracy = summary['routing']['accuracy']
+                tb_logger.add_scalar(f'gates/{dataset_name}/routing_accuracy', accuracy, current_iter)

@@ -1,0 +1,285 @@
+"""Gate statistics per degradation label: accumulation, the label read off the gates, a figure, a JSON dump.
+
+Public API (GMMoEModel's validation uses it; scripts may too)::
+
+    from gmmoe_arch.archs.gmmoe_arch import expert_names, record_gates
+    from gmmoe_arch.models.gate_stats import GateStats, predict_labels, routing_accuracy, save_gate_figure
+
+    stats = GateStats()
+    with record_gates(net) as gates:
+        for lq, labels in batches:            # labels: one str per image, or None
+            net(lq)
+            stats.add(gates, labels)
+    names = expert_names(net)
+    stats.means('rain')                       # {block path: (n_experts,) mean weights over the rain images}
+    stats.overall('rain')                     # (n_experts,): the same, averaged over the blocks too
+    vectors, labels = stats.vectors()         # (N, n_experts) per image (mean over blocks), N labels
+    predict_labels(vectors, names, {'rain': 'RainExpert', 'haze': 'HazeExpert', 'lowlight': 'ColourExpert'})
+    routing_accuracy(vectors, labels, names, mapping)            # fraction in [0, 1]
+    save_gate_figure(stats, 'gates.png', names)                  # one panel per label (or one for all images)
+    save_gate_json(stats, 'gates.json', names, mapping, dataset='val', iter=1000)
+
+``mapping`` is ``train.gate_opt.experts``' form: degradation label -> expert class name or list of names.
+The predicted label of an image is the label whose target experts get the highest summed weight in its
+gate vector (ties go to the label first in ``mapping``).
+"""
+
+import json
+import os
+
+import cv2
+import numpy as np
+import torch
+
+from ..losses.gate_losses import parse_expert_mapping, target_indices
+
+DEGRADATIONS = ('lowlight', 'rain', 'haze')
+ALL = 'all'
+
+
+class GateStats:
+    """Mean gate weights over images, for all images and per degradation label (see the module docstring)."""
+
+    def __init__(self):
+        self._sums = {}
+        self._counts = {}
+        self._vectors = []
+        self._labels = []
+
+    def add(self, gates, labels=None):
+        """Add one batch: ``gates`` ``{block path: (B, n_experts)}`` (as ``record_gates`` gives), ``labels``
+        ``B`` strings or None (the images then count for ``all`` only)."""
+        if not gates:
+            return
+        weights = {path: w.detach().to('cpu', torch.float64) for path, w in gates.items()}
+        batch = next(iter(weights.values())).shape[0]
+        if labels is not None and len(labels) != batch:
+            raise ValueError(f'GateStats.add: {len(labels)} label(s) for a batch of {batch} image(s)')
+        groups = [(ALL, torch.ones(batch, dtype=torch.bool))]
+        if labels is not None:
+            groups += [(label, torch.tensor([x == label for x in labels])) for label in dict.fromkeys(labels)]
+        for group, rows in groups:
+            sums = self._sums.setdefault(group, {})
+            for path, w in weights.items():
+                sums[path] = sums.get(path, 0) + w[rows].sum(0)
+            self._counts[group] = self._counts.get(group, 0) + int(rows.sum())
+        self._vectors.append(torch.stack(list(weights.values())).mean(0))
+        self._labels.extend(labels if labels is not None else [None] * batch)
+
+    @property
+    def count(self):
+        """Images added."""
+        return self._counts.get(ALL, 0)
+
+    @property
+    def labels(self):
+        """Labels seen: ``lowlight``, ``rain``, ``haze`` first (those seen), then the others sorted."""
+        seen = [g for g in self._counts if g != ALL]
+        return [d for d in DEGRADATIONS if d in seen] + sorted(g for g in seen if g not in DEGRADATIONS)
+
+    def label_count(self, label=None):
+        """Images with ``label`` (all images for None)."""
+        return self._counts.get(ALL if label is None else label, 0)
+
+    def means(self, label=None):
+        """``{block path: (n_experts,) float64 tensor}``: mean weights over the images with ``label``
+        (all images for None); empty when there are none."""
+        group = ALL if label is None else label
+        count = self._counts.get(group, 0)
+        return {path: total / count for path, total in self._sums.get(group, {}).items()} if count else {}
+
+    def overall(self, label=None):
+        """``(n_experts,)`` mean weights over the blocks and the images with ``label``; None when there are none."""
+        means = self.means(label)
+        return torch.stack(list(means.values())).mean(0) if means else None
+
+    def vectors(self):
+        """``((N, n_experts) float64 tensor, N labels)``: each image's weights averaged over the blocks, and
+        its label (None where unlabelled), in the order added."""
+        if not self._vectors:
+            return torch.zeros(0, 0, dtype=torch.float64), []
+        return torch.cat(self._vectors), list(self._labels)
+
+    def to_dict(self, expert_names, mapping=None):
+        """JSON-ready statistics: ``experts``, ``blocks``, ``all`` and ``labels`` (``{label: {count, mean,
+        blocks: {path: [...]}}}``); with ``mapping``, also ``routing`` (accuracy over the images whose label
+        it maps, and per label)."""
+        means = self.means()
+
+        def group(label):
+            return {
+                'count': self.label_count(label),
+                'mean': self.overall(label).tolist(),
+                'blocks': {path: m.tolist() for path, m in self.means(label).items()},
+            }
+
+        out = {
+            'experts': list(expert_names),
+            'blocks': list(means),
+            'all': group(None) if means else {'count': 0, 'mean': [], 'blocks': {}},
+            'labels': {label: group(label) for label in self.labels},
+        }
+        if mapping is not None:
+            vectors, labels = self.vectors()
+            pairs = _mapped_predictions(vectors, labels, expert_names, mapping)
+            if pairs:
+                out['routing'] = {
+                    'mapping': parse_expert_mapping(mapping, 'mapping'),
+                    'images': len(pairs),
+                    'accuracy': _accuracy(pairs),
+                    'per_label': {
+                        label: _accuracy([(p, t) for p, t in pairs if t == label])
+                        for label in dict.fromkeys(t for _, t in pairs)
+                    },
+                }
+        return out
+
+
+def _label_scores(gate_vectors, expert_names, mapping):
+    """``(N, n_experts)`` -> ``(list of mapped labels, (N, n_labels) summed target weights)``."""
+    parsed = parse_expert_mapping(mapping, 'mapping')
+    indices = target_indices(parsed, list(expert_names), 'mapping')
+    vectors = torch.as_tensor(np.asarray(gate_vectors, dtype=np.float64))
+    if vectors.numel() == 0:
+        vectors = vectors.reshape(0, len(expert_names))
+    if vectors.dim() != 2 or vectors.shape[1] != len(expert_names):
+        raise ValueError(
+            f'gate vectors must be (N, {len(expert_names)}) for experts {", ".join(expert_names)}, '
+            f'got {tuple(vectors.shape)}'
+        )
+    scores = torch.stack([vectors[:, idx].sum(1) for idx in indices.values()], dim=1)
+    return list(indices), scores
+
+
+def predict_labels(gate_vectors, expert_names, mapping):
+    """The degradation label read off each image's gate vector.
+
+    ``gate_vectors``: ``(N, n_experts)`` (tensor or array; e.g. mean weights over the blocks from
+    :meth:`GateStats.vectors`), ``expert_names``: the n class names, ``mapping``: label -> expert name(s).
+    Returns N labels: for each image, the label whose target experts get the highest summed weight."""
+    labels, scores = _label_scores(gate_vectors, expert_names, mapping)
+    return [labels[i] for i in scores.argmax(1).tolist()] if len(scores) else []
+
+
+def _mapped_predictions(gate_vectors, labels, expert_names, mapping):
+    """``[(predicted, true label)]`` for the images whose label is a key of ``mapping``."""
+    if len(labels) != len(gate_vectors):
+        raise ValueError(f'routing_accuracy: {len(labels)} label(s) for {len(gate_vectors)} gate vector(s)')
+    predicted = predict_labels(gate_vectors, expert_names, mapping)
+    return [(p, t) for p, t in zip(predicted, labels) if t in mapping]
+
+
+def _accuracy(pairs):
+    return sum(p == t for p, t in pairs) / len(pairs)
+
+
+def routing_accuracy(gate_vectors, labels, expert_names, mapping):
+    """Fraction of the images whose label is a key of ``mapping`` for which :func:`predict_labels` gives
+    that label; ValueError when no image has such a label."""
+    pairs = _mapped_predictions(gate_vectors, labels, expert_names, mapping)
+    if not pairs:
+        raise ValueError(f'routing_accuracy: no image has a label of the mapping ({", ".join(mapping)})')
+    return _accuracy(pairs)
+
+
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+SCALE = 0.45
+PAD = 8
+CELL_H = 24
+
+
+def _text_width(text):
+    return cv2.getTextSize(text, FONT, SCALE, 1)[0][0]
+
+
+def _put(img, text, x, y, colour=(0, 0, 0)):
+    cv2.putText(img, text, (int(x), int(y)), FONT, SCALE, colour, 1, cv2.LINE_AA)
+
+
+def _panels(stats_or_means):
+    """``[(title, {row name: (n,) array})]`` from a GateStats or ``{title: {block path: (n,) values}}``."""
+    if isinstance(stats_or_means, GateStats):
+        stats = stats_or_means
+        labels = stats.labels or [None]
+        groups = [
+            (f'{label or "all images"} ({stats.label_count(label)} image(s))', stats.means(label)) for label in labels
+        ]
+    else:
+        groups = list(stats_or_means.items())
+    panels = []
+    for title, means in groups:
+        rows = {path: np.asarray(m, dtype=np.float64).reshape(-1) for path, m in means.items()}
+        if rows:
+            panels.append((str(title), {'all blocks': np.mean(list(rows.values()), axis=0), **rows}))
+    return panels
+
+
+def _colour(value):
+    """BGR colour of a weight in [0, 1] on the viridis map."""
+    level = np.uint8(round(float(np.clip(value, 0, 1)) * 255))
+    return tuple(int(c) for c in cv2.applyColorMap(np.full((1, 1), level, np.uint8), cv2.COLORMAP_VIRIDIS)[0, 0])
+
+
+def render_gate_figure(stats_or_means, expert_names):
+    """The gate figure as a ``(H, W, 3)`` uint8 BGR image: one panel per degradation label (or per entry of a
+    ``{title: {block path: (n,) weights}}`` dict), experts in columns, an ``all blocks`` row and one row per
+    block, each cell coloured by its mean weight (viridis, 0 to 1) with the value printed."""
+    panels = _panels(stats_or_means)
+    if not panels:
+        raise ValueError('no gate statistics to draw (no image was added)')
+    names = list(expert_names)
+    n = len(names)
+    if any(len(row) != n for _, rows in panels for row in rows.values()):
+        raise ValueError(f'gate weights do not match the {n} expert(s) {", ".join(names)}')
+    cell_w = max([_text_width(s) for s in names] + [_text_width('0.000')]) + 2 * PAD
+    label_w = max(_text_width(r) for _, rows in panels for r in rows) + 2 * PAD
+    panel_w = max(label_w + n * cell_w, max(_text_width(t) for t, _ in panels) + 2 * PAD)
+    title_h = CELL_H + PAD
+    panel_h = title_h + CELL_H * (1 + max(len(rows) for _, rows in panels))
+    bar_h = 2 * CELL_H
+    height = PAD + panel_h + PAD + bar_h + PAD
+    width = PAD + len(panels) * (panel_w + PAD)
+    img = np.full((height, width, 3), 255, np.uint8)
+    for p, (title, rows) in enumerate(panels):
+        x0 = PAD + p * (panel_w + PAD)
+        _put(img, title, x0 + PAD, PAD + CELL_H - 6)
+        y = PAD + title_h
+        for j, name in enumerate(names):
+            _put(img, name, x0 + label_w + j * cell_w + PAD, y + CELL_H - 8)
+        for r, (row, values) in enumerate(rows.items()):
+            top = y + CELL_H * (r + 1)
+            _put(img, row, x0 + PAD, top + CELL_H - 8)
+            for j, value in enumerate(values):
+                left = x0 + label_w + j * cell_w
+                cv2.rectangle(img, (left, top), (left + cell_w - 2, top + CELL_H - 2), _colour(value), -1)
+                ink = (0, 0, 0) if value > 0.6 else (255, 255, 255)
+                _put(img, f'{value:.3f}', left + PAD, top + CELL_H - 8, ink)
+        cv2.line(img, (x0, y + 2 * CELL_H - 1), (x0 + panel_w, y + 2 * CELL_H - 1), (0, 0, 0), 1)
+    bar_top, bar_w = PAD + panel_h + PAD, min(width - 2 * PAD, 256)
+    ramp = np.linspace(0, 255, bar_w).round().astype(np.uint8)[None].repeat(CELL_H // 2, 0)
+    img[bar_top : bar_top + CELL_H // 2, PAD : PAD + bar_w] = cv2.applyColorMap(ramp, cv2.COLORMAP_VIRIDIS)
+    _put(img, '0', PAD, bar_top + CELL_H + 4)
+    _put(img, '1', PAD + bar_w - _text_width('1'), bar_top + CELL_H + 4)
+    _put(img, 'mean gate weight', PAD + bar_w + PAD, bar_top + CELL_H // 2)
+    return img
+
+
+def save_gate_figure(stats_or_means, path, expert_names):
+    """Draw :func:`render_gate_figure` and write it to ``path`` (PNG; folders created). Returns ``path``."""
+    img = render_gate_figure(stats_or_means, expert_names)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    ok, encoded = cv2.imencode('.png', img)
+    if not ok:
+        raise OSError(f'could not encode the gate figure for {path}')
+    with open(path, 'wb') as f:
+        f.write(encoded.tobytes())
+    return path
+
+
+def save_gate_json(stats, path, expert_names, mapping=None, **extra):
+    """Write ``stats.to_dict(expert_names, mapping)`` plus ``extra`` (e.g. ``dataset``, ``iter``) as JSON to
+    ``path`` (folders created). Returns ``path``."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, 'w') as f:
+        json.dump({**extra, **stats.to_dict(expert_names, mapping)}, f, indent=1)
+    return path
