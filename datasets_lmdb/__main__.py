@@ -1,4 +1,4 @@
-"""The datasets_lmdb command: pack paired datasets into LMDBs, verify them, show preset layouts.
+"""The datasets_lmdb command: pack paired datasets into LMDBs, verify them, show preset layouts, synthesize pairs.
 
 Examples::
 
@@ -8,6 +8,7 @@ Examples::
         --pair-rule '{"lq": "rain-(.*)", "gt": "norain-\\\\1"}'
     datasets_lmdb verify datasets/LOL_lmdb
     datasets_lmdb presets
+    datasets_lmdb synth --degradation mixed --src photos --out datasets/allinone --lmdb --seed 0 --per-image 2
 """
 
 import argparse
@@ -16,6 +17,7 @@ import sys
 from .output import PackError
 from .pack import DEFAULT_FORM, FORMS, pack_pairs
 from .presets import PRESETS, pack_preset, preset_tree
+from .synth import KINDS, RAIN_CHOICES, synthesize
 from .verify import find_leftovers, verify
 
 
@@ -52,6 +54,18 @@ def _parser():
     check.add_argument('path', help='an *.lmdb folder or a folder holding some')
     check.add_argument('--no-progress', action='store_true', help='no progress bar')
     sub.add_parser('presets', help='print the folder trees the presets expect')
+    synth = sub.add_parser('synth', help='degrade a folder of clean images into a labelled paired set (docs/data.md)')
+    synth.add_argument('--degradation', required=True, choices=KINDS, help='mixed: one of the three per pair')
+    synth.add_argument('--src', required=True, help='folder of clean images')
+    synth.add_argument('--out', required=True, help='output folder: <out>/{lq,gt}/*.png, meta_info.txt, synth.json')
+    synth.add_argument('--lmdb', action='store_true', help='also pack <out>/lmdb/{lq,gt}.lmdb')
+    synth.add_argument('--seed', type=int, default=0, help='seed of every draw (default 0)')
+    synth.add_argument('--per-image', type=int, default=1, help='degraded variants per clean image (default 1)')
+    synth.add_argument('--rain', choices=RAIN_CHOICES, default='both', help='rain streak setting (default both)')
+    synth.add_argument('--max-side', type=int, default=None, help='downscale images to this longest side')
+    synth.add_argument('--form', choices=FORMS, default=DEFAULT_FORM, help='stored form with --lmdb')
+    synth.add_argument('--overwrite', action='store_true', help='replace an existing synthesized set')
+    synth.add_argument('--no-progress', action='store_true', help='no progress bar')
     return parser
 
 
@@ -77,6 +91,24 @@ def _pack(args, parser):
         print(f'{n} pairs -> {args.out}')
 
 
+def _synth(args):
+    record = synthesize(
+        args.src,
+        args.out,
+        args.degradation,
+        seed=args.seed,
+        per_image=args.per_image,
+        lmdb=args.lmdb,
+        max_side=args.max_side,
+        rain=args.rain,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        form=args.form,
+    )
+    counts = ', '.join(f'{label}: {n}' for label, n in record['counts'].items())
+    print(f'{len(record["pairs"])} pairs ({counts}) -> {args.out}')
+
+
 def _verify(args):
     notes = []
     checked, problems = verify(args.path, progress=not args.no_progress, notes=notes)
@@ -99,6 +131,8 @@ def main(argv=None):
             _pack(args, parser)
         elif args.command == 'verify':
             return _verify(args)
+        elif args.command == 'synth':
+            _synth(args)
         else:
             print('\n'.join(f'{name}:\n{preset_tree(name)}' for name in PRESETS))
     except (OSError, ValueError, PackError) as err:

@@ -12,8 +12,9 @@ The degradation is physically motivated and drawn per image from a seeded genera
 photograph is linearised, its exposure dropped by a factor of 8-33 with a slight white-balance
 cast, photon shot noise (Poisson, at 300-3000 photons for white) and read noise (Gaussian) are added
 in linear light, and the result is encoded with a display gamma of 2.0-2.5 and quantised to 8 bits.
-Each training photograph appears several times with different draws. A second run with the same
-settings finds ``demo.json`` and leaves everything as it is.
+Each training photograph appears several times with different draws. The degradation is
+:func:`datasets_lmdb.synth.degrade_lowlight`, the ``lowlight`` kind of ``datasets_lmdb synth``. A
+second run with the same settings finds ``demo.json`` and leaves everything as it is.
 """
 
 import argparse
@@ -23,6 +24,10 @@ import sys
 
 import cv2
 import numpy as np
+
+from .synth import degrade_lowlight as degrade
+from .synth import lowlight_params as draw_params
+from .synth import srgb_to_linear  # noqa: F401  (part of this module's interface: tests undo the degradation)
 
 #: validation photographs (colour scenes the grid shows) and disjoint training photographs
 VAL_PHOTOS = ('astronaut', 'chelsea', 'coffee')
@@ -62,33 +67,6 @@ def load_photo(name, max_side):
         size = (round(img.shape[1] * scale), round(img.shape[0] * scale))
         img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
     return img
-
-
-def srgb_to_linear(x):
-    """sRGB-encoded values in [0, 1] -> linear light (IEC 61966-2-1)."""
-    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
-
-
-def draw_params(rng):
-    """One image's degradation parameters."""
-    gains = 1 + rng.uniform(-0.08, 0.08, 3)
-    return {
-        'exposure': float(np.exp(rng.uniform(np.log(0.04), np.log(0.1)))),
-        'gains_rgb': (gains / gains.mean()).round(4).tolist(),
-        'photons_white': float(np.exp(rng.uniform(np.log(300), np.log(3000)))),
-        'read_noise': float(rng.uniform(0.0005, 0.003)),
-        'gamma': float(rng.uniform(2.0, 2.5)),
-    }
-
-
-def degrade(img, params, rng):
-    """Dark, noisy, slightly tinted version of an RGB uint8 image (see the module docstring)."""
-    linear = srgb_to_linear(img.astype(np.float64) / 255.0)
-    signal = linear * params['exposure'] * np.asarray(params['gains_rgb'])
-    q = params['photons_white']
-    noisy = rng.poisson(np.clip(signal, 0, None) * q) / q + rng.normal(0.0, params['read_noise'], signal.shape)
-    encoded = np.clip(noisy, 0.0, 1.0) ** (1.0 / params['gamma'])
-    return np.round(encoded * 255.0).astype(np.uint8)
 
 
 def _write_split(out, split, photos, variants, max_side, rng):

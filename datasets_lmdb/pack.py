@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from gmmoe_arch.data.image_io import DataError, encode_raw, read_image_file, shape3
 from gmmoe_arch.data.pack_info import write_pack_info
-from gmmoe_arch.data.pairing import SHOWN, check_sizes, culprits, list_images, pair_stems
+from gmmoe_arch.data.pairing import LABEL_PREFIX, SHOWN, check_labels, check_sizes, culprits, list_images, pair_stems
 
 from .output import PARTIAL, SIDES, PackError, output_locks, remove_leftovers, replace_pair
 
@@ -99,10 +99,11 @@ class _Writer:
         self.lines = []
         self.written = 0
 
-    def put(self, key, buf, shape, ext, tag):
+    def put(self, key, buf, shape, ext, tag, label=None):
         self.txn.put(key.encode('ascii'), buf)
         self.written += len(buf)
-        self.lines.append(f'{key}.{ext} ({shape[0]},{shape[1]},{shape[2]}) {tag}\n')
+        suffix = f' {LABEL_PREFIX}{label}' if label else ''
+        self.lines.append(f'{key}.{ext} ({shape[0]},{shape[1]},{shape[2]}) {tag}{suffix}\n')
         if len(self.lines) % COMMIT_EVERY == 0:
             self.txn.commit()
             self.txn = self.env.begin(write=True)
@@ -155,6 +156,7 @@ def pack_pairs(
     progress=True,
     overwrite=False,
     skip_unpaired=False,
+    labels=None,
 ):
     """Pack paired folders into ``out_dir/lq.lmdb`` and ``out_dir/gt.lmdb``; returns the number of pairs.
 
@@ -168,10 +170,14 @@ def pack_pairs(
         progress (bool): show a tqdm bar.
         overwrite (bool): replace existing databases (only after the new ones are complete).
         skip_unpaired (bool): pack the pairs found and ignore files without a partner.
+        labels (dict | None): ``{key: label}`` (key: the lq stem) for every pair: each ``meta_info.txt``
+            line then ends with ``label=<label>`` (see ``gmmoe_arch.data.pairing``).
     """
     form = _check_form(form)
     pairs, sizes = plan_pack(lq_dir, gt_dir, out_dir, pair_rule, overwrite, skip_unpaired)
-    return write_pairs(pairs, sizes, out_dir, form, workers, progress, overwrite)
+    if labels is not None:
+        check_labels(labels, [key for key, _, _ in pairs], 'labels')
+    return write_pairs(pairs, sizes, out_dir, form, workers, progress, overwrite, labels)
 
 
 def _check_form(form):
@@ -188,13 +194,13 @@ def plan_pack(lq_dir, gt_dir, out_dir, pair_rule='identical', overwrite=False, s
     return pairs, check_sizes([(lq, gt) for _, lq, gt in pairs])
 
 
-def write_pairs(pairs, sizes, out_dir, form=None, workers=None, progress=True, overwrite=False):
+def write_pairs(pairs, sizes, out_dir, form=None, workers=None, progress=True, overwrite=False, labels=None):
     """Write planned ``pairs`` (from :func:`plan_pack`) into ``out_dir/{lq,gt}.lmdb``, holding its lock."""
     with output_locks([out_dir]):
-        return write_pairs_locked(pairs, sizes, out_dir, form, workers, progress, overwrite)
+        return write_pairs_locked(pairs, sizes, out_dir, form, workers, progress, overwrite, labels)
 
 
-def write_pairs_locked(pairs, sizes, out_dir, form=None, workers=None, progress=True, overwrite=False):
+def write_pairs_locked(pairs, sizes, out_dir, form=None, workers=None, progress=True, overwrite=False, labels=None):
     """:func:`write_pairs` for a caller that holds ``out_dir``'s lock (see :func:`~.output.output_locks`)."""
     form = _check_form(form)
     check_targets(out_dir, overwrite)  # again, under the lock: another run may have finished meanwhile
@@ -207,7 +213,7 @@ def write_pairs_locked(pairs, sizes, out_dir, form=None, workers=None, progress=
     try:
         writers = [_Writer(os.path.join(tmp, f'{side}.lmdb'), map_size) for side in SIDES]
         try:
-            _store(pairs, writers, out_dir, form, workers, progress)
+            _store(pairs, writers, out_dir, form, workers, progress, labels or {})
         except (lmdb.Error, OSError) as err:
             raise PackError(_write_failure(out_dir, err, writers)) from None
         finally:
@@ -224,7 +230,7 @@ def write_pairs_locked(pairs, sizes, out_dir, form=None, workers=None, progress=
     return len(pairs)
 
 
-def _store(pairs, writers, out_dir, form, workers, progress):
+def _store(pairs, writers, out_dir, form, workers, progress, labels):
     """Read, encode and store every pair; finish both databases only when all succeeded."""
     jobs = [(key, lq, gt, form) for key, lq, gt in pairs]
     results = _results(jobs, workers)
@@ -243,7 +249,7 @@ def _store(pairs, writers, out_dir, form, workers, progress):
                     break
                 continue
             for writer, entry in zip(writers, entries):
-                writer.put(key, *entry)
+                writer.put(key, *entry, labels.get(key))
     finally:
         results.close()
     if errors:

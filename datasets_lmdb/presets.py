@@ -1,4 +1,4 @@
-"""On-disk layouts of the public low-light datasets, and packing them split by split.
+"""On-disk layouts of the public low-light, deraining and dehazing datasets, and packing them split by split.
 
 Expected trees under ``--root`` (the folder you unpacked the download into)::
 
@@ -15,7 +15,19 @@ Expected trees under ``--root`` (the folder you unpacked the download into)::
     <root>/Synthetic/Test/Normal/*.png           <root>/Eval/Huawei/high/*.jpg
                                                  (Nikon: the same with Nikon)
 
-Packed output (fixed layout): ``<out>/train/{lq,gt}.lmdb`` and ``<out>/val/{lq,gt}.lmdb``.
+    Rain100L / Rain100H (rain100l, rain100h): rain-NNN <-> norain-NNN (RainTrainL/H for train)
+    <root>/train/rain/rain-1.png      train    <root>/test/rain/rain-001.png      val
+    <root>/train/norain/norain-1.png           <root>/test/norain/norain-001.png
+
+    RESIDE (many hazy images per clear one: NNNN_<A>_<beta> or NNNN_<k>[_<beta>] <-> NNNN, any extensions)
+    SOTS indoor (reside_sots_indoor)  <root>/indoor/hazy/1400_1.png       <root>/indoor/gt/1400.png       val
+    SOTS outdoor (reside_sots_outdoor) <root>/outdoor/hazy/0001_0.8_0.2.jpg <root>/outdoor/gt/0001.png    val
+    ITS (reside_its)                  <root>/hazy/1_1_0.90179.png         <root>/clear/1.png              train
+    OTS (reside_ots)                  <root>/hazy/0001_0.8_0.2.jpg        <root>/clear/0001.jpg           train
+
+Packed output (fixed layout): ``<out>/<split>/{lq,gt}.lmdb`` for the splits a preset has (``train``
+and/or ``val``). Rain100L/H arrive in varying layouts: move the rainy and clean images into the folders
+above. RESIDE's OTS ships its hazy images in several part folders: put them into one ``hazy`` folder.
 """
 
 import os
@@ -24,6 +36,11 @@ from gmmoe_arch.data.image_io import MissingDataError
 
 from .output import output_locks
 from .pack import plan_pack, write_pairs_locked
+
+#: Rain100L/H names: rain-NNN.png (input) <-> norain-NNN.png (target)
+RAIN_RULE = {'lq': 'rain-(.*)', 'gt': r'norain-\1'}
+#: RESIDE names: the clear image's number, then ``_``-separated haze parameters
+RESIDE_RULE = {'lq': r'(\d+)_.*', 'gt': r'\1'}
 
 #: preset -> split -> (lq folder, gt folder, pair rule), folders relative to the root
 PRESETS = {
@@ -47,15 +64,32 @@ PRESETS = {
         'train': ('Training data/Nikon/low', 'Training data/Nikon/high', 'identical'),
         'val': ('Eval/Nikon/low', 'Eval/Nikon/high', 'identical'),
     },
+    'rain100l': {
+        'train': ('train/rain', 'train/norain', RAIN_RULE),
+        'val': ('test/rain', 'test/norain', RAIN_RULE),
+    },
+    'rain100h': {
+        'train': ('train/rain', 'train/norain', RAIN_RULE),
+        'val': ('test/rain', 'test/norain', RAIN_RULE),
+    },
+    'reside_sots_indoor': {'val': ('indoor/hazy', 'indoor/gt', RESIDE_RULE)},
+    'reside_sots_outdoor': {'val': ('outdoor/hazy', 'outdoor/gt', RESIDE_RULE)},
+    'reside_its': {'train': ('hazy', 'clear', RESIDE_RULE)},
+    'reside_ots': {'train': ('hazy', 'clear', RESIDE_RULE)},
 }
 
 
 def preset_tree(preset, root='<root>'):
     """The folders a preset expects, one ``split: lq_dir | gt_dir (pair rule)`` line per split."""
     return '\n'.join(
-        f'  {split}: {os.path.join(root, lq)} | {os.path.join(root, gt)} (pair_rule {rule})'
+        f'  {split}: {os.path.join(root, lq)} | {os.path.join(root, gt)} (pair_rule {_rule_text(rule)})'
         for split, (lq, gt, rule) in _splits(preset).items()
     )
+
+
+def _rule_text(rule):
+    """A pair rule as ``--pair-rule`` takes it: a name, or ``REGEX->TEMPLATE``."""
+    return f'{rule["lq"]}->{rule["gt"]}' if isinstance(rule, dict) else rule
 
 
 def _splits(preset):

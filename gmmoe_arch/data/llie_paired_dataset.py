@@ -11,7 +11,18 @@ from torchvision.transforms.functional import normalize
 
 from .image_io import DataError, decode, lmdb_env, read_image_file, to_float_bgr
 from .pack_info import check_same_pack
-from .pairing import check_sizes, culprits, list_images, pair_stems, read_lmdb_meta, read_pair_list
+from .pairing import (
+    check_label,
+    check_labels,
+    check_sizes,
+    culprits,
+    list_images,
+    pair_stems,
+    read_lmdb_labels,
+    read_lmdb_meta,
+    read_pair_list,
+    stem,
+)
 
 
 @DATASET_REGISTRY.register()
@@ -24,7 +35,10 @@ class LLIEPairedDataset(data.Dataset):
         io_backend (dict): ``{type: disk}`` (default) or ``{type: lmdb}``; with lmdb,
             ``verify_checksum: true`` checks each raw entry's CRC-32 when it is read (about 0.5 ms per
             600x400 image), other keys go to lmdb.open.
-        meta_info_file (str, optional): lines ``LQ_NAME [GT_NAME]`` choosing the pairs.
+        meta_info_file (str, optional): lines ``LQ_NAME [GT_NAME] [label=NAME]`` choosing the pairs
+            (and labelling them).
+        label (str, optional): the degradation label of every pair (e.g. ``rain`` for Rain100L); it
+            takes precedence over labels in ``meta_info_file`` or the LMDB's ``meta_info.txt``.
         pair_rule: 'identical' (default), 'lol_v2_real' (lowN <-> normalN) or
             ``{lq: REGEX, gt: TEMPLATE}`` on file stems / LMDB keys (see ``gmmoe_arch.data.pairing``).
         skip_unpaired (bool): use the pairs found and ignore files without a partner (default false).
@@ -36,8 +50,11 @@ class LLIEPairedDataset(data.Dataset):
     of ``datasets_lmdb`` (including LMDBs packed by BasicSR's scripts). Grayscale becomes 3 channels,
     alpha is dropped, 16-bit is scaled by 65535.
 
-    Returns per index ``{'lq': (3, H, W), 'gt': (3, H, W), 'lq_path', 'gt_path'}``: float32 RGB
-    tensors in [0, 1] (before mean/std) and file paths (disk) or LMDB keys (lmdb).
+    Returns per index ``{'lq': (3, H, W), 'gt': (3, H, W), 'lq_path', 'gt_path'[, 'label']}``: float32
+    RGB tensors in [0, 1] (before mean/std), file paths (disk) or LMDB keys (lmdb), and the pair's
+    degradation label (str) when the dataset is labelled: by the ``label`` option, else by
+    ``label=NAME`` fields in ``meta_info_file``, else (lmdb) in the lq LMDB's ``meta_info.txt``. Labels
+    come for every pair or for none (a list labelling only some pairs is a ``DataError``).
 
     Every problem with the data (missing or empty folder, unpaired files, unreadable, truncated or
     oversized image, lq/gt size mismatch, missing, damaged, truncated or incomplete LMDB, keys listed
@@ -49,10 +66,12 @@ class LLIEPairedDataset(data.Dataset):
     read raises ``DataError`` naming it.
     """
 
-    def __init__(self, opt):
+    def __init__(self, opt, where=None):
+        """``where``: how errors name this dataset (default ``"LLIEPairedDataset '<name>': "``)."""
         super().__init__()
         self.opt = opt
         self.name = opt.get('name', type(self).__name__)
+        self.where = where if where is not None else f'{type(self).__name__} {self.name!r}: '
         io_opt = dict(opt.get('io_backend') or {'type': 'disk'})
         self.backend = io_opt.pop('type', 'disk')
         self.verify_checksum = bool(io_opt.pop('verify_checksum', False))
@@ -65,10 +84,12 @@ class LLIEPairedDataset(data.Dataset):
         try:
             self._check_options()
             self.roots = opt['dataroot_lq'], opt['dataroot_gt']
+            self.listed = read_pair_list(opt['meta_info_file']) if opt.get('meta_info_file') else None
             self.pairs, sizes = self._lmdb_pairs() if self.backend == 'lmdb' else self._disk_pairs()
             self._check_crop(sizes)
+            self.labels = self._labels()
         except (ValueError, FileNotFoundError) as err:
-            raise type(err)(f'{type(self).__name__} {self.name!r}: {err}') from None
+            raise type(err)(f'{self.where}{err}') from None
 
     def _check_options(self):
         if self.backend not in ('disk', 'lmdb'):
@@ -81,9 +102,21 @@ class LLIEPairedDataset(data.Dataset):
         if self.verify_checksum and self.backend != 'lmdb':
             raise ValueError('io_backend.verify_checksum applies to io_backend type lmdb only')
 
-    def _pair_list(self):
-        path = self.opt.get('meta_info_file')
-        return read_pair_list(path) if path else None
+    def _labels(self):
+        """The label of each pair (a list aligned with ``self.pairs``), or ``None`` for an unlabelled dataset."""
+        if self.opt.get('label') is not None:
+            return [check_label(self.opt['label'], 'label')] * len(self.pairs)
+        keys = [lq if self.backend == 'lmdb' else stem(lq) for lq, _ in self.pairs]
+        if self.listed is not None and any(label for *_, label in self.listed):
+            labels, where = {lq: label for lq, _, label in self.listed if label}, self.opt['meta_info_file']
+        elif self.backend == 'lmdb':
+            labels, where = read_lmdb_labels(self.roots[0], 'dataroot_lq'), f'{self.roots[0]}/meta_info.txt'
+        else:
+            return None
+        if not labels:
+            return None
+        check_labels(labels, keys, where)
+        return [labels[key] for key in keys]
 
     def _disk_pairs(self):
         lq_dir, gt_dir = self.roots
@@ -93,7 +126,7 @@ class LLIEPairedDataset(data.Dataset):
             hint = ' (an LMDB folder: set io_backend: {type: lmdb})' if 'data.mdb' in str(err) else ''
             raise type(err)(f'{err}{hint}') from None
         stems = pair_stems(
-            lq, gt, self.opt.get('pair_rule', 'identical'), self._pair_list(), self.opt.get('skip_unpaired', False)
+            lq, gt, self.opt.get('pair_rule', 'identical'), self.listed, self.opt.get('skip_unpaired', False)
         )
         pairs = [(os.path.join(lq_dir, lq[a]), os.path.join(gt_dir, gt[b])) for a, b in stems]
         return pairs, check_sizes(pairs)
@@ -107,7 +140,7 @@ class LLIEPairedDataset(data.Dataset):
             metas[0],
             metas[1],
             self.opt.get('pair_rule', 'identical'),
-            self._pair_list(),
+            self.listed,
             self.opt.get('skip_unpaired', False),
         )
         mismatched = [
@@ -147,12 +180,9 @@ class LLIEPairedDataset(data.Dataset):
         try:
             lq, gt = self._load(lq_ref, 'lq'), self._load(gt_ref, 'gt')
         except DataError as err:
-            raise type(err)(f'{type(self).__name__} {self.name!r}: {err}') from None
+            raise type(err)(f'{self.where}{err}') from None
         if lq.shape[:2] != gt.shape[:2]:
-            raise DataError(
-                f'{type(self).__name__} {self.name!r}: {lq_ref} {lq.shape[:2]} and {gt_ref} '
-                f'{gt.shape[:2]} differ in size'
-            )
+            raise DataError(f'{self.where}{lq_ref} {lq.shape[:2]} and {gt_ref} {gt.shape[:2]} differ in size')
         if self.train and self.gt_size:
             gt, lq = paired_random_crop(gt, lq, self.gt_size, 1, gt_ref)
         lq, gt = to_float_bgr(lq), to_float_bgr(gt)
@@ -162,7 +192,10 @@ class LLIEPairedDataset(data.Dataset):
         if self.mean is not None:
             normalize(lq, self.mean, self.std, inplace=True)
             normalize(gt, self.mean, self.std, inplace=True)
-        return {'lq': lq, 'gt': gt, 'lq_path': lq_ref, 'gt_path': gt_ref}
+        sample = {'lq': lq, 'gt': gt, 'lq_path': lq_ref, 'gt_path': gt_ref}
+        if self.labels is not None:
+            sample['label'] = self.labels[index]
+        return sample
 
     def __len__(self):
         return len(self.pairs)

@@ -9,6 +9,11 @@ stem to its gt stem:
   string ``'REGEX->TEMPLATE'``): the lq stem must match REGEX in full; the gt stem is ``TEMPLATE`` with
   ``\\1``/``\\g<name>`` filled in, e.g. ``{'lq': 'rain-(.*)', 'gt': r'norain-\\1'}`` for deraining folders.
 
+Degradation labels (``'lowlight'``, ``'rain'``, ``'haze'``, ...) ride along as a trailing
+``label=NAME`` field of a ``meta_info_file`` line (``LQ_NAME [GT_NAME] label=NAME``) or of an LMDB's
+``meta_info.txt`` line (``KEY.EXT (h,w,c) TAG label=NAME``). BasicSR's own readers take the first
+field (or the part before the first dot) of each line, so they read such files as before.
+
 Problems with the data (missing folders, unpaired or unreadable files) raise
 :class:`~gmmoe_arch.data.image_io.DataError` (``MissingDataError``, also a ``FileNotFoundError``, for
 missing folders), a bad ``pair_rule`` a ``ValueError``; each names the option and the first few culprits.
@@ -24,7 +29,9 @@ from .image_io import IMAGE_EXTENSIONS, DataError, MissingDataError, read_size
 SHOWN = 5
 #: where a user who lacks a data folder is sent
 WHERE_TO_LOOK = '`datasets_lmdb presets` prints the folder trees each dataset needs; see docs/data.md'
-_META_LINE = re.compile(r'^(\S+)\s+\((\d+),\s*(\d+),\s*(\d+)\)(?:\s+(\S+))?\s*$')
+LABEL_PREFIX = 'label='
+_LABEL = re.compile(r'[A-Za-z0-9_-]+')
+_META_LINE = re.compile(r'^(\S+)\s+\((\d+),\s*(\d+),\s*(\d+)\)(?:\s+(?!label=)(\S+))?(?:\s+label=(\S*))?\s*$')
 
 
 def culprits(items):
@@ -106,22 +113,44 @@ def _parse_mapping(text):
         raise ValueError(f'pair_rule: {text!r} is not a JSON/YAML mapping ({problem})') from None
 
 
-def read_pair_list(path):
-    """Read a ``meta_info_file``: lines ``LQ_NAME [GT_NAME]``; returns ``[(lq_stem, gt_stem|None)]``.
+def check_label(label, where):
+    """``label`` when it is a usable label (letters, digits, ``_``, ``-``), else ``DataError`` naming ``where``."""
+    if not isinstance(label, str) or not _LABEL.fullmatch(label):
+        raise DataError(f'{where}: bad label {label!r} (letters, digits, _ and - only, e.g. rain)')
+    return label
 
-    Names may carry extensions; a second field starting with ``(`` (BasicSR's shape column) is not
-    a gt name, so BasicSR meta_info files can be used as they are.
+
+def check_labels(labels, keys, where):
+    """Every key of ``keys`` has a valid label in the mapping ``labels``; ``DataError`` naming ``where`` otherwise."""
+    missing = [key for key in keys if key not in labels]
+    if missing:
+        raise DataError(f'{where}: {len(missing)} pair(s) without a label: {culprits(missing)}')
+    for key in keys:
+        check_label(labels[key], f'{where}[{key}]')
+
+
+def read_pair_list(path):
+    """Read a ``meta_info_file``: lines ``LQ_NAME [GT_NAME] [label=NAME]``.
+
+    Returns ``[(lq_stem, gt_stem|None, label|None)]``. Names may carry extensions; a second field
+    starting with ``(`` (BasicSR's shape column) is not a gt name, so BasicSR meta_info files (and
+    the ``NAME.png (h,w,c) label=NAME`` lines ``datasets_lmdb synth`` writes) can be used as they are.
     """
     if not os.path.isfile(path):
         raise MissingDataError(f'meta_info_file: file not found: {path}')
     pairs = []
     with open(path, encoding='utf-8') as f:
-        for line in f:
+        for number, line in enumerate(f, 1):
             fields = line.split()
             if not fields:
                 continue
-            gt = fields[1] if len(fields) > 1 and not fields[1].startswith('(') else None
-            pairs.append((stem(fields[0]), stem(gt) if gt else None))
+            labels = [field[len(LABEL_PREFIX) :] for field in fields[1:] if field.startswith(LABEL_PREFIX)]
+            others = [field for field in fields[1:] if not field.startswith(LABEL_PREFIX)]
+            if len(labels) > 1:
+                raise DataError(f'meta_info_file: {path} line {number} has {len(labels)} label= fields')
+            label = check_label(labels[0], f'meta_info_file: {path} line {number}') if labels else None
+            gt = others[0] if others and not others[0].startswith('(') else None
+            pairs.append((stem(fields[0]), stem(gt) if gt else None, label))
     if not pairs:
         raise DataError(f'meta_info_file: no entries in {path}')
     return pairs
@@ -139,7 +168,7 @@ def pair_stems(
     rule = make_rule(pair_rule)
     lq_stems, gt_stems = set(lq_stems), set(gt_stems)
     if pair_list is not None:
-        pairs = [(lq, gt if gt is not None else rule(lq)) for lq, gt in pair_list]
+        pairs = [(lq, gt if gt is not None else rule(lq)) for lq, gt, *_ in pair_list]
         missing = [f'{lq} -> {gt}' for lq, gt in pairs if lq not in lq_stems or gt not in gt_stems]
         if missing:
             raise DataError(
@@ -194,11 +223,21 @@ def check_sizes(pairs):
 
 
 def read_lmdb_meta(lmdb_dir, option):
-    """Parse ``<lmdb_dir>/meta_info.txt`` (BasicSR's ``NAME.EXT (h,w,c) TAG`` lines).
+    """Parse ``<lmdb_dir>/meta_info.txt`` (BasicSR's ``NAME.EXT (h,w,c) TAG`` lines, optionally ``label=NAME``).
 
     Returns ``{key: (h, w, c)}``; the key is NAME without its extension. Raises naming ``option``
     when the folder, its ``data.mdb`` or its ``meta_info.txt`` is missing or a line is malformed.
     """
+    return {key: shape for key, shape, _ in _lmdb_meta_lines(lmdb_dir, option)}
+
+
+def read_lmdb_labels(lmdb_dir, option):
+    """``{key: label}`` of the ``meta_info.txt`` lines of ``<lmdb_dir>`` that carry ``label=NAME``."""
+    return {key: label for key, _, label in _lmdb_meta_lines(lmdb_dir, option) if label is not None}
+
+
+def _lmdb_meta_lines(lmdb_dir, option):
+    """``[(key, (h, w, c), label|None)]`` of ``<lmdb_dir>/meta_info.txt``; see :func:`read_lmdb_meta`."""
     if not os.path.isdir(lmdb_dir):
         raise MissingDataError(
             f'{option}: LMDB folder not found: {lmdb_dir}; pack the dataset with '
@@ -210,8 +249,9 @@ def read_lmdb_meta(lmdb_dir, option):
                 f'{option}: {lmdb_dir} is not a complete LMDB (no {needed}); '
                 'pack it again with `datasets_lmdb pack --overwrite` (see docs/data.md)'
             )
-    meta = {}
-    with open(os.path.join(lmdb_dir, 'meta_info.txt'), encoding='utf-8') as f:
+    meta = []
+    path = os.path.join(lmdb_dir, 'meta_info.txt')
+    with open(path, encoding='utf-8') as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -220,9 +260,10 @@ def read_lmdb_meta(lmdb_dir, option):
                 raise DataError(
                     f'{option}: {lmdb_dir}/meta_info.txt line {number} is not "NAME.EXT (h,w,c) TAG": {line.strip()!r}'
                 )
-            name = match.group(1)
-            key = name.rsplit('.', 1)[0]
-            meta[key] = tuple(int(match.group(i)) for i in (2, 3, 4))
+            name, label = match.group(1), match.group(6)
+            if label is not None:
+                check_label(label, f'{option}: {path} line {number}')
+            meta.append((name.rsplit('.', 1)[0], tuple(int(match.group(i)) for i in (2, 3, 4)), label))
     if not meta:
         raise DataError(f'{option}: {lmdb_dir}/meta_info.txt lists no images')
     return meta

@@ -23,6 +23,12 @@ NAMES = {
     'lol_v2_synthetic': lambda split, i: (f'r{i:04d}{split}.png',) * 2,
     'lsrw_huawei': lambda split, i: (f'{i + 2}.jpg',) * 2,
     'lsrw_nikon': lambda split, i: (f'{i + 3000}.jpg',) * 2,
+    'rain100l': lambda split, i: (f'rain-{i + 1:03d}.png', f'norain-{i + 1:03d}.png'),
+    'rain100h': lambda split, i: (f'rain-{i + 1}.png', f'norain-{i + 1}.png'),
+    'reside_sots_indoor': lambda split, i: (f'{1400 + i}_{i + 1}.png', f'{1400 + i}.png'),
+    'reside_sots_outdoor': lambda split, i: (f'{i + 1:04d}_0.8_0.2.jpg', f'{i + 1:04d}.png'),
+    'reside_its': lambda split, i: (f'{i + 1}_1_0.90179.png', f'{i + 1}.png'),
+    'reside_ots': lambda split, i: (f'{i + 1:04d}_1_0.2.jpg', f'{i + 1:04d}.jpg'),
 }
 
 
@@ -88,7 +94,7 @@ def assert_same(a, b):
 def test_preset_layouts_disk_and_lmdb_agree(tmp_path, preset):
     written = write_preset_tree(tmp_path / 'src', preset)
     counts = pack_preset(preset, str(tmp_path / 'src'), str(tmp_path / 'lmdb'), workers=1, progress=False)
-    assert counts == {'train': 3, 'val': 3}
+    assert counts == {split: 3 for split in PRESETS[preset]}
     for split, (lq_dir, gt_dir, rule) in PRESETS[preset].items():
         disk_val = build_dataset(options(tmp_path / 'src' / lq_dir, tmp_path / 'src' / gt_dir, pair_rule=rule))
         lmdb_val = build_dataset(
