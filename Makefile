@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.gmmoe-installed
 
-.PHONY: install demo test lint
+.PHONY: install demo demo-allinone test lint
 
 install: $(STAMP)
 
@@ -22,6 +22,10 @@ $(STAMP): setup.py
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py --out demo_output
+
+# one network for low light, rain and haze, its gate taught to route by degradation (<= 15 min on 2 cores)
+demo-allinone: $(STAMP)
+	$(PY) scripts/allinone.py --out allinone_output
 
 test: $(STAMP)
 	@mkdir -p build

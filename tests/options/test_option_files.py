@@ -27,6 +27,8 @@ REFERENCE_KEYS = {'paper': 'keys_paper_w24.txt', 'released': 'keys_released_w48.
 # stems to try against a pair rule's lq pattern, one per naming scheme the option files use
 CANDIDATE_STEMS = ('img001', 'low00001', 'rain-001', '1400_1_0.9')
 BENCHMARKS = ('lol', 'lolv2_real', 'lolv2_syn', 'lsrw_huawei', 'lsrw_nikon')
+#: deraining, dehazing and all-in-one files: one train and one test file each
+OTHER_TASKS = ('rain100l', 'rain100h', 'reside_its', 'reside_ots', 'allinone', 'allinone_demo')
 
 
 def reference_shapes(path):
@@ -81,12 +83,8 @@ def test_every_benchmark_has_its_files():
         for variant in ('', '_released'):
             assert {f'train_gmmoe_{key}{variant}.yml', f'test_gmmoe_{key}{variant}.yml'} <= names
         assert {f'train_gmmoe_{key}_lmdb.yml', f'test_gmmoe_{key}_lmdb.yml'} <= names
-    assert {
-        'train_gmmoe_demo.yml',
-        'test_gmmoe_demo.yml',
-        'train_gmmoe_derain_example.yml',
-        'train_gmmoe_dehaze_example.yml',
-    } <= names
+    for key in ('demo',) + OTHER_TASKS:
+        assert {f'train_gmmoe_{key}.yml', f'test_gmmoe_{key}.yml'} <= names
 
 
 @pytest.mark.parametrize('path', FILES, ids=[p.name for p in FILES])
@@ -118,13 +116,19 @@ def test_option_file_builds(path, tmp_path, monkeypatch, reference_dir):
     monkeypatch.chdir(tmp_path)
     for name, dataset_opt in opt['datasets'].items():
         dataset_opt = dict(dataset_opt, phase=name.split('_')[0])
-        assert not os.path.isabs(dataset_opt['dataroot_lq']) and dataset_opt['dataroot_lq'].startswith('datasets/')
         size = dataset_opt.get('gt_size') or 32
-        make_stand_in(dataset_opt, size, tmp_path / 'scratch' / name)
+        shared = {k: v for k, v in dataset_opt.items() if k != 'sets'}
+        sets = [dict(shared, **entry) for entry in dataset_opt.get('sets', [dataset_opt])]
+        for i, set_opt in enumerate(sets):
+            assert not os.path.isabs(set_opt['dataroot_lq']) and set_opt['dataroot_lq'].startswith('datasets/')
+            make_stand_in(set_opt, size, tmp_path / 'scratch' / name / str(i))
         dataset = build_dataset(dataset_opt)
-        assert len(dataset) == 1
-        sample = dataset[0]
-        assert sample['lq'].shape == sample['gt'].shape == (3, size, size)
+        repeats = [set_opt.get('repeat', 1) for set_opt in sets]
+        assert len(dataset) == sum(repeats)  # one stand-in pair per set
+        for set_opt, start in zip(sets, np.cumsum([0] + repeats[:-1])):
+            sample = dataset[int(start)]
+            assert sample['lq'].shape == sample['gt'].shape == (3, size, size)
+            assert sample.get('label') == set_opt.get('label')
 
 
 @pytest.mark.parametrize('key', BENCHMARKS + ('demo',))
@@ -134,3 +138,22 @@ def test_test_files_load_what_training_writes(key):
         assert test['network_g'] == train['network_g']
         assert test['path']['pretrain_network_g'] == f'experiments/{train["name"]}/models/net_g_latest.pth'
         assert test['datasets']['test_1']['dataroot_lq'] == train['datasets']['val']['dataroot_lq']
+
+
+def evaluation_sets(opt, prefix):
+    """The ``dataroot_lq`` of each dataset whose key starts with ``prefix`` (``val``, ``test``), in order."""
+    return [d['dataroot_lq'] for key, d in opt['datasets'].items() if key.split('_')[0] == prefix]
+
+
+@pytest.mark.parametrize('key', OTHER_TASKS)
+def test_other_tasks_test_what_they_validate_on(key):
+    train, test = (load(OPTIONS / f'{p}_gmmoe_{key}.yml') for p in ('train', 'test'))
+    assert test['network_g'] == train['network_g']
+    assert test['path']['pretrain_network_g'] == f'experiments/{train["name"]}/models/net_g_latest.pth'
+    assert evaluation_sets(test, 'test') == evaluation_sets(train, 'val')
+    experts = train['network_g']['experts']
+    assert experts[:3] == ['ColourExpert', 'DetailExpert', 'FeatureExpert'] and len(experts) > 3
+    gate_opt = train['train'].get('gate_opt')
+    if gate_opt:  # supervision maps every degradation the data carry to an expert the network has
+        assert set(gate_opt['experts'].values()) <= set(experts)
+        assert build_loss(dict(gate_opt))

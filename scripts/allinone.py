@@ -1,0 +1,463 @@
+"""The all-in-one demo and benchmark: one GM-MoE for low light, rain and haze, on CPU.
+
+``python scripts/allinone.py [--out allinone_output]`` (``make demo-allinone``):
+
+1. builds the data (``--make-data`` stops after this step) in ``<out>/datasets/allinone`` from
+   scikit-image's bundled photographs with ``datasets_lmdb.synth``: a mixed training set (each pair one
+   degradation, labelled in ``meta_info.txt``) from the demo's training photographs, and one held-out
+   test set per degradation from photographs training never sees; PNGs and LMDBs, deterministic;
+2. trains ``basicsr train -opt options/train_gmmoe_allinone_demo.yml`` in ``<out>`` (a subprocess);
+3. evaluates on the held-out sets, per degradation: PSNR/SSIM of the input, of the classical baselines
+   (``gmmoe_arch.baselines``) and of GM-MoE; the routing accuracy (the degradation read off each image's
+   gate vector); writes ``<out>/allinone_table.md``, ``<out>/allinone.json`` and the gate figure
+   ``<out>/allinone_gates.png``.
+
+``--bench`` (``<out>`` default ``allinone_bench``) trains, with the same data, seed and iterations, (a) the
+three released experts, dense; (b) those plus ``RainExpert`` and ``HazeExpert``, dense; (d) = (b) with gate
+supervision (``train.gate_opt``); and evaluates (c) = (b)'s weights with ``gate_top_k: 1``. It reports per
+degradation the PSNR/SSIM against the input and the best classical baseline, the routing accuracy, the
+mean gate weight of each expert per degradation for (b) and (d), and the inference time of (c) over (b) at
+600x400 (interleaved repeats, medians). Each variant's option file is derived from the demo's and written
+to ``<out>/options``.
+
+Exits with 1 when the trained model misses the issue's targets (every degradation above its input and 3 dB
+above its best classical baseline; routing accuracy >= 90% with gate supervision).
+"""
+
+import argparse
+import copy
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+
+import cv2
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, 'scripts'))
+
+import gmmoe_arch  # noqa: E402,F401,I001  (applies the basicsr compat patches before basicsr is used)
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from basicsr.archs import build_network  # noqa: E402
+from basicsr.metrics import calculate_psnr, calculate_ssim  # noqa: E402
+from basicsr.utils.options import ordered_yaml  # noqa: E402
+
+from datasets_lmdb.demo import TRAIN_PHOTOS, VAL_PHOTOS, load_photo  # noqa: E402
+from datasets_lmdb.synth import DEGRADATIONS, synthesize_images  # noqa: E402
+from demo import run_basicsr  # noqa: E402
+from gmmoe_arch.archs.gmmoe_arch import expert_names, record_gates  # noqa: E402
+from gmmoe_arch.baselines import BASELINES  # noqa: E402
+from gmmoe_arch.models.gate_stats import GateStats, routing_accuracy, save_gate_figure  # noqa: E402
+
+DEMO_OPT = os.path.join(REPO, 'options', 'train_gmmoe_allinone_demo.yml')
+DATA = os.path.join('datasets', 'allinone')  # relative to <out>, as the option files expect
+MAPPING = {'lowlight': 'ColourExpert', 'rain': 'RainExpert', 'haze': 'HazeExpert'}
+RELEASED = ['ColourExpert', 'DetailExpert', 'FeatureExpert']
+TARGET_OVER_BASELINE_DB = 3.0
+TARGET_ROUTING = 0.9
+TIMING_SIZE = (400, 600)  # (H, W)
+VERSION = 1
+
+#: bench variant -> (title, network_g overrides, gate supervision, trained or the weights of another variant)
+VARIANTS = {
+    'a': ('(a) released experts, dense', {'experts': RELEASED}, False, None),
+    'b': ('(b) + RainExpert + HazeExpert, dense', {}, False, None),
+    'c': ('(c) = (b), top-1 at inference', {'gate_top_k': 1}, False, 'b'),
+    'd': ('(d) = (b) + gate supervision', {}, True, None),
+}
+
+
+def data_settings(seed=0, per_image=6, test_per_image=3, train_side=400, test_side=320):
+    """What the data are built from; a stored ``allinone.json`` with the same settings is reused."""
+    return {
+        'version': VERSION,
+        'seed': seed,
+        'per_image': per_image,
+        'test_per_image': test_per_image,
+        'train_side': train_side,
+        'test_side': test_side,
+        'train_photos': list(TRAIN_PHOTOS),
+        'test_photos': list(VAL_PHOTOS),
+    }
+
+
+def make_data(data_dir, progress=True, **kwargs):
+    """Build ``data_dir/train`` (mixed, labelled) and ``data_dir/test_<degradation>`` (held-out photographs),
+    each with ``lmdb/{lq,gt}.lmdb``; returns the record (settings, pair counts). Skipped when built before
+    with the same settings."""
+    settings = data_settings(**kwargs)
+    record_path = os.path.join(data_dir, 'allinone.json')
+    if os.path.isfile(record_path):
+        with open(record_path, encoding='utf-8') as f:
+            record = json.load(f)
+        if record.get('settings') == settings:
+            return record
+        os.remove(record_path)
+    train = [(p, load_photo(p, settings['train_side'])) for p in settings['train_photos']]
+    test = [(p, load_photo(p, settings['test_side'])) for p in settings['test_photos']]
+    common = dict(seed=settings['seed'], lmdb=True, overwrite=True, progress=progress)
+    sets = {
+        'train': synthesize_images(
+            train, os.path.join(data_dir, 'train'), 'mixed', per_image=settings['per_image'], **common
+        )
+    }
+    for label in DEGRADATIONS:
+        folder = os.path.join(data_dir, f'test_{label}')
+        sets[f'test_{label}'] = synthesize_images(test, folder, label, per_image=settings['test_per_image'], **common)
+    record = {'settings': settings, 'counts': {name: s['counts'] for name, s in sets.items()}}
+    with open(record_path, 'w', encoding='utf-8') as f:
+        json.dump(record, f, indent=1)
+    return record
+
+
+def read_rgb(path):
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None:
+        raise SystemExit(f'cannot read {path}')
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def load_test_sets(data_dir):
+    """``{label: [(name, lq RGB uint8, gt RGB uint8)]}`` from the PNGs of the held-out sets."""
+    sets = {}
+    for label in DEGRADATIONS:
+        folder = os.path.join(data_dir, f'test_{label}')
+        names = sorted(os.listdir(os.path.join(folder, 'lq')))
+        sets[label] = [
+            (n, read_rgb(os.path.join(folder, 'lq', n)), read_rgb(os.path.join(folder, 'gt', n))) for n in names
+        ]
+    return sets
+
+
+def scores(pairs):
+    """Mean ``(PSNR, SSIM)`` over ``[(output, gt)]`` RGB uint8 pairs (whole image, no offsets)."""
+    values = [(calculate_psnr(out, gt, 0), calculate_ssim(out, gt, 0)) for out, gt in pairs]
+    return tuple(float(v) for v in np.mean(values, axis=0))
+
+
+def reference_scores(test_sets):
+    """``({label: input scores}, {label: {baseline name: scores}})`` on the held-out sets."""
+    inputs = {label: scores([(lq, gt) for _, lq, gt in items]) for label, items in test_sets.items()}
+    baselines = {
+        label: {name: scores([(fn(lq), gt) for _, lq, gt in items]) for name, fn in BASELINES[label].items()}
+        for label, items in test_sets.items()
+    }
+    return inputs, baselines
+
+
+def load_options(path):
+    with open(path, encoding='utf-8') as f:
+        return yaml.load(f, Loader=ordered_yaml()[0])
+
+
+def load_net(network_opt, checkpoint):
+    """The trained network (``params`` of ``checkpoint``, loaded strictly with ``weights_only``), in eval mode."""
+    net = build_network(copy.deepcopy(network_opt))
+    state = torch.load(checkpoint, map_location='cpu', weights_only=True)
+    net.load_state_dict(state['params'] if 'params' in state else state, strict=True)
+    return net.eval()
+
+
+def to_tensor(img):
+    return torch.from_numpy(img.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
+
+
+def to_uint8(t):
+    return np.round(t[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255.0).astype(np.uint8)
+
+
+def evaluate_net(net, test_sets):
+    """Run ``net`` on every held-out image: ``({label: scores}, GateStats, {label: [outputs]})``."""
+    stats, result, outputs = GateStats(), {}, {}
+    with torch.no_grad(), record_gates(net) as gates:
+        for label, items in test_sets.items():
+            outputs[label] = []
+            for _, lq, _ in items:
+                outputs[label].append(to_uint8(net(to_tensor(lq))))
+                stats.add(gates, [label])
+            result[label] = scores([(out, gt) for out, (_, _, gt) in zip(outputs[label], items)])
+    return result, stats, outputs
+
+
+def gate_summary(stats, names):
+    """``{label: {expert: mean weight over blocks and images}}`` and the routing accuracy (None when the
+    network lacks an expert of the mapping)."""
+    weights = {label: dict(zip(names, stats.overall(label).tolist())) for label in stats.labels}
+    if not set(MAPPING.values()) <= set(names):
+        return weights, None
+    vectors, labels = stats.vectors()
+    return weights, routing_accuracy(vectors, labels, names, MAPPING)
+
+
+def median_times(nets, size=TIMING_SIZE, repeats=7):
+    """Median seconds of one forward pass of each network on a ``(1, 3, H, W)`` input; the networks take
+    turns in every repeat, so a change in the machine's load hits all of them alike."""
+    x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0))
+    times = {key: [] for key in nets}
+    with torch.no_grad():
+        for net in nets.values():
+            net(x)  # warm-up: lazy fused weights, allocator
+        for _ in range(repeats):
+            for key, net in nets.items():
+                start = time.perf_counter()
+                net(x)
+                times[key].append(time.perf_counter() - start)
+    return {key: statistics.median(v) for key, v in times.items()}
+
+
+def variant_options(base, key, iters=None):
+    """The option dict of bench variant ``key`` (``a``, ``b``, ``d``) derived from the demo's ``base``."""
+    title, overrides, supervised, _ = VARIANTS[key]
+    opt = copy.deepcopy(base)
+    opt['name'] = f'GMMoE_allinone_{key}'
+    opt['network_g'].update(overrides)
+    if not supervised:
+        opt['train'].pop('gate_opt', None)
+    return with_iters(opt, iters) if iters else opt
+
+
+def with_iters(opt, iters):
+    """``opt`` trained for ``iters`` iterations: schedule, validation and checkpoint at the end."""
+    opt = copy.deepcopy(opt)
+    opt['train']['total_iter'] = iters
+    opt['train']['scheduler']['periods'] = [iters]
+    opt['train']['scheduler']['restart_weights'] = [1]
+    opt['val']['val_freq'] = iters
+    opt['logger']['save_checkpoint_freq'] = iters
+    opt['logger']['print_freq'] = min(opt['logger']['print_freq'], iters)
+    return opt
+
+
+def write_options(opt, folder):
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f'train_{opt["name"]}.yml')
+    with open(path, 'w', encoding='utf-8') as f:
+        yaml.dump(json.loads(json.dumps(opt)), f, sort_keys=False)
+    return path
+
+
+def train(opt, out, env, path=None):
+    """``basicsr train -opt path`` in ``out``, ``path`` default: ``opt`` written to ``<out>/options``;
+    returns (seconds, checkpoint)."""
+    shutil.rmtree(os.path.join(out, 'experiments', opt['name']), ignore_errors=True)  # a rerun starts afresh
+    path = path or write_options(opt, os.path.join(out, 'options'))
+    seconds = run_basicsr('train', path, out, os.path.join(out, 'logs', f'train_{opt["name"]}.log'), env)
+    return seconds, os.path.join(out, 'experiments', opt['name'], 'models', 'net_g_latest.pth')
+
+
+def fmt(pair):
+    return f'{pair[0]:.2f} / {pair[1]:.4f}'
+
+
+def best_baseline(baselines, label):
+    """``(name, scores)`` of the classical baseline with the highest PSNR for ``label``."""
+    return max(baselines[label].items(), key=lambda item: item[1][0])
+
+
+def results_table(results):
+    """Markdown tables of a results dict (see :func:`main`): scores, gains, routing, gate weights, timing."""
+    labels = list(results['input'])
+    rows = [('input', results['input'])]
+    rows += [(name, {lb: results['baselines'][lb][name]}) for lb in labels for name in results['baselines'][lb]]
+    rows += [(v['title'], v['scores']) for v in results['variants'].values()]
+    lines = [
+        'PSNR (dB) / SSIM on the held-out images (RGB, whole image), per degradation:',
+        '',
+        '| method | ' + ' | '.join(labels) + ' | routing accuracy |',
+        '|---' * (len(labels) + 2) + '|',
+    ]
+    for name, by_label in rows:
+        cells = [fmt(by_label[lb]) if lb in by_label else '' for lb in labels]
+        routing = next((v['routing_accuracy'] for v in results['variants'].values() if v['title'] == name), None)
+        cells.append('' if routing is None else f'{routing:.0%}')
+        lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+    best = {lb: best_baseline(results['baselines'], lb) for lb in labels}
+    lines += [
+        '',
+        'PSNR gain in dB over the input / over the best classical baseline ('
+        + ', '.join(f'{lb}: {name}' for lb, (name, _) in best.items())
+        + '):',
+        '',
+        '| method | ' + ' | '.join(labels) + ' |',
+        '|---' * (len(labels) + 1) + '|',
+    ]
+    for v in results['variants'].values():
+        cells = [
+            f'{v["scores"][lb][0] - results["input"][lb][0]:+.2f} / {v["scores"][lb][0] - best[lb][1][0]:+.2f}'
+            for lb in labels
+        ]
+        lines.append(f'| {v["title"]} | ' + ' | '.join(cells) + ' |')
+    gated = [v for v in results['variants'].values() if v.get('gates')]
+    if gated:
+        experts = list(next(iter(gated[-1]['gates'].values())))
+        lines += [
+            '',
+            'Mean gate weight of each expert (over blocks and images), per degradation:',
+            '',
+            '| method | degradation | ' + ' | '.join(experts) + ' |',
+            '|---' * (len(experts) + 2) + '|',
+        ]
+        for v in gated:
+            for lb, weights in v['gates'].items():
+                cells = [f'{weights[e]:.3f}' if e in weights else '' for e in experts]
+                lines.append(f'| {v["title"]} | {lb} | ' + ' | '.join(cells) + ' |')
+    timing = results.get('timing')
+    if timing:
+        lines += [
+            '',
+            f'Inference at {timing["size"][1]}x{timing["size"][0]} ({timing["threads"]} thread(s), median of '
+            f'{timing["repeats"]} interleaved runs): dense (b) {timing["dense_s"] * 1000:.0f} ms, top-1 (c) '
+            f'{timing["top1_s"] * 1000:.0f} ms, ratio (c)/(b) {timing["ratio"]:.2f}.',
+        ]
+    return '\n'.join(lines)
+
+
+def verdict(results, supervised_key):
+    """``(met, text)``: every degradation above its input and 3 dB above its best baseline in some variant,
+    and routing accuracy >= 90% for the supervised variant ``supervised_key``."""
+    problems = []
+    for lb in results['input']:
+        best = best_baseline(results['baselines'], lb)[1][0]
+        top = max(v['scores'][lb][0] for v in results['variants'].values())
+        if top <= results['input'][lb][0] or top < best + TARGET_OVER_BASELINE_DB:
+            problems.append(f'{lb}: best {top:.2f} dB vs input {results["input"][lb][0]:.2f}, baseline {best:.2f}')
+    routing = results['variants'][supervised_key]['routing_accuracy']
+    if routing is None or routing < TARGET_ROUTING:
+        problems.append(f'routing accuracy {routing if routing is None else f"{routing:.0%}"} < {TARGET_ROUTING:.0%}')
+    if problems:
+        return False, 'TARGETS MISSED: ' + '; '.join(problems)
+    return (
+        True,
+        f'targets met (each degradation >= {TARGET_OVER_BASELINE_DB:.0f} dB over its best baseline, '
+        f'routing >= {TARGET_ROUTING:.0%})',
+    )
+
+
+def save_outputs(out, stem, results, text):
+    with open(os.path.join(out, f'{stem}.json'), 'w', encoding='utf-8') as f:
+        json.dump(results, f, indent=1)
+    with open(os.path.join(out, f'{stem}_table.md'), 'w', encoding='utf-8') as f:
+        f.write(text + '\n')
+
+
+def run_demo(args, out, env, test_sets, results):
+    """Train the demo's option file (shortened by ``--iters``) and evaluate it; returns the variant key
+    and the output stem."""
+    base = load_options(DEMO_OPT)
+    opt = with_iters(base, args.iters) if args.iters else base
+    print('[2/3] training', flush=True)
+    seconds, checkpoint = train(opt, out, env, None if args.iters else DEMO_OPT)
+    print(f'  trained in {seconds:.0f} s', flush=True)
+    print('[3/3] evaluation', flush=True)
+    net = load_net(opt['network_g'], checkpoint)
+    names = expert_names(net)
+    measured, stats, _ = evaluate_net(net, test_sets)
+    gates, routing = gate_summary(stats, names)
+    save_gate_figure(stats, os.path.join(out, 'allinone_gates.png'), names)
+    results['variants'] = {
+        'demo': {
+            'title': 'GM-MoE (all-in-one)',
+            'scores': measured,
+            'routing_accuracy': routing,
+            'gates': gates,
+            'train_seconds': seconds,
+        }
+    }
+    return 'demo', 'allinone'
+
+
+def run_bench(args, out, env, test_sets, results):
+    """Train (a), (b), (d), evaluate (a)-(d) and time (c) against (b); returns the supervised variant's key
+    and the output stem."""
+    base = load_options(DEMO_OPT)
+    trained, results['variants'] = {}, {}
+    for step, key in enumerate(k for k in VARIANTS if VARIANTS[k][3] is None):
+        opt = variant_options(base, key, args.iters)
+        print(f'[{step + 2}/5] training {VARIANTS[key][0]}', flush=True)
+        seconds, checkpoint = train(opt, out, env)
+        trained[key] = (opt, checkpoint, seconds)
+        print(f'  trained in {seconds:.0f} s', flush=True)
+    print('[5/5] evaluation', flush=True)
+    nets = {}
+    for key, (title, overrides, _, source) in VARIANTS.items():
+        opt, checkpoint, seconds = trained[source or key]
+        network_opt = dict(opt['network_g'], **overrides)
+        nets[key] = load_net(network_opt, checkpoint)
+        names = expert_names(nets[key])
+        measured, stats, _ = evaluate_net(nets[key], test_sets)
+        gates, routing = gate_summary(stats, names)
+        results['variants'][key] = {
+            'title': title,
+            'scores': measured,
+            'routing_accuracy': routing,
+            'gates': gates if key in ('b', 'd') else None,
+            'train_seconds': seconds if source is None else None,
+        }
+        if key in ('b', 'd'):
+            save_gate_figure(stats, os.path.join(out, f'allinone_gates_{key}.png'), names)
+    times = median_times({'b': nets['b'], 'c': nets['c']}, repeats=args.repeats)
+    results['timing'] = {
+        'size': list(TIMING_SIZE),
+        'threads': torch.get_num_threads(),
+        'repeats': args.repeats,
+        'dense_s': times['b'],
+        'top1_s': times['c'],
+        'ratio': times['c'] / times['b'],
+    }
+    return 'd', 'allinone_bench'
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument('--make-data', action='store_true', help='only build the data sets')
+    mode.add_argument('--bench', action='store_true', help='train and compare the variants (a)-(d)')
+    parser.add_argument('--out', help='output folder (default allinone_output, allinone_bench with --bench)')
+    parser.add_argument('--iters', type=int, help="training iterations (default: the option file's)")
+    parser.add_argument('--repeats', type=int, default=7, help='timing repeats in --bench (default 7)')
+    parser.add_argument(
+        '--threads',
+        type=int,
+        default=1,
+        help='CPU threads for training and evaluation (default 1, as scripts/demo.py); 0 leaves it to torch',
+    )
+    args = parser.parse_args(argv)
+    if args.iters is not None and args.iters < 1:
+        parser.error('--iters must be >= 1')
+    if args.repeats < 1:
+        parser.error('--repeats must be >= 1')
+    out = os.path.abspath(args.out or ('allinone_bench' if args.bench else 'allinone_output'))
+    data_dir = os.path.join(out, DATA)
+    os.makedirs(os.path.join(out, 'logs'), exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (REPO, os.environ.get('PYTHONPATH')) if p))
+    if args.threads:
+        env['OMP_NUM_THREADS'] = str(args.threads)
+        torch.set_num_threads(args.threads)
+    start = time.monotonic()
+
+    print(f'[1/{5 if args.bench else 3}] data -> {data_dir}', flush=True)
+    record = make_data(data_dir)
+    print(f'  {json.dumps(record["counts"])} ({time.monotonic() - start:.0f} s)', flush=True)
+    if args.make_data:
+        return 0
+    test_sets = load_test_sets(data_dir)
+    inputs, baselines = reference_scores(test_sets)
+    results = {'data': record, 'input': inputs, 'baselines': baselines}
+    supervised_key, stem = (run_bench if args.bench else run_demo)(args, out, env, test_sets, results)
+    met, summary = verdict(results, supervised_key)
+    results['verdict'] = summary
+    results['total_seconds'] = time.monotonic() - start
+    text = results_table(results)
+    save_outputs(out, stem, results, f'{text}\n\n{summary}\n\nTotal {results["total_seconds"]:.0f} s.')
+    print(f'\n{text}\n\n{summary}\n\ntotal {results["total_seconds"]:.0f} s')
+    print(f'table: {os.path.join(out, stem + "_table.md")}\nJSON:  {os.path.join(out, stem + ".json")}')
+    return 0 if met else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
