@@ -16,7 +16,7 @@ Public API (GMMoEModel's validation uses it; scripts may too)::
     vectors, labels = stats.vectors()         # (N, n_experts) per image (mean over blocks), N labels
     predict_labels(vectors, names, {'rain': 'RainExpert', 'haze': 'HazeExpert', 'lowlight': 'ColourExpert'})
     routing_accuracy(vectors, labels, names, mapping)            # fraction in [0, 1]
-    save_gate_figure(stats, 'gates.png', names)                  # one panel per label (or one for all images)
+    save_gate_figure(stats, 'gates.png', names)        # one panel per label (or one for all images)
     save_gate_json(stats, 'gates.json', names, mapping, dataset='val', iter=1000)
 
 ``mapping`` is ``train.gate_opt.experts``' form: degradation label -> expert class name or list of names.
@@ -186,6 +186,7 @@ FONT = cv2.FONT_HERSHEY_SIMPLEX
 SCALE = 0.45
 PAD = 8
 CELL_H = 24
+MIN_SPAN = 0.02
 
 
 def _text_width(text):
@@ -214,16 +215,30 @@ def _panels(stats_or_means):
     return panels
 
 
-def _colour(value):
-    """BGR colour of a weight in [0, 1] on the viridis map."""
-    level = np.uint8(round(float(np.clip(value, 0, 1)) * 255))
+def _colour(level):
+    """BGR colour of ``level`` in [0, 1] on the viridis map."""
+    level = np.uint8(round(float(np.clip(level, 0, 1)) * 255))
     return tuple(int(c) for c in cv2.applyColorMap(np.full((1, 1), level, np.uint8), cv2.COLORMAP_VIRIDIS)[0, 0])
 
 
-def render_gate_figure(stats_or_means, expert_names):
+def colour_range(stats_or_means, min_span=MIN_SPAN):
+    """``(lo, hi)`` of the figure's colour scale: the range of the values to draw (a GateStats or a
+    ``{title: {block path: (n,) weights}}`` dict), widened to ``min_span`` around its middle (so that
+    noise-sized differences stay one colour) and kept inside [0, 1]."""
+    values = np.concatenate([v for _, rows in _panels(stats_or_means) for v in rows.values()])
+    lo, hi = float(values.min()), float(values.max())
+    if hi - lo < min_span:
+        lo = min(max(0.0, (lo + hi - min_span) / 2), 1.0 - min_span)
+        hi = lo + min_span
+    return lo, hi
+
+
+def render_gate_figure(stats_or_means, expert_names, scale=None):
     """The gate figure as a ``(H, W, 3)`` uint8 BGR image: one panel per degradation label (or per entry of a
     ``{title: {block path: (n,) weights}}`` dict), experts in columns, an ``all blocks`` row and one row per
-    block, each cell coloured by its mean weight (viridis, 0 to 1) with the value printed."""
+    block, each cell coloured by its mean weight with the value printed. The viridis colour scale runs
+    over ``scale`` = ``(lo, hi)``, by default :func:`colour_range` of the values (the bar at the bottom
+    is labelled with both ends), so that the differences between experts show."""
     panels = _panels(stats_or_means)
     if not panels:
         raise ValueError('no gate statistics to draw (no image was added)')
@@ -231,6 +246,7 @@ def render_gate_figure(stats_or_means, expert_names):
     n = len(names)
     if any(len(row) != n for _, rows in panels for row in rows.values()):
         raise ValueError(f'gate weights do not match the {n} expert(s) {", ".join(names)}')
+    lo, hi = scale or colour_range(stats_or_means)
     cell_w = max([_text_width(s) for s in names] + [_text_width('0.000')]) + 2 * PAD
     label_w = max(_text_width(r) for _, rows in panels for r in rows) + 2 * PAD
     panel_w = max(label_w + n * cell_w, max(_text_width(t) for t, _ in panels) + 2 * PAD)
@@ -251,22 +267,23 @@ def render_gate_figure(stats_or_means, expert_names):
             _put(img, row, x0 + PAD, top + CELL_H - 8)
             for j, value in enumerate(values):
                 left = x0 + label_w + j * cell_w
-                cv2.rectangle(img, (left, top), (left + cell_w - 2, top + CELL_H - 2), _colour(value), -1)
-                ink = (0, 0, 0) if value > 0.6 else (255, 255, 255)
+                level = (value - lo) / (hi - lo)
+                cv2.rectangle(img, (left, top), (left + cell_w - 2, top + CELL_H - 2), _colour(level), -1)
+                ink = (0, 0, 0) if level > 0.6 else (255, 255, 255)
                 _put(img, f'{value:.3f}', left + PAD, top + CELL_H - 8, ink)
         cv2.line(img, (x0, y + 2 * CELL_H - 1), (x0 + panel_w, y + 2 * CELL_H - 1), (0, 0, 0), 1)
     bar_top, bar_w = PAD + panel_h + PAD, min(width - 2 * PAD, 256)
     ramp = np.linspace(0, 255, bar_w).round().astype(np.uint8)[None].repeat(CELL_H // 2, 0)
     img[bar_top : bar_top + CELL_H // 2, PAD : PAD + bar_w] = cv2.applyColorMap(ramp, cv2.COLORMAP_VIRIDIS)
-    _put(img, '0', PAD, bar_top + CELL_H + 4)
-    _put(img, '1', PAD + bar_w - _text_width('1'), bar_top + CELL_H + 4)
+    _put(img, f'{lo:.3f}', PAD, bar_top + CELL_H + 4)
+    _put(img, f'{hi:.3f}', PAD + bar_w - _text_width(f'{hi:.3f}'), bar_top + CELL_H + 4)
     _put(img, 'mean gate weight', PAD + bar_w + PAD, bar_top + CELL_H // 2)
     return img
 
 
-def save_gate_figure(stats_or_means, path, expert_names):
+def save_gate_figure(stats_or_means, path, expert_names, scale=None):
     """Draw :func:`render_gate_figure` and write it to ``path`` (PNG; folders created). Returns ``path``."""
-    img = render_gate_figure(stats_or_means, expert_names)
+    img = render_gate_figure(stats_or_means, expert_names, scale)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     ok, encoded = cv2.imencode('.png', img)
     if not ok:

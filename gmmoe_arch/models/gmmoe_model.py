@@ -428,21 +428,17 @@ class GMMoEModel(SRModel):
             )
         stem = self._gate_files(dataset_name, current_iter)
         if stem:
-            save_gate_figure(stats, stem + '.png', experts)
-            save_gate_json(
-                stats,
-                stem + '.json',
-                experts,
-                mapping if stats.labels else None,
-                dataset=dataset_name,
-                iter=current_iter,
-            )
-            lines.append(f'Gate figure: {stem}.png (numbers in {stem}.json)')
+            extra = {'dataset': dataset_name, 'iter': current_iter}
+            try:
+                save_gate_figure(stats, stem + '.png', experts)
+                save_gate_json(stats, stem + '.json', experts, mapping if stats.labels else None, **extra)
+                lines.append(f'Gate figure: {stem}.png (numbers in {stem}.json)')
+            except OSError as exc:  # a diagnostic: training goes on without it
+                lines.append(f'Gate figure and statistics not written to {stem}.png/.json: {exc}')
         get_root_logger().info('\n'.join(lines))
         if tb_logger:
-            groups = [(None, 'all')] + [(label, label) for label in stats.labels]
-            for label, prefix in groups:
-                tag = f'gates/{dataset_name}' if label is None else f'gates/{dataset_name}/{prefix}'
+            for label in [None] + stats.labels:
+                tag = f'gates/{dataset_name}' if label is None else f'gates/{dataset_name}/{label}'
                 overall, means = stats.overall(label), self.gate_means(label)
                 for i, name in enumerate(experts):
                     tb_logger.add_scalar(f'{tag}/all/{name}', overall[i].item(), current_iter)

@@ -10,6 +10,7 @@ import torch
 import gmmoe_arch  # noqa: F401,I001  (first: applies the basicsr compat patches)
 from gmmoe_arch.models.gate_stats import (
     GateStats,
+    colour_range,
     predict_labels,
     render_gate_figure,
     routing_accuracy,
@@ -100,13 +101,13 @@ def test_json_has_per_label_statistics_and_routing(tmp_path):
 def test_figure_one_panel_per_label_with_coloured_cells(tmp_path):
     one = render_gate_figure(filled({'rain': [0.1, 0.8, 0.1]}), NAMES)
     stats = filled({'lowlight': [0.85, 0.075, 0.075], 'rain': [0.1, 0.8, 0.1], 'haze': [0.3, 0.3, 0.4]})
-    path = save_gate_figure(stats, str(tmp_path / 'gates' / 'val_10.png'), NAMES)
+    path = save_gate_figure(stats, str(tmp_path / 'gates' / 'val_10.png'), NAMES, scale=(0, 1))
     img = cv2.imread(path)
-    assert img.dtype == np.uint8 and img.shape == render_gate_figure(stats, NAMES).shape
+    assert img.dtype == np.uint8 and img.shape == render_gate_figure(stats, NAMES, (0, 1)).shape
     assert img.shape[0] == one.shape[0] and img.shape[1] > 2.5 * one.shape[1]  # three panels side by side
     assert img.shape[0] >= 5 * 24  # title, header, all blocks and two block rows
 
-    def pixels_of(value):
+    def pixels_of(value, img=img):
         level = np.uint8(round(value * 255))
         colour = cv2.applyColorMap(np.full((1, 1), level, np.uint8), cv2.COLORMAP_VIRIDIS)[0, 0]
         return int((img == colour).all(axis=2).sum())
@@ -120,3 +121,15 @@ def test_figure_one_panel_per_label_with_coloured_cells(tmp_path):
         render_gate_figure(GateStats(), NAMES)
     with pytest.raises(ValueError, match='do not match the 2 expert'):
         render_gate_figure(stats, NAMES[:2])
+
+
+def test_figure_colour_scale_spans_the_values():
+    near_uniform = filled({'rain': [0.30, 0.36, 0.34], 'haze': [0.34, 0.33, 0.33]})
+    assert colour_range(near_uniform) == pytest.approx((0.30, 0.36))
+    img = render_gate_figure(near_uniform, NAMES)
+    ends = cv2.applyColorMap(np.array([[0, 255]], np.uint8), cv2.COLORMAP_VIRIDIS)[0]
+    for colour in ends:  # the lowest and the highest weight take the two ends of the map
+        assert (img == colour).all(axis=2).sum() > 2 * 500
+    noise = colour_range(filled({'rain': [0.333, 0.334, 0.333]}))
+    assert noise[1] - noise[0] == pytest.approx(0.02) and noise[0] < 0.333 < 0.334 < noise[1]
+    assert colour_range({'x': {'b': [0.995, 0.0, 0.005]}}) == pytest.approx((0.0, 0.995))

@@ -299,3 +299,12 @@ def test_basicsr_test_writes_the_figure_to_results(tmp_path):
     assert sorted(os.listdir(tmp_path / 'results')) == ['gates_mix_val.json', 'gates_mix_val.png']
     data = json.loads((tmp_path / 'results' / 'gates_mix_val.json').read_text())
     assert list(data['labels']) == ['rain', 'haze'] and 'routing' not in data
+
+
+def test_unwritable_figure_folder_is_reported_and_validation_goes_on(tmp_path):
+    model = build_model(make_opt(tmp_path))
+    (tmp_path / 'visualization').write_text('a file where the folder should be')
+    loader = torch.utils.data.DataLoader(LabelledSet(['rain']), batch_size=1)
+    with captured_log() as log:
+        model.validation(loader, 3, None, save_img=False)
+    assert 'Gate figure and statistics not written to' in log.getvalue() and 'psnr' in model.metric_results
