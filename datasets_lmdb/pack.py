@@ -9,8 +9,8 @@ Layout of one packed pair, readable by ``LLIEPairedDataset`` (and, in ``png`` fo
 The key of a pair is the lq file's stem. ``meta_info.txt`` lines follow BasicSR:
 ``KEY.png (h,w,c) 1`` for the ``png`` form (PNG, compression 1, exactly what
 ``basicsr.utils.lmdb_util`` stores) and ``KEY.raw (h,w,c) uint8|uint16`` for the ``raw`` form (see
-:mod:`gmmoe_arch.data.image_io`). Images are stored as OpenCV reads them (BGR, 8/16-bit,
-grayscale kept single-channel).
+:mod:`gmmoe_arch.data.image_io`), each followed by ``label=NAME`` when the pairs are labelled
+(``labels``). Images are stored as OpenCV reads them (BGR, 8/16-bit, grayscale kept single-channel).
 
 Safety (see :mod:`datasets_lmdb.output`): one pack at a time per output folder (a lock); both
 databases are written into ``<out_dir>/.partial-<pid>-*``, flushed, and moved into place only when every

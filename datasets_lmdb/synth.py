@@ -45,6 +45,7 @@ from gmmoe_arch.data.image_io import DataError, MissingDataError, read_image_fil
 from gmmoe_arch.data.pairing import culprits, list_images
 
 from .output import PARTIAL, output_locks, remove_leftovers
+from .pack import pack_pairs
 
 DEGRADATIONS = ('lowlight', 'rain', 'haze')
 KINDS = (*DEGRADATIONS, 'mixed')
@@ -220,9 +221,9 @@ def pair_degradation(degradation, number):
     return DEGRADATIONS[number % len(DEGRADATIONS)] if degradation == 'mixed' else degradation
 
 
-def as_rgb8(img, max_side=None):
+def as_rgb8(img, max_side=None, name='image'):
     """Any image array (gray, RGB, RGBA; uint8, uint16 or float in [0, 1]) -> RGB uint8 ``(H, W, 3)``,
-    downscaled (area) so its longest side is at most ``max_side``."""
+    downscaled (area) so its longest side is at most ``max_side``; ``DataError`` naming ``name`` otherwise."""
     img = np.asarray(img)
     if img.dtype == bool:
         img = img.astype(np.uint8) * 255
@@ -231,11 +232,11 @@ def as_rgb8(img, max_side=None):
     elif img.dtype == np.uint16:
         img = np.round(img / 257.0).astype(np.uint8)
     elif img.dtype != np.uint8:
-        raise DataError(f'unsupported pixel type {img.dtype} (use uint8, uint16 or float in [0, 1])')
+        raise DataError(f'{name}: unsupported pixel type {img.dtype} (use uint8, uint16 or float in [0, 1])')
     if img.ndim == 2:
         img = img[..., None]
     if img.ndim != 3 or img.shape[2] not in (1, 3, 4):
-        raise DataError(f'expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape {img.shape}')
+        raise DataError(f'{name}: expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape {img.shape}')
     img = np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img[..., :3]
     if max_side and max(img.shape[:2]) > max_side:
         scale = max_side / max(img.shape[:2])
@@ -321,8 +322,6 @@ def synthesize_images(
         try:
             record = _write(images, tmp, settings, progress)
             if lmdb:
-                from .pack import pack_pairs
-
                 labels = {pair['name']: pair['label'] for pair in record['pairs']}
                 pack_pairs(
                     os.path.join(tmp, 'lq'),
@@ -394,7 +393,7 @@ def _write(images, folder, settings, progress):
     per_image = settings['per_image']
     desc = f'synth {settings["degradation"]}'
     for index, (name, source) in enumerate(tqdm(images, unit='image', disable=not progress, desc=desc)):
-        clean = as_rgb8(_load(source), settings['max_side'])
+        clean = as_rgb8(_load(source), settings['max_side'], f'image {name!r}')
         for k in range(per_image):
             label = pair_degradation(settings['degradation'], index * per_image + k)
             rng = np.random.default_rng([settings['seed'], index, k])

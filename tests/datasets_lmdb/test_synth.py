@@ -159,7 +159,13 @@ def test_in_memory_images_gray_float_and_large(tmp_path):
 
 
 @pytest.mark.parametrize(
-    'images, needle', [([('a b', np.zeros((8, 8, 3), np.uint8))], "'a b'"), ([('x', np.zeros(4))] * 2, "'x'")]
+    'images, needle',
+    [
+        ([('a b', np.zeros((8, 8, 3), np.uint8))], "'a b'"),
+        ([('x', np.zeros(4))] * 2, "unique: 'x'"),
+        ([('y', np.zeros((8, 8, 2)))], r"image 'y': expected an \(H, W\)"),
+        ([('z', np.zeros((8, 8), np.int32))], "image 'z': unsupported pixel type int32"),
+    ],
 )
 def test_bad_image_names_are_refused(tmp_path, images, needle):
     with pytest.raises(DataError, match=needle):
