@@ -3,20 +3,22 @@
 Public API (GMMoEModel's validation uses it; scripts may too)::
 
     from gmmoe_arch.archs.gmmoe_arch import expert_names, record_gates
-    from gmmoe_arch.models.gate_stats import GateStats, predict_labels, routing_accuracy, save_gate_figure
+    from gmmoe_arch.models.gate_stats import (
+        GateStats, predict_labels, routing_accuracy, save_gate_figure, save_gate_json)
 
     stats = GateStats()
     with record_gates(net) as gates:
-        for lq, labels in batches:            # labels: one str per image, or None
+        for lq, labels in batches:                    # labels: one str per image, or None
             net(lq)
             stats.add(gates, labels)
     names = expert_names(net)
-    stats.means('rain')                       # {block path: (n_experts,) mean weights over the rain images}
-    stats.overall('rain')                     # (n_experts,): the same, averaged over the blocks too
-    vectors, labels = stats.vectors()         # (N, n_experts) per image (mean over blocks), N labels
-    predict_labels(vectors, names, {'rain': 'RainExpert', 'haze': 'HazeExpert', 'lowlight': 'ColourExpert'})
-    routing_accuracy(vectors, labels, names, mapping)            # fraction in [0, 1]
-    save_gate_figure(stats, 'gates.png', names)        # one panel per label (or one for all images)
+    stats.means('rain')                               # {block path: (n_experts,) means over the rain images}
+    stats.overall('rain')                             # (n_experts,): the same, averaged over the blocks too
+    vectors, labels = stats.vectors()                 # (N, n_experts): per image, mean over blocks; N labels
+    mapping = {'lowlight': 'ColourExpert', 'rain': 'RainExpert', 'haze': 'HazeExpert'}
+    predict_labels(vectors, names, mapping)           # N predicted labels
+    routing_accuracy(vectors, labels, names, mapping) # fraction in [0, 1]
+    save_gate_figure(stats, 'gates.png', names)       # one panel per label (or one for all images)
     save_gate_json(stats, 'gates.json', names, mapping, dataset='val', iter=1000)
 
 ``mapping`` is ``train.gate_opt.experts``' form: degradation label -> expert class name or list of names.
@@ -34,7 +36,7 @@ import torch
 from ..losses.gate_losses import parse_expert_mapping, target_indices
 
 DEGRADATIONS = ('lowlight', 'rain', 'haze')
-ALL = 'all'
+ALL = None  # the key of the all-images group (labels are strings)
 
 
 class GateStats:
@@ -57,6 +59,7 @@ class GateStats:
             raise ValueError(f'GateStats.add: {len(labels)} label(s) for a batch of {batch} image(s)')
         groups = [(ALL, torch.ones(batch, dtype=torch.bool))]
         if labels is not None:
+            labels = [str(x) for x in labels]
             groups += [(label, torch.tensor([x == label for x in labels])) for label in dict.fromkeys(labels)]
         for group, rows in groups:
             sums = self._sums.setdefault(group, {})
@@ -74,19 +77,18 @@ class GateStats:
     @property
     def labels(self):
         """Labels seen: ``lowlight``, ``rain``, ``haze`` first (those seen), then the others sorted."""
-        seen = [g for g in self._counts if g != ALL]
+        seen = [g for g in self._counts if g is not ALL]
         return [d for d in DEGRADATIONS if d in seen] + sorted(g for g in seen if g not in DEGRADATIONS)
 
     def label_count(self, label=None):
         """Images with ``label`` (all images for None)."""
-        return self._counts.get(ALL if label is None else label, 0)
+        return self._counts.get(label, 0)
 
     def means(self, label=None):
         """``{block path: (n_experts,) float64 tensor}``: mean weights over the images with ``label``
         (all images for None); empty when there are none."""
-        group = ALL if label is None else label
-        count = self._counts.get(group, 0)
-        return {path: total / count for path, total in self._sums.get(group, {}).items()} if count else {}
+        count = self._counts.get(label, 0)
+        return {path: total / count for path, total in self._sums.get(label, {}).items()} if count else {}
 
     def overall(self, label=None):
         """``(n_experts,)`` mean weights over the blocks and the images with ``label``; None when there are none."""

@@ -46,7 +46,7 @@ from basicsr.losses import build_loss
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import master_only
-from basicsr.utils.registry import MODEL_REGISTRY
+from basicsr.utils.registry import LOSS_REGISTRY, MODEL_REGISTRY
 
 from ..archs.gmmoe_arch import expert_names, record_gates
 from ..losses.gate_losses import EXPERTS_OPTION
@@ -54,6 +54,8 @@ from .gate_stats import GateStats, save_gate_figure, save_gate_json
 
 AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 DEFAULT_BALANCE = {'type': 'GateBalanceLoss', 'loss_weight': 0.01}
+GATE_EXAMPLE = '{type: GateRoutingLoss, loss_weight: 0.1, experts: {rain: RainExpert, ...}}'
+BALANCE_EXAMPLE = '{type: GateBalanceLoss, loss_weight: 0.01}, true or false'
 
 
 class TrainingDiverged(RuntimeError):
@@ -123,25 +125,27 @@ class GMMoEModel(SRModel):
         self._expert_names = expert_names(self.get_bare_model(self.net_g))
         gate_opt = train_opt.get('gate_opt')
         if gate_opt:
-            if not isinstance(gate_opt, dict) or 'type' not in gate_opt:
-                raise ValueError(
-                    'train.gate_opt: expected {type: GateRoutingLoss, loss_weight: ..., experts: {label: Expert}}, '
-                    f'got {gate_opt!r}'
-                )
-            self.cri_gate = build_loss(dict(gate_opt)).to(self.device)
-            self.cri_gate.check(self._expert_names)
+            self.cri_gate = self._build_gate_loss('train.gate_opt', gate_opt, GATE_EXAMPLE)
+            if hasattr(self.cri_gate, 'check'):
+                self.cri_gate.check(self._expert_names)
         balance_opt = train_opt.get('balance_opt')
         top_k = self.opt['network_g'].get('gate_top_k') is not None
         if balance_opt is True or (balance_opt is None and top_k):
             balance_opt = dict(DEFAULT_BALANCE)
             get_root_logger().info(f'Load balancing of the gates on by default: train.balance_opt {balance_opt}')
         if balance_opt:
-            if not isinstance(balance_opt, dict) or 'type' not in balance_opt:
-                raise ValueError(
-                    'train.balance_opt: expected {type: GateBalanceLoss, loss_weight: ...}, true or false, '
-                    f'got {balance_opt!r}'
-                )
-            self.cri_balance = build_loss(dict(balance_opt)).to(self.device)
+            self.cri_balance = self._build_gate_loss('train.balance_opt', balance_opt, BALANCE_EXAMPLE)
+
+    def _build_gate_loss(self, option, spec, example):
+        """A loss from ``LOSS_REGISTRY`` by its ``spec``; mistakes are ValueErrors naming ``option``."""
+        if not isinstance(spec, dict) or 'type' not in spec:
+            raise ValueError(f'{option}: expected {example}, got {spec!r}')
+        if spec['type'] not in LOSS_REGISTRY:
+            raise ValueError(f'{option}.type: unknown loss "{spec["type"]}"; expected e.g. {example}')
+        try:
+            return build_loss(dict(spec)).to(self.device)
+        except TypeError as exc:
+            raise ValueError(f'{option}: {spec["type"]} rejected its options {spec!r}: {exc}') from exc
 
     def feed_data(self, data):
         """SRModel's, plus ``data['label']`` (one degradation label per image) kept as ``self.labels``."""

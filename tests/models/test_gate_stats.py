@@ -53,6 +53,8 @@ def test_means_per_label_and_over_all_images():
     assert stats.means('snow') == {} and stats.overall('snow') is None
     with pytest.raises(ValueError, match='2 label'):
         stats.add(batches[0][0], ['rain', 'haze'])
+    stats.add({p: w[:1] for p, w in batches[0][0].items()}, ['all'])  # a label named 'all' is just a label
+    assert stats.count == 7 and stats.label_count('all') == 1 and stats.labels[-1] == 'all'
 
 
 def test_predict_labels_and_routing_accuracy():

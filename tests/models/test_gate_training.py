@@ -182,6 +182,10 @@ def test_gate_option_errors(tmp_path):
         build_model(make_opt(tmp_path, gate_opt='GateRoutingLoss'))
     with pytest.raises(ValueError, match=r'train\.balance_opt: expected'):
         build_model(make_opt(tmp_path, balance_opt=0.01))
+    with pytest.raises(ValueError, match=r'train\.gate_opt\.type: unknown loss "GateRoutingLos"'):
+        build_model(make_opt(tmp_path, gate_opt=dict(GATE_OPT, type='GateRoutingLos')))
+    with pytest.raises(ValueError, match=r'train\.balance_opt: GateBalanceLoss rejected .*weight'):
+        build_model(make_opt(tmp_path, balance_opt={'type': 'GateBalanceLoss', 'weight': 1}))
     opt = make_opt(tmp_path, gate_opt=GATE_OPT)
     opt['datasets'] = {'train': {'name': 'lol_train'}}
     model = build_model(opt)
