@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 
 import cv2
 import numpy as np
@@ -226,3 +227,31 @@ def test_cli_synth(clean, tmp_path, capsys):
     assert main(args) == 2 and '--overwrite' in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(['synth', '--degradation', 'snow', '--src', str(clean), '--out', str(out)])
+
+
+def test_killed_run_leaves_no_output_and_the_next_run_cleans_up(clean, tmp_path):
+    out = tmp_path / 'out'
+    pid = os.fork()
+    if pid == 0:  # child: die (no cleanup at all) while the second image is being degraded
+        calls = []
+        real = synth.degrade
+
+        def degrade_or_die(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(*args, **kwargs)
+
+        synth.degrade = degrade_or_die
+        try:
+            run(clean, out, 'rain')
+        finally:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    assert not out.exists()
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name != 'clean')
+    assert left[0] == '.pack.lock' and len(left) == 2 and left[1].startswith('.partial-')  # flock dies with its holder
+    run(clean, out, 'rain')
+    assert sorted(os.listdir(out)) == ['gt', 'lq', 'meta_info.txt', 'synth.json']
+    assert_nothing_complete(tmp_path, tmp_path / 'absent')
