@@ -312,3 +312,20 @@ def test_unwritable_figure_folder_is_reported_and_validation_goes_on(tmp_path):
     with captured_log() as log:
         model.validation(loader, 3, None, save_img=False)
     assert 'Gate figure and statistics not written to' in log.getvalue() and 'psnr' in model.metric_results
+
+
+@pytest.mark.parametrize('checkpoint', ['block', 'expert'])
+def test_gate_loss_gradient_through_activation_checkpointing(tmp_path, checkpoint):
+    data = labelled_batch(LABELS)
+    results = []
+    for net in (W8, dict(W8, checkpoint=checkpoint)):
+        torch.manual_seed(0)
+        model = build_model(make_opt(tmp_path, net, gate_opt=GATE_OPT, balance_opt=True))
+        model.feed_data(data)
+        model.optimize_parameters(1)
+        results.append((dict(model.log_dict), grads(model)))
+    (plain_log, plain), (ckpt_log, ckpt) = results
+    assert ckpt_log['l_gate'] == pytest.approx(plain_log['l_gate'], rel=1e-6)
+    assert plain.keys() == ckpt.keys()
+    for key in plain:
+        assert torch.allclose(plain[key], ckpt[key], rtol=1e-4, atol=1e-6), key
