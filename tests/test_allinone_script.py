@@ -1,0 +1,117 @@
+"""scripts/allinone.py's cheap pieces: the data it builds (tiny sizes), evaluation of a tiny network, the
+derived option files of the bench variants, the tables and the verdict."""
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import REPO
+
+import gmmoe_arch  # noqa: F401,I001  (first: applies the basicsr compat patches, fills the registries)
+from gmmoe_arch import GMMoE
+from gmmoe_arch.data.pairing import read_lmdb_labels
+
+
+@pytest.fixture(scope='module')
+def script():
+    spec = importlib.util.spec_from_file_location('allinone_script', REPO / 'scripts' / 'allinone.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope='module')
+def tiny_data(script, tmp_path_factory):
+    data_dir = str(tmp_path_factory.mktemp('allinone') / 'datasets' / 'allinone')
+    sizes = dict(per_image=3, test_per_image=1, train_side=40, test_side=32)
+    return data_dir, sizes, script.make_data(data_dir, progress=False, **sizes)
+
+
+def synth_record(folder):
+    with open(os.path.join(folder, 'synth.json'), encoding='utf-8') as f:
+        return json.load(f)
+
+
+def test_data_are_labelled_and_held_out(script, tiny_data):
+    data_dir, _, record = tiny_data
+    train = synth_record(os.path.join(data_dir, 'train'))
+    assert record['counts']['train'] == {label: 13 for label in ('lowlight', 'rain', 'haze')}
+    train_photos = {pair['image'] for pair in train['pairs']}
+    labels = read_lmdb_labels(os.path.join(data_dir, 'train', 'lmdb', 'lq.lmdb'), 'dataroot_lq')
+    assert labels == {pair['name']: pair['label'] for pair in train['pairs']}
+    for label in ('lowlight', 'rain', 'haze'):
+        test = synth_record(os.path.join(data_dir, f'test_{label}'))
+        assert {pair['label'] for pair in test['pairs']} == {label}
+        assert not train_photos & {pair['image'] for pair in test['pairs']}  # photos training never sees
+
+
+def test_data_are_reused_when_the_settings_match(script, tiny_data):
+    data_dir, sizes, record = tiny_data
+    lq = os.path.join(data_dir, 'test_rain', 'lq', 'astronaut.png')
+    before = os.stat(lq).st_mtime_ns
+    assert script.make_data(data_dir, progress=False, **sizes) == record
+    assert os.stat(lq).st_mtime_ns == before
+
+
+def test_evaluation_of_a_tiny_network(script, tiny_data):
+    data_dir, _, _ = tiny_data
+    test_sets = script.load_test_sets(data_dir)
+    assert {label: len(items) for label, items in test_sets.items()} == {'lowlight': 3, 'rain': 3, 'haze': 3}
+    inputs, baselines = script.reference_scores(test_sets)
+    assert set(baselines['haze']) == {'dark channel prior'} and inputs['rain'][0] > 0
+    torch.manual_seed(0)
+    experts = ['ColourExpert', 'DetailExpert', 'FeatureExpert', 'RainExpert', 'HazeExpert']
+    net = GMMoE(width=4, enc_blk_nums=[1], middle_blk_num=1, dec_blk_nums=[1], experts=experts).eval()
+    measured, stats, outputs = script.evaluate_net(net, test_sets)
+    assert outputs['haze'][0].shape == test_sets['haze'][0][1].shape and outputs['haze'][0].dtype == np.uint8
+    gates, routing = script.gate_summary(stats, experts)
+    assert set(gates) == {'lowlight', 'rain', 'haze'} and 0 <= routing <= 1
+    assert all(abs(sum(w.values()) - 1) < 1e-6 for w in gates.values())
+    assert script.gate_summary(stats, ['a', 'b', 'c', 'd', 'e'])[1] is None  # no routing without the experts
+
+
+def test_bench_variants_differ_only_where_they_should(script):
+    base = script.load_options(script.DEMO_OPT)
+    a, b, d = (script.variant_options(base, key, iters=7) for key in 'abd')
+    assert a['network_g']['experts'] == script.RELEASED and 'gate_opt' not in a['train']
+    assert b['network_g'] == base['network_g'] and 'gate_opt' not in b['train']
+    assert d['train']['gate_opt'] == base['train']['gate_opt'] and d['network_g'] == base['network_g']
+    for opt in (a, b, d):
+        assert opt['train']['total_iter'] == 7 and opt['train']['scheduler']['periods'] == [7]
+        assert opt['val']['val_freq'] == 7 and opt['logger']['save_checkpoint_freq'] == 7
+        assert {k: v for k, v in opt['datasets'].items()} == dict(base['datasets'])
+    assert len({a['name'], b['name'], d['name']}) == 3
+
+
+def fake_results(gain_over_baseline, routing):
+    labels = ('lowlight', 'rain', 'haze')
+    inputs = {lb: (10.0, 0.3) for lb in labels}
+    baselines = {lb: {'weak': (12.0, 0.4), 'strong': (15.0, 0.5)} for lb in labels}
+    variant = {
+        'title': '(d) supervised',
+        'scores': {lb: (15.0 + gain_over_baseline, 0.8) for lb in labels},
+        'routing_accuracy': routing,
+        'gates': {lb: {'ColourExpert': 0.5, 'RainExpert': 0.25, 'HazeExpert': 0.25} for lb in labels},
+    }
+    return {'input': inputs, 'baselines': baselines, 'variants': {'d': variant}}
+
+
+def test_table_shows_scores_gains_and_gates(script):
+    results = fake_results(3.5, 0.9)
+    results['timing'] = {'size': [400, 600], 'threads': 1, 'repeats': 3, 'dense_s': 0.2, 'top1_s': 0.1, 'ratio': 0.5}
+    text = script.results_table(results)
+    assert '| (d) supervised | 18.50 / 0.8000 | 18.50 / 0.8000 | 18.50 / 0.8000 | 90% |' in text
+    assert '| (d) supervised | +8.50 / +3.50 | +8.50 / +3.50 | +8.50 / +3.50 |' in text
+    assert 'lowlight: strong' in text and '| (d) supervised | rain | 0.500 | 0.250 | 0.250 |' in text
+    assert 'ratio (c)/(b) 0.50' in text and '600x400' in text
+
+
+@pytest.mark.parametrize(
+    'gain,routing,met', [(3.5, 0.9, True), (2.5, 0.95, False), (3.5, 0.8, False), (3.5, None, False)]
+)
+def test_verdict(script, gain, routing, met):
+    assert script.verdict(fake_results(gain, routing), 'd')[0] is met
