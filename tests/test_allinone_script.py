@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import REPO
-
 import gmmoe_arch  # noqa: F401,I001  (first: applies the basicsr compat patches, fills the registries)
 from gmmoe_arch import GMMoE
 from gmmoe_arch.data.pairing import read_lmdb_labels
+
+from helpers import REPO
 
 
 @pytest.fixture(scope='module')
@@ -102,16 +102,27 @@ def fake_results(gain_over_baseline, routing):
 
 def test_table_shows_scores_gains_and_gates(script):
     results = fake_results(3.5, 0.9)
-    results['timing'] = {'size': [400, 600], 'threads': 1, 'repeats': 3, 'dense_s': 0.2, 'top1_s': 0.1, 'ratio': 0.5}
+    change = {'lowlight': -0.25, 'rain': 0.0, 'haze': -1.5}
+    results['timing'] = dict(
+        size=[400, 600], threads=1, repeats=3, dense_s=0.2, top1_s=0.1, ratio=0.5, psnr_change=change
+    )
     text = script.results_table(results)
     assert '| (d) supervised | 18.50 / 0.8000 | 18.50 / 0.8000 | 18.50 / 0.8000 | 90% |' in text
     assert '| (d) supervised | +8.50 / +3.50 | +8.50 / +3.50 | +8.50 / +3.50 |' in text
     assert 'lowlight: strong' in text and '| (d) supervised | rain | 0.500 | 0.250 | 0.250 |' in text
-    assert 'ratio (c)/(b) 0.50' in text and '600x400' in text
+    assert 'ratio (c)/(b) 0.50' in text and '600x400' in text and 'haze -1.50 dB' in text
 
 
 @pytest.mark.parametrize(
     'gain,routing,met', [(3.5, 0.9, True), (2.5, 0.95, False), (3.5, 0.8, False), (3.5, None, False)]
 )
 def test_verdict(script, gain, routing, met):
-    assert script.verdict(fake_results(gain, routing), 'd')[0] is met
+    assert script.verdict(fake_results(gain, routing), 'd', ('d',))[0] is met
+
+
+def test_verdict_wants_the_dense_gate_to_prefer_each_degradations_expert(script):
+    results = fake_results(3.5, 0.9)
+    assert not script.verdict(results, 'd', ('d',), dense_key='d')[0]  # equal weights for every degradation
+    gates = results['variants']['d']['gates']
+    gates['rain']['RainExpert'], gates['haze']['HazeExpert'] = 0.3, 0.3
+    assert script.verdict(results, 'd', ('d',), dense_key='d')[0]
