@@ -5,7 +5,8 @@ One exported model takes any batch, height and width (``input``: ``(B, 3, H, W)`
 colour expert replicate-pads its small maps. The graph is traced with ``torch.export`` on symbolic
 sizes (``torch.onnx.export(..., dynamo=True)``, which needs ``onnxscript``), from the network's
 straightforward path (the fast path's oneDNN calls have no ONNX form). :func:`check_onnx` runs the
-written model in onnxruntime against PyTorch.
+written model in onnxruntime against PyTorch. A network with top-k routing (``network_g.gate_top_k``)
+is refused: which experts run depends on the image, which no single static graph expresses.
 
 Only :func:`add_export_arguments` is imported when the command line is parsed: torch and the ONNX
 packages are imported when a model is exported.
@@ -215,8 +216,10 @@ def export_onnx(net, path, opset=DEFAULT_OPSET, fp16=False):
     (models over 2 GB keep their weights in a ``.data`` file beside it, moved first).
 
     Raises:
-        ExportError: an opset under 18, a missing ``onnxscript``, or an opset the exporter could not write.
+        ExportError: a network with ``gate_top_k`` (see :func:`check_dense`), an opset under 18, a missing
+            ``onnxscript``, or an opset the exporter could not write.
     """
+    check_dense(net)
     with _staged(path) as staged:
         _write_onnx(net, staged, opset, fp16)
     return path
@@ -257,6 +260,17 @@ def check_onnx(net, path, sizes, batch=1, seed=0):
     return diffs
 
 
+def check_dense(net):
+    """Refuse a network with top-k routing: which experts run depends on each image, which one static
+    ONNX graph cannot express."""
+    k = getattr(net, 'gate_top_k', None)
+    if k is not None:
+        raise ExportError(
+            f'network_g.gate_top_k: {k}: top-k routing picks the experts per image at run time, which one static '
+            'ONNX graph cannot express; export the dense network (the same weights without gate_top_k)'
+        )
+
+
 def _network_description(net):
     return f'{type(net).__name__}, {sum(p.numel() for p in net.parameters()):,} parameters'
 
@@ -280,6 +294,7 @@ def _export(args):
     if args.check:
         _require('onnxruntime', '--check (turn it off with --no-check)')
     net = enhance.load_network(args.weights, args.preset, args.opt, device='cpu', random_weights=args.random_weights)
+    check_dense(net)
     print(
         f'{PROG}: tracing {_network_description(net)} (opset {args.opset}, {"fp16" if args.fp16 else "fp32"}); '
         'this takes a minute or two',

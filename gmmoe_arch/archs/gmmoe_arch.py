@@ -31,6 +31,7 @@ from .fast_ops import (
     weighted_sum,
 )
 from .fast_path import FastPath, PathSwitch, uses_fast_path
+from .pooling import _HOOKS as _POOLING_HOOKS  # read only: is any hook active
 
 CHECKPOINT_LEVELS = {False: None, True: 'block', 'block': 'block', 'expert': 'expert'}
 
@@ -45,6 +46,36 @@ def maybe_checkpoint(module, x, enabled):
     if enabled and module.training and torch.is_grad_enabled():
         return checkpoint_fn(module, x, use_reentrant=False)
     return module(x)
+
+
+def pools_watched():
+    """Whether a :func:`.pooling.pooling_hook` is active in this thread or task."""
+    return bool(_POOLING_HOOKS.get())
+
+
+def take_images(x, index):
+    """The images ``index`` (1-D long tensor) of ``x`` ``(B, C, H, W)``, in ``x``'s layout (channels-last
+    stays channels-last: the fast path's convs expect it)."""
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return x.permute(0, 2, 3, 1).index_select(0, index).permute(0, 3, 1, 2)
+    return x.index_select(0, index)
+
+
+def add_expert_output(total, u, weight, out, index, in_place):
+    """``total`` plus ``weight * out`` on the images ``index`` (None: all) of the block input ``u``.
+
+    ``weight``: ``(b,)`` one weight per image of ``out`` ``(b, C, H, W)``; ``total``: None for the first
+    expert run (then a new tensor is returned) or what this function returned before, which ``in_place``
+    (the fast path) without grad accumulates into.
+    """
+    w = weight[:, None, None, None]
+    if total is None and index is None:
+        return w * out
+    if total is None:
+        total = torch.zeros_like(u, dtype=torch.result_type(w, out))
+    if in_place and not torch.is_grad_enabled() and total.dtype == torch.result_type(w, out):
+        return total.addcmul_(w, out) if index is None else total.index_add_(0, index, w * out)
+    return total + w * out if index is None else total.index_add(0, index, w * out)
 
 
 class SFEB(FastPath, nn.Module):
@@ -88,13 +119,17 @@ class SFEB(FastPath, nn.Module):
 class ExpertBlock(PathSwitch, nn.Module):
     """Gated mixture of experts: ``sum_i gate(u)[:, i] * expert_i(u)``, ``(B, C, H, W)`` in and out.
 
+    With ``top_k`` (GMMoE's ``gate_top_k``) each image mixes only ``k`` of the experts, picked from
+    the gate's dense weights by :meth:`route` (the gate itself, and so :func:`record_gates`, stays
+    dense), and the other experts are not computed for it (see :meth:`forward`).
+
     State-dict names follow the released checkpoints: an expert at its released position (colour 0,
     detail 1, feature 2) is saved as ``Expert1.*`` / ``Expert2.*`` / directly under the block, the
     gate as ``GateNetwork.*``; other experts keep ``experts.<i>.*``. Loading also accepts (and
     drops) the released ``conv6`` weights, which the released forward never used.
     """
 
-    def __init__(self, channels, experts=RELEASED_EXPERTS, gate_temperature=3.0, checkpoint_experts=False):
+    def __init__(self, channels, experts=RELEASED_EXPERTS, gate_temperature=3.0, checkpoint_experts=False, top_k=None):
         super().__init__()
         if not experts:
             raise ValueError('network_g.experts: at least one expert is needed')
@@ -106,6 +141,7 @@ class ExpertBlock(PathSwitch, nn.Module):
         self.register_state_dict_post_hook(ExpertBlock._to_released_names)
         self.register_load_state_dict_pre_hook(ExpertBlock._from_released_names)
         self.checkpoint_experts = checkpoint_experts  # GMMoE's ``checkpoint: expert``
+        self.top_k = top_k  # GMMoE's ``gate_top_k`` (checked there); None: dense
 
     def expert(self, i, u):
         """Expert ``i`` on ``u``, checkpointed on its own under ``checkpoint: expert``."""
@@ -121,10 +157,58 @@ class ExpertBlock(PathSwitch, nn.Module):
     def forward(self, u):
         """``(B, C, H, W) -> (B, C, H, W)``: the gate, then the experts one after another (only the sum
         and one expert's output alive at a time); the two paths differ only in that the fast one
-        accumulates the sum in place (into a buffer :func:`.fast_ops.weighted_sum` allocated)."""
+        accumulates the sum in place (into a buffer it allocated itself).
+
+        Top-k: expert ``i`` runs once, on the images that picked it (``u`` itself when all did, else
+        those images gathered), and its weighted output is added to theirs; an expert no image picked is
+        not called. Exception: while a :func:`.pooling.pooling_hook` is active (the tiled enhancer's
+        statistics, which number the global means in call order), every expert runs on every image, so
+        that each tile pools the same sites whichever experts it picked; only the picked ones enter the
+        output.
+        """
         weights = self.gate(u)
-        outputs = (self.expert(i, u) for i in range(len(self.experts)))
-        return weighted_sum(weights, outputs, in_place=self.takes_fast_path(u))
+        in_place = self.takes_fast_path(u)
+        if self.top_k is None:
+            return weighted_sum(weights, (self.expert(i, u) for i in range(len(self.experts))), in_place)
+        chosen, mix = self.route(weights)
+        sparse = torch.zeros_like(weights).scatter(1, chosen, mix)  # (B, n): zero for experts not picked
+        if pools_watched():
+            return weighted_sum(sparse, (self.expert(i, u) for i in range(len(self.experts))), in_place)
+        picks = chosen.tolist()
+        total = None
+        for i in range(len(self.experts)):
+            rows = [b for b, row in enumerate(picks) if i in row]
+            if len(rows) == len(picks):
+                total = add_expert_output(total, u, sparse[:, i], self.expert(i, u), None, in_place)
+            elif rows:
+                index = torch.tensor(rows, device=u.device)
+                out = self.expert(i, take_images(u, index))
+                total = add_expert_output(total, u, sparse[index, i], out, index, in_place)
+        return total
+
+    def route(self, weights):
+        """The experts each image runs and their weights: ``(B, n)`` dense gate weights ->
+        ``(B, k)`` expert indices and ``(B, k)`` mixing weights that sum to one per image.
+
+        Inference (eval mode or no grad): the ``k`` largest weights, renormalised over the ``k``.
+        Training (train mode with grad): ``k`` experts sampled without replacement in proportion to
+        their weights (Gumbel top-k: the log-weights plus Gumbel noise, the ``k`` largest), so every
+        expert keeps being picked, and learning, in proportion to its weight. The renormalised weights
+        are then multiplied by ``m / m.detach()``, ``m`` the picked weights' sum: the value is unchanged,
+        but the gate also gets a gradient for how useful the picked experts' output was (with ``k = 1``
+        the renormalised weight is exactly 1, and without this factor no gradient would reach the gate
+        through the output). The noise is drawn from torch's generator of ``weights``' device, so a
+        checkpointed block (which restores the generator) recomputes the same picks.
+        """
+        scores = weights.detach().log()
+        sampling = self.training and torch.is_grad_enabled()
+        if sampling:
+            scores = scores - torch.empty_like(scores).exponential_().log()  # + Gumbel(0, 1) noise
+        chosen = scores.topk(self.top_k, dim=1).indices
+        picked = weights.gather(1, chosen)
+        mass = picked.sum(1, keepdim=True)
+        mix = picked / mass
+        return chosen, mix * (mass / mass.detach()) if sampling else mix
 
     def _to_released_names(self, state_dict, prefix, local_metadata):
         for key in [k for k in state_dict if k.startswith(prefix)]:
@@ -190,6 +274,10 @@ class GMMoE(nn.Module):
             ``true`` or ``'block'`` recomputes the SFEB and each expert block in the backward pass
             instead of keeping their activations; ``'expert'`` also recomputes each expert on its
             own inside a recomputed block (least memory, most time). ``false``: off.
+        gate_top_k (int | None): each image runs only its ``k`` highest-weighted experts in every block,
+            their weights renormalised (see :meth:`ExpertBlock.forward` and :meth:`ExpertBlock.route`;
+            in training the ``k`` are sampled, and DDP needs ``find_unused_parameters: true``);
+            None (default): every expert, as released. Same parameters either way.
     """
 
     def __init__(
@@ -204,6 +292,7 @@ class GMMoE(nn.Module):
         preset: Optional[str] = None,
         fast: Union[bool, str] = 'auto',
         checkpoint: Union[bool, str] = False,
+        gate_top_k: Optional[int] = None,
     ) -> None:
         super().__init__()
         if not any(checkpoint is k or (isinstance(k, str) and checkpoint == k) for k in CHECKPOINT_LEVELS):
@@ -246,6 +335,19 @@ class GMMoE(nn.Module):
         self.ending = nn.Conv2d(width, img_channel, 3, padding=1)
         self.padder_size = 2 ** len(enc_blk_nums)
         self.set_fast(fast)
+        self.set_gate_top_k(gate_top_k)
+
+    def set_gate_top_k(self, k):
+        """Route every expert block to each image's ``k`` highest-weighted experts (None: all, dense);
+        returns self. The same weights serve any ``k``: a network trained dense runs top-k as it is."""
+        n = len(expert_names(self))
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n):
+            raise ValueError(f'network_g.gate_top_k must be null or an integer from 1 to {n} (the experts), got {k!r}')
+        self.gate_top_k = k
+        for module in self.modules():
+            if isinstance(module, ExpertBlock):
+                module.top_k = k
+        return self
 
     def set_fast(self, enabled=True):
         """Switch every built-in block to the fast path (``True``), the straightforward one (``False``)
