@@ -329,3 +329,12 @@ def test_gate_loss_gradient_through_activation_checkpointing(tmp_path, checkpoin
     assert plain.keys() == ckpt.keys()
     for key in plain:
         assert torch.allclose(plain[key], ckpt[key], rtol=1e-4, atol=1e-6), key
+
+
+def test_gate_losses_under_bf16_autocast(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(make_opt(tmp_path, gate_opt=GATE_OPT, balance_opt=True, use_amp=True, amp_dtype='bf16'))
+    model.feed_data(labelled_batch(LABELS))
+    model.optimize_parameters(1)
+    assert 1.0 < model.log_dict['l_gate'] < 1.2 and 0 <= model.log_dict['l_balance'] < 0.01
+    assert all(p.dtype == torch.float32 for p in model.net_g.parameters())
