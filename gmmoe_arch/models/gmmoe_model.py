@@ -30,10 +30,10 @@ Routing options (see ``docs/training.md``):
 Both run the training forward under ``record_gates(net, keep_grad=True)``; without them nothing is recorded.
 
 Validation and testing also log each expert's gate weight averaged over the images, per expert
-block and over all blocks (log file and TensorBoard ``gates/<dataset>/...``); when the dataset gives
-degradation labels, the same per label (``gates/<dataset>/<label>/...``), a figure
+block and over all blocks (log file and TensorBoard ``gates/<dataset>/...``), the same per degradation
+label when the dataset gives labels (``gates/<dataset>/<label>/...``), and write a figure
 (``<visualization>/gates/<dataset>_<iter>.png`` in training, ``<results>/gates_<dataset>.png`` in
-``basicsr test``) and its numbers as JSON beside it (see :mod:`.gate_stats`).
+``basicsr test``; one panel per label) with its numbers as JSON beside it (see :mod:`.gate_stats`).
 """
 
 import logging
