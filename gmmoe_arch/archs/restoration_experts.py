@@ -46,8 +46,18 @@ def ridge_kernels(size: int, angles: Sequence[float]) -> Tensor:
 
 def local_min(x: Tensor, window: int) -> Tensor:
     """``(B, C, H, W)`` minimum over the ``window x window`` neighbourhood of each pixel (odd ``window``,
-    any ``H, W >= 1``: the border pads with +inf)."""
-    return -F.max_pool2d(-x, window, stride=1, padding=window // 2)
+    any ``H, W >= 1``: the border pads with +inf), as a column then a row minimum of shifted views (on
+    CPUs several times faster than a max-pool of the negated map)."""
+    r = window // 2
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (r, r, r, r), value=float('inf'))
+    column = padded[..., :h, :]
+    for i in range(1, window):
+        column = torch.minimum(column, padded[..., i : i + h, :])
+    out = column[..., :w]
+    for i in range(1, window):
+        out = torch.minimum(out, column[..., i : i + w])
+    return out
 
 
 def _check(name: str, option: str, ok: bool, value) -> None:
@@ -61,26 +71,30 @@ class RainExpert(nn.Module):
 
     What it exploits: a rainy image is the background plus a streak layer, ``I = B + R`` with
     ``R >= 0``, and the streaks are thin, bright and elongated along a near-vertical direction, so
-    they vary fast across a streak and slowly along it. A depthwise ``kernel_size`` conv with
-    ``len(angles)`` outputs per channel, initialised as the oriented line detectors of
-    :func:`ridge_kernels` (default -20, 0 and +20 degrees from vertical), responds to thin bright
-    lines at those angles and not to smooth content or edges between flat regions (it pads by
-    replication, so the map's own border is no edge either). The rectified
-    responses (only bright lines count, ``R >= 0``) are mixed across channels and orientations by a
-    1x1 conv (``select``, initialised to each channel's mean over orientations: rain is nearly
-    achromatic, so the mix may pool all channels) and rectified again into a non-negative streak
-    layer ``s``. A 1x1 ``fuse`` conv reads the de-streaked features ``u - s`` and ``s`` and gives the
-    correction, initialised to ``-s`` (remove the streaks); the output is
-    ``u + residual_scale * fuse([u - s, s])``.
+    they vary fast across a streak and slowly along it; rain is nearly achromatic, so a few channels
+    carry it. A 1x1 conv (``reduce``) projects the features to ``streak_channels`` maps (initialised
+    in pairs ``+w, -w``: a streak may have either sign in feature space, and one of each pair sees it
+    bright); a depthwise ``kernel_size`` conv with ``len(angles)`` outputs per map, initialised as the
+    oriented line detectors of :func:`ridge_kernels` (default -20, 0 and +20 degrees from vertical),
+    responds to thin bright lines at those angles and not to smooth content or edges between flat
+    regions (it pads by replication, so the map's own border is no edge either). The rectified
+    responses (only bright lines count) are mixed by a 1x1 conv (``select``, initialised to their
+    mean) into a streak layer ``s`` of C channels, rectified again (``s >= 0``). A 1x1 conv (``fuse``)
+    reads the de-streaked features ``u - s`` and ``s`` and gives the correction, initialised to ``-s``
+    (remove the streaks, leave the rest); the output is ``u + residual_scale * fuse([u - s, s])``. A
+    fresh expert dims thin lines and is the identity on maps without them.
 
     Args:
-        channels (int): C. kernel_size (int): odd side of the oriented kernels (>= 3, default 7).
+        channels (int): C. streak_channels (int | None): maps the lines are detected on (default
+            ``max(2, C // 4)``). kernel_size (int): odd side of the oriented kernels (>= 3, default 7).
         angles (list[float]): streak directions in degrees from vertical (default ``[-20, 0, 20]``).
         residual_scale (float): initial value of the per-channel residual scale (default 0.1).
     """
 
-    def __init__(self, channels, kernel_size=7, angles=(-20.0, 0.0, 20.0), residual_scale=0.1):
+    def __init__(self, channels, streak_channels=None, kernel_size=7, angles=(-20.0, 0.0, 20.0), residual_scale=0.1):
         super().__init__()
+        s = max(2, channels // 4) if streak_channels is None else streak_channels
+        _check('RainExpert', 'streak_channels', isinstance(s, int) and s >= 1, streak_channels)
         _check(
             'RainExpert',
             'kernel_size',
@@ -90,20 +104,24 @@ class RainExpert(nn.Module):
         _check('RainExpert', 'angles', isinstance(angles, (list, tuple)) and 0 < len(angles), angles)
         _check('RainExpert', 'angles', all(isinstance(a, (int, float)) and abs(a) <= 90 for a in angles), angles)
         c, o = channels, len(angles)
-        self.oriented = nn.Conv2d(c, c * o, kernel_size, padding=kernel_size // 2, groups=c, padding_mode='replicate')
-        self.select = nn.Conv2d(c * o, c, 1)
+        self.reduce = nn.Conv2d(c, s, 1)
+        self.oriented = nn.Conv2d(s, s * o, kernel_size, padding=kernel_size // 2, groups=s, padding_mode='replicate')
+        self.select = nn.Conv2d(s * o, c, 1)
         self.fuse = nn.Conv2d(2 * c, c, 1)
         self.residual_scale = nn.Parameter(torch.full((1, c, 1, 1), float(residual_scale)))
         with torch.no_grad():
-            self.oriented.weight.copy_(ridge_kernels(kernel_size, angles).repeat(c, 1, 1).unsqueeze(1))
+            self.reduce.weight[1::2] = -self.reduce.weight[0 : s - 1 : 2]  # lines of either sign: pairs +-w
+            self.reduce.bias[1::2] = -self.reduce.bias[0 : s - 1 : 2]
+            self.oriented.weight.copy_(ridge_kernels(kernel_size, angles).repeat(s, 1, 1).unsqueeze(1))
             self.oriented.bias.zero_()
-            self.select.weight.copy_(torch.eye(c).repeat_interleave(o, dim=1)[..., None, None] / o)
+            self.select.weight.fill_(1 / (s * o))
             self.select.bias.zero_()
             self.fuse.weight.copy_(torch.cat([torch.zeros(c, c), -torch.eye(c)], dim=1)[..., None, None])
             self.fuse.bias.zero_()
 
     def forward(self, u: Tensor) -> Tensor:
-        streak = F.relu(self.select(F.relu(self.oriented(u))))  # (B, C, H, W) >= 0
+        lines = F.relu(self.oriented(self.reduce(u)))  # (B, S * O, H, W): thin bright lines per angle
+        streak = F.relu(self.select(lines))  # (B, C, H, W) >= 0
         return u + self.residual_scale * self.fuse(torch.cat([u - streak, streak], dim=1))
 
 
@@ -158,5 +176,5 @@ class HazeExpert(nn.Module):
     def forward(self, u: Tensor) -> Tensor:
         p = torch.sigmoid(self.project(u))  # (B, D, H, W) in (0, 1)
         airlight, t = self.scattering(p)
-        scene = (p - airlight) / t + airlight
-        return u + self.residual_scale * self.fuse(scene - p)
+        correction = (p - airlight) * (1 / t - 1)  # J - p, J = (p - A) / t + A
+        return u + self.residual_scale * self.fuse(correction)
