@@ -66,16 +66,17 @@ def add_expert_output(total, u, weight, out, index, in_place):
 
     ``weight``: ``(b,)`` one weight per image of ``out`` ``(b, C, H, W)``; ``total``: None for the first
     expert run (then a new tensor is returned) or what this function returned before, which ``in_place``
-    (the fast path) without grad accumulates into.
+    (the fast path) without grad accumulates into. Under autocast experts may return different dtypes:
+    the sum takes the promoted one, as the dense sum does.
     """
-    w = weight[:, None, None, None]
-    if total is None and index is None:
-        return w * out
+    term = weight[:, None, None, None] * out
     if total is None:
-        total = torch.zeros_like(u, dtype=torch.result_type(w, out))
-    if in_place and not torch.is_grad_enabled() and total.dtype == torch.result_type(w, out):
-        return total.addcmul_(w, out) if index is None else total.index_add_(0, index, w * out)
-    return total + w * out if index is None else total.index_add(0, index, w * out)
+        return term if index is None else torch.zeros_like(u, dtype=term.dtype).index_add_(0, index, term)
+    dtype = torch.promote_types(total.dtype, term.dtype)
+    if in_place and not torch.is_grad_enabled() and total.dtype == dtype:
+        return total.add_(term) if index is None else total.index_add_(0, index, term)
+    total, term = total.to(dtype), term.to(dtype)
+    return total + term if index is None else total.index_add(0, index, term)
 
 
 class SFEB(FastPath, nn.Module):

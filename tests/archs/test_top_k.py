@@ -116,6 +116,20 @@ def test_top_n_equals_dense(fast):
     torch.testing.assert_close(top_n, dense, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('fast', [True, False])
+def test_bf16_autocast_top_k_sums_experts_of_mixed_dtypes(fast):
+    """Under autocast the built-in experts' fast path returns bfloat16 and the plain ones float32: a batch
+    whose images pick different experts still sums them, in the dense sum's dtype, and top-n = dense."""
+    x = distinct_images()
+    net = routed_net().eval().set_fast(fast)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        dense = net(x)
+        top_n = net.set_gate_top_k(5)(x)
+        top_1 = net.set_gate_top_k(1)(x)
+    assert top_1.dtype == dense.dtype == top_n.dtype and torch.isfinite(top_1).all()
+    torch.testing.assert_close(top_n, dense, rtol=0, atol=0.02)
+
+
 def test_a_pooling_hook_runs_every_expert_and_gives_the_same_output():
     """The tiled enhancer numbers the global means in call order: under a pooling hook every expert runs
     (the same sites on every tile, whatever each tile picked), and the output is still the top-k mix."""
