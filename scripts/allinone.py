@@ -224,12 +224,12 @@ def variant_options(base, key, iters=None):
 
 
 def with_iters(opt, iters):
-    """``opt`` trained for ``iters`` iterations: schedule, validation and checkpoint at the end."""
+    """``opt`` trained for ``iters`` iterations: the schedule, and a checkpoint at the end (BasicSR validates
+    there too)."""
     opt = copy.deepcopy(opt)
     opt['train']['total_iter'] = iters
     opt['train']['scheduler']['periods'] = [iters]
     opt['train']['scheduler']['restart_weights'] = [1]
-    opt['val']['val_freq'] = iters
     opt['logger']['save_checkpoint_freq'] = iters
     opt['logger']['print_freq'] = min(opt['logger']['print_freq'], iters)
     return opt
