@@ -1,6 +1,8 @@
 """network_g.gate_top_k: each image runs only its k highest-weighted experts per block (inference), sampled
 picks in training, the option's checks, tiled enhancement and export."""
 
+import cv2
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -10,8 +12,9 @@ import gmmoe_arch  # noqa: F401  (registers the arch and the experts)
 from gmmoe_arch import GMMoE, record_gates
 from gmmoe_arch.archs.gmmoe_arch import ExpertBlock
 from gmmoe_arch.archs.pooling import pooling_hook
+from gmmoe_arch.enhance_cli import main
 from gmmoe_arch.inference.loading import load_network
-from gmmoe_arch.inference.runner import RunOptions, enhance_tensor
+from gmmoe_arch.inference.runner import RunOptions, enhance_image, enhance_tensor
 from gmmoe_arch.inference.tiling import Tiling
 
 from helpers import activate_branches
@@ -228,10 +231,18 @@ def test_enhance_reads_gate_top_k_from_the_option_file_and_tiles_pick_alike(tmp_
     assert len(per_block) == 5 and all(len(c) == len(plan) for c in per_block.values())
     assert all(c == [whole_picks[block]] * len(plan) for block, c in per_block.items())
     assert (tiled - whole).abs().max() < 0.004 and (tiled - whole).abs().mean() < 0.0005
+    # the command line: the same option file, the same result as the library's (and not the dense one)
+    img = (x[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    cv2.imwrite(str(tmp_path / 'in.png'), img[..., ::-1])
+    argv = ['enhance', str(tmp_path / 'in.png'), '-o', str(tmp_path / 'out'), '--tile', '64', '--overlap', '16']
+    argv += ['--weights', str(tmp_path / 'net.pth'), '--opt', str(tmp_path / 'top1.yml'), '--no-progress']
+    assert main(argv) == 0
+    written = cv2.imread(str(tmp_path / 'out' / 'in.png'))[..., ::-1]
+    assert np.array_equal(written, enhance_image(net, img, tile=64, overlap=16))
+    assert not np.array_equal(written, enhance_image(net.set_gate_top_k(None), img, tile=64, overlap=16))
 
 
 def test_export_refuses_a_top_k_network_in_one_line(tmp_path, capsys):
-    from gmmoe_arch.enhance_cli import main
     from gmmoe_arch.export import ExportError, export_onnx
 
     with pytest.raises(ExportError, match=r'^network_g\.gate_top_k: 2: '):
