@@ -165,7 +165,8 @@ def test_training_samples_every_expert_and_each_gets_gradients():
     assert all(p.grad is not None for p in net.parameters())
     for path in block_paths(net):
         gate = net.get_submodule(path).gate
-        assert gate.mlp[2].weight.grad.abs().sum() > 0, path
+        # measured: 5e-5 .. 1e-3; renormalised weights alone (no m / m.detach()) leave rounding, 1e-12 .. 3e-11
+        assert gate.mlp[2].weight.grad.abs().max() > 1e-6, path
 
 
 @pytest.mark.parametrize('level', ['block', 'expert'])
