@@ -27,6 +27,7 @@ degradations do.
 """
 
 import argparse
+import concurrent.futures
 import copy
 import json
 import os
@@ -386,12 +387,19 @@ def run_bench(args, out, env, test_sets, results):
     """Train (a), (b), (d), evaluate (a)-(d) into ``results['variants']`` and time (c) against (b)."""
     base = load_options(DEMO_OPT)
     trained, results['variants'] = {}, {}
-    for step, key in enumerate(k for k in VARIANTS if VARIANTS[k][3] is None):
+
+    def train_variant(key):
         opt = variant_options(base, key, args.iters)
-        print(f'[{step + 2}/5] training {VARIANTS[key][0]}', flush=True)
+        print(f'training {VARIANTS[key][0]}', flush=True)
         seconds, checkpoint = train(opt, out, env)
         trained[key] = (opt, checkpoint, seconds)
-        print(f'  trained in {seconds:.0f} s', flush=True)
+        print(f'  {VARIANTS[key][0]}: trained in {seconds:.0f} s', flush=True)
+
+    keys = [k for k in VARIANTS if VARIANTS[k][3] is None]
+    print(f'[2-4/5] training {len(keys)} variants, {args.jobs} at a time', flush=True)
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:  # each trains in its own subprocess
+        for future in [pool.submit(train_variant, key) for key in keys]:
+            future.result()
     print('[5/5] evaluation', flush=True)
     nets = {}
     for key, (title, overrides, _, source) in VARIANTS.items():
@@ -432,6 +440,12 @@ def main(argv=None):
     parser.add_argument('--iters', type=int, help="training iterations (default: the option file's)")
     parser.add_argument('--repeats', type=int, default=7, help='timing repeats in --bench (default 7)')
     parser.add_argument(
+        '--jobs',
+        type=int,
+        default=1,
+        help='variants trained at the same time in --bench (default 1; their training times then overlap)',
+    )
+    parser.add_argument(
         '--threads',
         type=int,
         default=1,
@@ -442,6 +456,8 @@ def main(argv=None):
         parser.error('--iters must be >= 1')
     if args.repeats < 1:
         parser.error('--repeats must be >= 1')
+    if args.jobs < 1:
+        parser.error('--jobs must be >= 1')
     out = os.path.abspath(args.out or ('allinone_bench' if args.bench else 'allinone_output'))
     data_dir = os.path.join(out, DATA)
     os.makedirs(os.path.join(out, 'logs'), exist_ok=True)
