@@ -90,7 +90,10 @@ def _sweep(
     """
     pad = getattr(net, 'padder_size', 1)
     stats = ImageStatistics(inject, record)
-    with pooling_hook(stats), record_gates(net) as tile_gates:
+    # A pass that neither records nor injects (one tile) installs no pooling hook: the hook would be a
+    # no-op, and while one is active a top-k block runs every expert (see ExpertBlock.forward).
+    hook = pooling_hook(stats) if inject is not None or record else nullcontext()
+    with hook, record_gates(net) as tile_gates:
         for y0, y1, x0, x1, share in plan.tiles():
             stats.set_tile(share, pad, device)
             pred = net(tile_input(y0, y1, x0, x1).to(device))

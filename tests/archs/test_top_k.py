@@ -256,3 +256,21 @@ def test_export_refuses_a_top_k_network_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert status == 2 and err.count('\n') == 1 and 'error: network_g.gate_top_k: 1: ' in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ['net.pth', 'top1.yml']
+
+
+def test_one_tile_enhance_runs_only_the_picked_experts():
+    """A one-tile image needs no shared statistics, so no pooling hook is installed and top-1 skips the
+    experts it did not pick (with several tiles every expert runs, see the pooling-hook test above)."""
+    net = routed_net(gate_top_k=1).eval()
+    x = images(1, 32, 40)
+    calls, handles = count_expert_calls(net)
+    with record_gates(net) as gates:
+        out = enhance_tensor(
+            net, x, Tiling(max_pixels=32 * 40).plan(32, 40, net.padder_size), RunOptions(torch.device('cpu'))
+        )
+    for h in handles:
+        h.remove()
+    with torch.no_grad():
+        assert torch.equal(out, net(x))
+    for path in block_paths(net):
+        assert sorted(i for p, i in calls if p == path) == gates[path].topk(1).indices.flatten().tolist()
