@@ -31,7 +31,7 @@ from .fast_ops import (
     weighted_sum,
 )
 from .fast_path import FastPath, PathSwitch, uses_fast_path
-from .pooling import _HOOKS as _POOLING_HOOKS  # read only: is any hook active
+from .pooling import hooks_active
 
 CHECKPOINT_LEVELS = {False: None, True: 'block', 'block': 'block', 'expert': 'expert'}
 
@@ -46,11 +46,6 @@ def maybe_checkpoint(module, x, enabled):
     if enabled and module.training and torch.is_grad_enabled():
         return checkpoint_fn(module, x, use_reentrant=False)
     return module(x)
-
-
-def pools_watched():
-    """Whether a :func:`.pooling.pooling_hook` is active in this thread or task."""
-    return bool(_POOLING_HOOKS.get())
 
 
 def take_images(x, index):
@@ -173,7 +168,7 @@ class ExpertBlock(PathSwitch, nn.Module):
             return weighted_sum(weights, (self.expert(i, u) for i in range(len(self.experts))), in_place)
         chosen, mix = self.route(weights)
         sparse = torch.zeros_like(weights).scatter(1, chosen, mix)  # (B, n): zero for experts not picked
-        if pools_watched():
+        if hooks_active():
             return weighted_sum(sparse, (self.expert(i, u) for i in range(len(self.experts))), in_place)
         picks = chosen.tolist()
         total = None
@@ -277,7 +272,8 @@ class GMMoE(nn.Module):
             own inside a recomputed block (least memory, most time). ``false``: off.
         gate_top_k (int | None): each image runs only its ``k`` highest-weighted experts in every block,
             their weights renormalised (see :meth:`ExpertBlock.forward` and :meth:`ExpertBlock.route`;
-            in training the ``k`` are sampled, and DDP needs ``find_unused_parameters: true``);
+            in training the ``k`` are sampled, and DDP needs ``find_unused_parameters``, which
+            ``GMMoEModel`` sets);
             None (default): every expert, as released. Same parameters either way.
     """
 

@@ -72,6 +72,12 @@ def global_mean(x: Tensor) -> Tensor:
     return mean
 
 
+def hooks_active() -> bool:
+    """Whether a :func:`pooling_hook` is active in this thread or task (a top-k block then runs every
+    expert, so that the hooked sites are the same whichever experts an image picks)."""
+    return bool(_HOOKS.get())
+
+
 @contextmanager
 def pooling_hook(fn: PoolingHook) -> Iterator[PoolingHook]:
     """Within the block, every :func:`global_mean` of this thread/task calls ``fn(x, mean)`` and uses

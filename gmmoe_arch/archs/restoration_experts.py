@@ -60,6 +60,10 @@ def local_min(x: Tensor, window: int) -> Tensor:
     return out
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _check(name: str, option: str, ok: bool, value) -> None:
     if not ok:
         raise ValueError(f'network_g.experts: {name} {option} {value!r} is out of range')
@@ -102,7 +106,8 @@ class RainExpert(nn.Module):
             kernel_size,
         )
         _check('RainExpert', 'angles', isinstance(angles, (list, tuple)) and 0 < len(angles), angles)
-        _check('RainExpert', 'angles', all(isinstance(a, (int, float)) and abs(a) <= 90 for a in angles), angles)
+        _check('RainExpert', 'angles', all(_is_number(a) and abs(a) <= 90 for a in angles), angles)
+        _check('RainExpert', 'residual_scale', _is_number(residual_scale), residual_scale)
         c, o = channels, len(angles)
         self.reduce = nn.Conv2d(c, s, 1)
         self.oriented = nn.Conv2d(s, s * o, kernel_size, padding=kernel_size // 2, groups=s, padding_mode='replicate')
@@ -154,9 +159,10 @@ class HazeExpert(nn.Module):
         super().__init__()
         _check('HazeExpert', 'dark_channels', isinstance(dark_channels, int) and dark_channels >= 1, dark_channels)
         _check('HazeExpert', 'window', isinstance(window, int) and window >= 1 and window % 2, window)
-        _check('HazeExpert', 'omega', 0 < omega <= 1, omega)
-        _check('HazeExpert', 't0', 0 < t0 < 1, t0)
-        _check('HazeExpert', 'sharpness', sharpness > 0, sharpness)
+        _check('HazeExpert', 'omega', _is_number(omega) and 0 < omega <= 1, omega)
+        _check('HazeExpert', 't0', _is_number(t0) and 0 < t0 < 1, t0)
+        _check('HazeExpert', 'sharpness', _is_number(sharpness) and sharpness > 0, sharpness)
+        _check('HazeExpert', 'residual_scale', _is_number(residual_scale), residual_scale)
         self.project = nn.Conv2d(channels, dark_channels, 1)
         self.fuse = nn.Conv2d(dark_channels, channels, 1)
         self.residual_scale = nn.Parameter(torch.full((1, channels, 1, 1), float(residual_scale)))

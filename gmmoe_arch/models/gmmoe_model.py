@@ -49,7 +49,7 @@ from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import LOSS_REGISTRY, MODEL_REGISTRY
 
 from ..archs.gmmoe_arch import expert_names, record_gates
-from ..losses.gate_losses import EXPERTS_OPTION
+from ..losses.gate_losses import EXPERTS_OPTION, GateBalanceLoss, GateRoutingLoss
 from .gate_stats import GateStats, save_gate_figure, save_gate_json
 
 AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -125,23 +125,29 @@ class GMMoEModel(SRModel):
         self._expert_names = expert_names(self.get_bare_model(self.net_g))
         gate_opt = train_opt.get('gate_opt')
         if gate_opt:
-            self.cri_gate = self._build_gate_loss('train.gate_opt', gate_opt, GATE_EXAMPLE)
-            if hasattr(self.cri_gate, 'check'):
-                self.cri_gate.check(self._expert_names)
+            self.cri_gate = self._build_gate_loss('train.gate_opt', gate_opt, GATE_EXAMPLE, GateRoutingLoss)
+            self.cri_gate.check(self._expert_names)
         balance_opt = train_opt.get('balance_opt')
         top_k = self.opt['network_g'].get('gate_top_k') is not None
         if balance_opt is True or (balance_opt is None and top_k):
             balance_opt = dict(DEFAULT_BALANCE)
             get_root_logger().info(f'Load balancing of the gates on by default: train.balance_opt {balance_opt}')
         if balance_opt:
-            self.cri_balance = self._build_gate_loss('train.balance_opt', balance_opt, BALANCE_EXAMPLE)
+            self.cri_balance = self._build_gate_loss('train.balance_opt', balance_opt, BALANCE_EXAMPLE, GateBalanceLoss)
 
-    def _build_gate_loss(self, option, spec, example):
-        """A loss from ``LOSS_REGISTRY`` by its ``spec``; mistakes are ValueErrors naming ``option``."""
+    def _build_gate_loss(self, option, spec, example, kind):
+        """A ``kind`` (or subclass) loss from ``LOSS_REGISTRY`` by its ``spec``; mistakes are ValueErrors naming
+        ``option``."""
         if not isinstance(spec, dict) or 'type' not in spec:
             raise ValueError(f'{option}: expected {example}, got {spec!r}')
         if spec['type'] not in LOSS_REGISTRY:
             raise ValueError(f'{option}.type: unknown loss "{spec["type"]}"; expected e.g. {example}')
+        if not (
+            isinstance(LOSS_REGISTRY.get(spec['type']), type) and issubclass(LOSS_REGISTRY.get(spec['type']), kind)
+        ):
+            raise ValueError(
+                f'{option}.type: {spec["type"]} is not a {kind.__name__} (or a subclass); expected {example}'
+            )
         try:
             return build_loss(dict(spec)).to(self.device)
         except TypeError as exc:

@@ -125,6 +125,10 @@ def test_haze_expert_finds_the_airlight_and_low_transmission_where_no_channel_is
         (HazeExpert, dict(t0=1.5), 't0'),
         (HazeExpert, dict(sharpness=-1), 'sharpness'),
         (HazeExpert, dict(dark_channels=0), 'dark_channels'),
+        (HazeExpert, dict(omega='0.9'), 'omega'),  # a quoted YAML number
+        (HazeExpert, dict(t0=None), 't0'),
+        (HazeExpert, dict(residual_scale='small'), 'residual_scale'),
+        (RainExpert, dict(residual_scale=[0.1]), 'residual_scale'),
     ],
 )
 def test_bad_options_name_the_expert_and_option(cls, kwargs, named):

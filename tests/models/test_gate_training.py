@@ -184,6 +184,10 @@ def test_gate_option_errors(tmp_path):
         build_model(make_opt(tmp_path, balance_opt=0.01))
     with pytest.raises(ValueError, match=r'train\.gate_opt\.type: unknown loss "GateRoutingLos"'):
         build_model(make_opt(tmp_path, gate_opt=dict(GATE_OPT, type='GateRoutingLos')))
+    with pytest.raises(ValueError, match=r'train\.gate_opt\.type: GateBalanceLoss is not a GateRoutingLoss'):
+        build_model(make_opt(tmp_path, gate_opt={'type': 'GateBalanceLoss'}))
+    with pytest.raises(ValueError, match=r'train\.balance_opt\.type: PSNRLoss is not a GateBalanceLoss'):
+        build_model(make_opt(tmp_path, balance_opt={'type': 'PSNRLoss'}))
     with pytest.raises(ValueError, match=r'train\.balance_opt: GateBalanceLoss rejected .*weight'):
         build_model(make_opt(tmp_path, balance_opt={'type': 'GateBalanceLoss', 'weight': 1}))
     opt = make_opt(tmp_path, gate_opt=GATE_OPT)
