@@ -63,9 +63,14 @@ def load_state_dict(path: str) -> Dict[str, Tensor]:
 
 
 def _network_options(
-    preset: Optional[str], option_file: Optional[str], state_dict: Optional[Dict[str, Tensor]]
+    preset: Optional[str], option_file: Optional[str], state_dict: Optional[Dict[str, Tensor]], weights: Optional[str]
 ) -> Tuple[dict, str]:
-    """``(network_g options, where they came from)``: the option file, the preset, else the checkpoint."""
+    """``(network_g options, where they came from)``: the option file, the preset, else the checkpoint.
+
+    The checkpoint gives the size, and the experts' names when they are not the released three; then the
+    option file is required: such networks are trained with their own ``gate_temperature`` and expert options
+    (``HazeExpert``'s ``window``, ...), which no weight records, and a guess would change the output silently.
+    """
     if option_file is not None:
         import yaml
 
@@ -82,6 +87,11 @@ def _network_options(
     config = infer_config(state_dict) if state_dict is not None else None
     if config is None:
         return dict(type='GMMoE', preset='paper'), 'preset paper'
+    if 'experts' in config:
+        raise EnhanceError(
+            f'checkpoint {weights} holds a {describe_size(config)}; pass --opt with the option file it was trained '
+            'with (its gate_temperature and expert options are not stored in the weights)'
+        )
     return dict(type='GMMoE', **config), 'configuration read from the checkpoint'
 
 
@@ -150,7 +160,7 @@ def load_network(
         )
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     state_dict = load_state_dict(weights) if weights is not None else None
-    opt, source = _network_options(preset, option_file, state_dict)
+    opt, source = _network_options(preset, option_file, state_dict, weights)
     try:
         net = build_network(opt)
     except (KeyError, ValueError, TypeError) as exc:

@@ -14,6 +14,7 @@ from gmmoe_arch import EXPERT_REGISTRY, GMMoE, record_gates
 from gmmoe_arch.archs.checkpoint_config import describe_size, infer_config
 from gmmoe_arch.archs.pooling import pooling_hook
 from gmmoe_arch.archs.restoration_experts import HazeExpert, RainExpert, local_min, ridge_kernels
+from gmmoe_arch.inference.errors import EnhanceError
 from gmmoe_arch.inference.loading import load_network
 from gmmoe_arch.inference.runner import RunOptions, enhance_tensor
 from gmmoe_arch.inference.tiling import Tiling
@@ -154,17 +155,16 @@ def test_five_experts_keep_released_names_and_load_strictly(tmp_path):
         assert torch.equal(loaded(x), net.eval()(x))
 
 
-def test_checkpoint_without_option_file_names_its_experts(tmp_path):
-    """``gmmoe enhance --weights`` alone reads the experts off the keys, as it reads the size."""
+def test_checkpoint_without_option_file_is_refused_naming_its_experts(tmp_path):
+    """``gmmoe enhance --weights`` alone reads the experts off the keys, but their gate temperature and
+    options are in no weight: it asks for the option file instead of guessing."""
     experts = ['HazeExpert', 'ColourExpert', 'DetailExpert', 'RainExpert']
     net = active_net(experts).eval()
     assert infer_config(net.state_dict())['experts'] == experts
     assert 'experts' not in infer_config(GMMoE(**SMALL).state_dict())  # the released three: as before
     torch.save({'params': net.state_dict()}, tmp_path / 'net.pth')
-    loaded = load_network(str(tmp_path / 'net.pth'), device='cpu')
-    x = torch.rand(1, 3, 20, 16)
-    with torch.no_grad():
-        assert torch.equal(loaded(x), net(x))
+    with pytest.raises(EnhanceError, match=r'net\.pth holds a .*experts \[HazeExpert, .*RainExpert\]\); pass --opt'):
+        load_network(str(tmp_path / 'net.pth'), device='cpu')
     config = dict(infer_config(net.state_dict()), experts=experts[:2])
     assert describe_size(config).endswith('dec [1, 1], experts [HazeExpert, ColourExpert])')
 
