@@ -20,7 +20,7 @@ Degradations (ranges and their sources: ``docs/data.md``):
   exposure 0.04-0.1 with a +-8% white-balance cast, photon shot noise (Poisson, 300-3000 photons
   for white) and read noise (Gaussian, sigma 0.0005-0.003), display encoding gamma 2.0-2.5, 8 bits.
 * ``rain``: :func:`rain_params` / :func:`add_rain`; streak layers (seed points motion-blurred by
-  an anti-aliased line kernel, widened by a Gaussian), screen-blended onto the image. ``light``
+  a one-pixel line kernel, widened by a Gaussian), screen-blended onto the image. ``light``
   (Rain100L-like): one layer, one direction; ``heavy`` (Rain100H-like): 2-3 denser, longer, brighter
   layers whose directions spread +-12 degrees around a common one. Directions are -30..30 degrees
   from vertical.
@@ -129,7 +129,10 @@ def rain_params(rng, level):
 
 
 def line_kernel(length, angle):
-    """Anti-aliased line of ``length`` pixels at ``angle`` degrees from vertical: float32 ``(k, k)``, k odd."""
+    """One-pixel line of ``length`` pixels at ``angle`` degrees from vertical: float32 ``(k, k)`` of 0/1, k odd.
+
+    8-connected: ``cv2.line`` anti-aliases 8-bit images only, so ``LINE_AA`` on this float kernel draws a
+    plain line (the Gaussian of the streak's width smooths it afterwards)."""
     k = int(np.ceil(length)) // 2 * 2 + 1
     kernel = np.zeros((k, k), np.float32)
     centre, half, theta = (k - 1) / 2, (length - 1) / 2, np.deg2rad(angle)

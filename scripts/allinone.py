@@ -53,14 +53,13 @@ from basicsr.utils.options import ordered_yaml  # noqa: E402
 from datasets_lmdb.demo import TRAIN_PHOTOS, VAL_PHOTOS, load_photo  # noqa: E402
 from datasets_lmdb.synth import DEGRADATIONS, synthesize_images  # noqa: E402
 from demo import run_basicsr  # noqa: E402
+from gmmoe_arch.archs.experts import RELEASED_EXPERTS  # noqa: E402
 from gmmoe_arch.archs.gmmoe_arch import expert_names, record_gates  # noqa: E402
 from gmmoe_arch.baselines import BASELINES  # noqa: E402
 from gmmoe_arch.models.gate_stats import GateStats, routing_accuracy, save_gate_figure  # noqa: E402
 
 DEMO_OPT = os.path.join(REPO, 'options', 'train_gmmoe_allinone_demo.yml')
 DATA = os.path.join('datasets', 'allinone')  # relative to <out>, as the option files expect
-MAPPING = {'lowlight': 'ColourExpert', 'rain': 'RainExpert', 'haze': 'HazeExpert'}
-RELEASED = ['ColourExpert', 'DetailExpert', 'FeatureExpert']
 TARGET_OVER_BASELINE_DB = 3.0
 TARGET_ROUTING = 0.9
 TIMING_SIZE = (400, 600)  # (H, W)
@@ -68,7 +67,7 @@ VERSION = 1
 
 #: bench variant -> (title, network_g overrides, gate supervision, trained or the weights of another variant)
 VARIANTS = {
-    'a': ('(a) released experts, dense', {'experts': RELEASED}, False, None),
+    'a': ('(a) released experts, dense', {'experts': list(RELEASED_EXPERTS)}, False, None),
     'b': ('(b) + RainExpert + HazeExpert, dense', {}, False, None),
     'c': ('(c) = (b), top-1 at inference', {'gate_top_k': 1}, False, 'b'),
     'd': ('(d) = (b) + gate supervision', {}, True, None),
@@ -116,6 +115,15 @@ def make_data(data_dir, progress=True, **kwargs):
     with open(record_path, 'w', encoding='utf-8') as f:
         json.dump(record, f, indent=1)
     return record
+
+
+def supervision_mapping(path=DEMO_OPT):
+    """``{label: expert}``: the gate supervision mapping of the demo option file (``train.gate_opt.experts``)."""
+    with open(path, encoding='utf-8') as f:
+        return dict(yaml.safe_load(f)['train']['gate_opt']['experts'])
+
+
+MAPPING = supervision_mapping()
 
 
 def read_rgb(path):
@@ -197,20 +205,30 @@ def gate_summary(stats, names):
     return weights, routing_accuracy(vectors, labels, names, MAPPING)
 
 
-def median_times(nets, size=TIMING_SIZE, repeats=7):
-    """Median seconds of one forward pass of each network on a ``(1, 3, H, W)`` input; the networks take
-    turns in every repeat, so a change in the machine's load hits all of them alike."""
-    x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0))
-    times = {key: [] for key in nets}
+def timing_inputs(test_sets, size=TIMING_SIZE):
+    """``{label: (1, 3, H, W)}``: each degradation's first held-out image resized to ``size``; the top-1 cost
+    depends on the experts each block picks, so it is timed on the images the gates were trained for."""
+    h, w = size
+    return {
+        label: to_tensor(cv2.resize(items[0][1], (w, h), interpolation=cv2.INTER_AREA))
+        for label, items in test_sets.items()
+    }
+
+
+def median_times(nets, inputs, repeats=7):
+    """``{net key: {label: median seconds}}`` of one forward pass of each network on each input; the
+    networks take turns in every repeat, so a change in the machine's load hits all of them alike."""
+    times = {key: {label: [] for label in inputs} for key in nets}
     with torch.no_grad():
         for net in nets.values():
-            net(x)  # warm-up: lazy fused weights, allocator
+            net(next(iter(inputs.values())))  # warm-up: lazy fused weights, allocator
         for _ in range(repeats):
-            for key, net in nets.items():
-                start = time.perf_counter()
-                net(x)
-                times[key].append(time.perf_counter() - start)
-    return {key: statistics.median(v) for key, v in times.items()}
+            for label, x in inputs.items():
+                for key, net in nets.items():
+                    start = time.perf_counter()
+                    net(x)
+                    times[key][label].append(time.perf_counter() - start)
+    return {key: {label: statistics.median(v) for label, v in by_label.items()} for key, by_label in times.items()}
 
 
 def variant_options(base, key, iters=None):
@@ -313,9 +331,12 @@ def results_table(results):
     if timing:
         lines += [
             '',
-            f'Inference at {timing["size"][1]}x{timing["size"][0]} ({timing["threads"]} thread(s), median of '
-            f'{timing["repeats"]} interleaved runs): dense (b) {timing["dense_s"] * 1000:.0f} ms, top-1 (c) '
-            f'{timing["top1_s"] * 1000:.0f} ms, ratio (c)/(b) {timing["ratio"]:.2f}. PSNR of (c) minus (b): '
+            f'Inference at {timing["size"][1]}x{timing["size"][0]} on one held-out image per degradation '
+            f'({timing["threads"]} thread(s), median of {timing["repeats"]} interleaved runs, mean over the '
+            f'degradations): dense (b) {timing["dense_s"] * 1000:.0f} ms, top-1 (c) {timing["top1_s"] * 1000:.0f} '
+            f'ms, ratio (c)/(b) {timing["ratio"]:.2f} ('
+            + ', '.join(f'{lb} {r:.2f}' for lb, r in timing.get('ratio_per_label', {}).items())
+            + '). PSNR of (c) minus (b): '
             + ', '.join(f'{lb} {timing["psnr_change"][lb]:+.2f} dB' for lb in labels)
             + '.',
         ]
@@ -390,6 +411,11 @@ def run_bench(args, out, env, test_sets, results):
 
     def train_variant(key):
         opt = variant_options(base, key, args.iters)
+        checkpoint = os.path.join(out, 'experiments', opt['name'], 'models', 'net_g_latest.pth')
+        if args.reuse and os.path.exists(checkpoint):
+            print(f'reusing {checkpoint} for {VARIANTS[key][0]}', flush=True)
+            trained[key] = (opt, checkpoint, None)
+            return
         print(f'training {VARIANTS[key][0]}', flush=True)
         seconds, checkpoint = train(opt, out, env)
         trained[key] = (opt, checkpoint, seconds)
@@ -418,15 +444,17 @@ def run_bench(args, out, env, test_sets, results):
         }
         if key in ('b', 'd'):
             save_gate_figure(stats, os.path.join(out, f'allinone_gates_{key}.png'), names)
-    times = median_times({'b': nets['b'], 'c': nets['c']}, repeats=args.repeats)
+    times = median_times({'b': nets['b'], 'c': nets['c']}, timing_inputs(test_sets), repeats=args.repeats)
     variants = results['variants']
+    dense, top1 = sum(times['b'].values()), sum(times['c'].values())
     results['timing'] = {
         'size': list(TIMING_SIZE),
         'threads': torch.get_num_threads(),
         'repeats': args.repeats,
-        'dense_s': times['b'],
-        'top1_s': times['c'],
-        'ratio': times['c'] / times['b'],
+        'dense_s': dense / len(times['b']),
+        'top1_s': top1 / len(times['c']),
+        'ratio': top1 / dense,
+        'ratio_per_label': {lb: times['c'][lb] / times['b'][lb] for lb in times['b']},
         'psnr_change': {lb: variants['c']['scores'][lb][0] - variants['b']['scores'][lb][0] for lb in test_sets},
     }
 
@@ -439,6 +467,11 @@ def main(argv=None):
     parser.add_argument('--out', help='output folder (default allinone_output, allinone_bench with --bench)')
     parser.add_argument('--iters', type=int, help="training iterations (default: the option file's)")
     parser.add_argument('--repeats', type=int, default=7, help='timing repeats in --bench (default 7)')
+    parser.add_argument(
+        '--reuse',
+        action='store_true',
+        help='--bench: evaluate the checkpoints a previous run with the same --out left, training only what is missing',
+    )
     parser.add_argument(
         '--jobs',
         type=int,

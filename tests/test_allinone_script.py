@@ -77,7 +77,7 @@ def test_evaluation_of_a_tiny_network(script, tiny_data):
 def test_bench_variants_differ_only_where_they_should(script):
     base = script.load_options(script.DEMO_OPT)
     a, b, d = (script.variant_options(base, key, iters=7) for key in 'abd')
-    assert a['network_g']['experts'] == script.RELEASED and 'gate_opt' not in a['train']
+    assert a['network_g']['experts'] == list(script.RELEASED_EXPERTS) and 'gate_opt' not in a['train']
     assert b['network_g'] == base['network_g'] and 'gate_opt' not in b['train']
     assert d['train']['gate_opt'] == base['train']['gate_opt'] and d['network_g'] == base['network_g']
     for opt in (a, b, d):
@@ -104,13 +104,21 @@ def test_table_shows_scores_gains_and_gates(script):
     results = fake_results(3.5, 0.9)
     change = {'lowlight': -0.25, 'rain': 0.0, 'haze': -1.5}
     results['timing'] = dict(
-        size=[400, 600], threads=1, repeats=3, dense_s=0.2, top1_s=0.1, ratio=0.5, psnr_change=change
+        size=[400, 600],
+        threads=1,
+        repeats=3,
+        dense_s=0.2,
+        top1_s=0.1,
+        ratio=0.5,
+        ratio_per_label={'lowlight': 0.4, 'rain': 0.5, 'haze': 0.6},
+        psnr_change=change,
     )
     text = script.results_table(results)
     assert '| (d) supervised | 18.50 / 0.8000 | 18.50 / 0.8000 | 18.50 / 0.8000 | 90% |' in text
     assert '| (d) supervised | +8.50 / +3.50 | +8.50 / +3.50 | +8.50 / +3.50 |' in text
     assert 'lowlight: strong' in text and '| (d) supervised | rain | 0.500 | 0.250 | 0.250 |' in text
-    assert 'ratio (c)/(b) 0.50' in text and '600x400' in text and 'haze -1.50 dB' in text
+    assert 'ratio (c)/(b) 0.50 (lowlight 0.40, rain 0.50, haze 0.60)' in text
+    assert '600x400' in text and 'haze -1.50 dB' in text
 
 
 @pytest.mark.parametrize(
@@ -126,3 +134,15 @@ def test_verdict_wants_the_dense_gate_to_prefer_each_degradations_expert(script)
     gates = results['variants']['d']['gates']
     gates['rain']['RainExpert'], gates['haze']['HazeExpert'] = 0.3, 0.3
     assert script.verdict(results, 'd', ('d',), dense_key='d')[0]
+
+
+def test_timing_inputs_and_median_times_per_degradation(script):
+    sets = {lb: [('a.png', np.full((30, 40, 3), i * 60, np.uint8), None)] for i, lb in enumerate(('x', 'y'))}
+    inputs = script.timing_inputs(sets, size=(16, 24))
+    assert {lb: tuple(t.shape) for lb, t in inputs.items()} == {'x': (1, 3, 16, 24), 'y': (1, 3, 16, 24)}
+    assert inputs['y'].mean().item() == pytest.approx(60 / 255)
+    calls = []
+    nets = {k: (lambda x, k=k: calls.append(k)) for k in 'bc'}
+    times = script.median_times(nets, inputs, repeats=3)
+    assert set(times) == {'b', 'c'} and set(times['b']) == {'x', 'y'}
+    assert calls == ['b', 'c'] + ['b', 'c'] * 6  # warm-up, then the networks take turns on every input
