@@ -14,7 +14,8 @@
 
 ``--bench`` (``<out>`` default ``allinone_bench``) trains, with the same data, seed and iterations, (a) the
 three released experts, dense; (b) those plus ``RainExpert`` and ``HazeExpert``, dense; (d) = (b) with gate
-supervision (``train.gate_opt``); and evaluates (c) = (b)'s weights with ``gate_top_k: 1``. It reports per
+supervision (``train.gate_opt``); and evaluates (c) = (b)'s weights with ``gate_top_k: 1`` and (e) = (d)'s
+weights with ``gate_top_k: 1``. It reports per
 degradation the PSNR/SSIM against the input and the best classical baseline, the routing accuracy, the
 mean gate weight of each expert per degradation for (b) and (d), and the inference time of (c) over (b) at
 600x400 (interleaved repeats, medians). Each variant's option file is derived from the demo's and written
@@ -71,6 +72,7 @@ VARIANTS = {
     'b': ('(b) + RainExpert + HazeExpert, dense', {}, False, None),
     'c': ('(c) = (b), top-1 at inference', {'gate_top_k': 1}, False, 'b'),
     'd': ('(d) = (b) + gate supervision', {}, True, None),
+    'e': ('(e) = (d), top-1 at inference', {'gate_top_k': 1}, True, 'd'),
 }
 
 
