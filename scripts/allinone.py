@@ -15,7 +15,8 @@
 ``--bench`` (``<out>`` default ``allinone_bench``) trains, with the same data, seed and iterations, (a) the
 three released experts, dense; (b) those plus ``RainExpert`` and ``HazeExpert``, dense; (d) = (b) with gate
 supervision (``train.gate_opt``); and evaluates (c) = (b)'s weights with ``gate_top_k: 1`` and (e) = (d)'s
-weights with ``gate_top_k: 1``. It reports per
+weights with ``gate_top_k: 1``; (f) = (d) trained and run with ``gate_top_k: 1`` (Gumbel-sampled picks, the
+default load balancing). It reports per
 degradation the PSNR/SSIM against the input and the best classical baseline, the routing accuracy, the
 mean gate weight of each expert per degradation for (b) and (d), and the inference time of (c) over (b) at
 600x400 (interleaved repeats, medians). Each variant's option file is derived from the demo's and written
@@ -73,6 +74,7 @@ VARIANTS = {
     'c': ('(c) = (b), top-1 at inference', {'gate_top_k': 1}, False, 'b'),
     'd': ('(d) = (b) + gate supervision', {}, True, None),
     'e': ('(e) = (d), top-1 at inference', {'gate_top_k': 1}, True, 'd'),
+    'f': ('(f) = (d) trained and run with top-1', {'gate_top_k': 1}, True, None),
 }
 
 
@@ -338,7 +340,14 @@ def results_table(results):
             f'degradations): dense (b) {timing["dense_s"] * 1000:.0f} ms, top-1 (c) {timing["top1_s"] * 1000:.0f} '
             f'ms, ratio (c)/(b) {timing["ratio"]:.2f} ('
             + ', '.join(f'{lb} {r:.2f}' for lb, r in timing.get('ratio_per_label', {}).items())
-            + '). PSNR of (c) minus (b): '
+            + ')'
+            + (
+                f'; (f), trained with top-1, {timing["trained_top1_s"] * 1000:.0f} ms, ratio (f)/(b) '
+                f'{timing["trained_ratio"]:.2f}'
+                if 'trained_ratio' in timing
+                else ''
+            )
+            + '. PSNR of (c) minus (b): '
             + ', '.join(f'{lb} {timing["psnr_change"][lb]:+.2f} dB' for lb in labels)
             + '.',
         ]
@@ -441,12 +450,13 @@ def run_bench(args, out, env, test_sets, results):
             'title': title,
             'scores': measured,
             'routing_accuracy': routing,
-            'gates': gates if key in ('b', 'd') else None,
+            'gates': gates if key in ('b', 'd', 'f') else None,
             'train_seconds': seconds if source is None else None,
         }
-        if key in ('b', 'd'):
+        if key in ('b', 'd', 'f'):
             save_gate_figure(stats, os.path.join(out, f'allinone_gates_{key}.png'), names)
-    times = median_times({'b': nets['b'], 'c': nets['c']}, timing_inputs(test_sets), repeats=args.repeats)
+    timed = {key: nets[key] for key in ('b', 'c', 'f')}
+    times = median_times(timed, timing_inputs(test_sets), repeats=args.repeats)
     variants = results['variants']
     dense, top1 = sum(times['b'].values()), sum(times['c'].values())
     results['timing'] = {
@@ -457,6 +467,8 @@ def run_bench(args, out, env, test_sets, results):
         'top1_s': top1 / len(times['c']),
         'ratio': top1 / dense,
         'ratio_per_label': {lb: times['c'][lb] / times['b'][lb] for lb in times['b']},
+        'trained_top1_s': sum(times['f'].values()) / len(times['f']),
+        'trained_ratio': sum(times['f'].values()) / dense,
         'psnr_change': {lb: variants['c']['scores'][lb][0] - variants['b']['scores'][lb][0] for lb in test_sets},
     }
 

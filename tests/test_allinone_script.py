@@ -76,15 +76,17 @@ def test_evaluation_of_a_tiny_network(script, tiny_data):
 
 def test_bench_variants_differ_only_where_they_should(script):
     base = script.load_options(script.DEMO_OPT)
-    a, b, d = (script.variant_options(base, key, iters=7) for key in 'abd')
+    a, b, d, f = (script.variant_options(base, key, iters=7) for key in 'abdf')
     assert a['network_g']['experts'] == list(script.RELEASED_EXPERTS) and 'gate_opt' not in a['train']
     assert b['network_g'] == base['network_g'] and 'gate_opt' not in b['train']
     assert d['train']['gate_opt'] == base['train']['gate_opt'] and d['network_g'] == base['network_g']
-    for opt in (a, b, d):
+    assert f['train']['gate_opt'] == base['train']['gate_opt'] and f['network_g']['gate_top_k'] == 1
+    assert {k: v for k, v in f['network_g'].items() if k != 'gate_top_k'} == base['network_g']
+    for opt in (a, b, d, f):
         assert opt['train']['total_iter'] == 7 and opt['train']['scheduler']['periods'] == [7]
         assert opt['val'] == base['val'] and opt['logger']['save_checkpoint_freq'] == 7
         assert {k: v for k, v in opt['datasets'].items()} == dict(base['datasets'])
-    assert len({a['name'], b['name'], d['name']}) == 3
+    assert len({a['name'], b['name'], d['name'], f['name']}) == 4
 
 
 def fake_results(gain_over_baseline, routing):
