@@ -17,6 +17,16 @@ REPO = Path(__file__).resolve().parents[1]
 REFERENCE = Path(__file__).resolve().parent / 'reference'
 
 
+@contextlib.contextmanager
+def registered(registry, cls):
+    """``cls`` in BasicSR ``registry`` within the block only (basicsr's Registry has no public removal)."""
+    registry.register(cls)
+    try:
+        yield cls
+    finally:
+        registry._obj_map.pop(cls.__name__, None)
+
+
 def reference_net(ref, dtype=None):
     """The reference network in ``dtype`` (default float64), loaded strictly by BasicSR's ``load_network``."""
     import torch

@@ -5,17 +5,14 @@ from contextlib import contextmanager
 from gmmoe_arch.archs.experts import EXPERT_REGISTRY, ColourExpert, DetailExpert, FeatureExpert
 from gmmoe_arch.archs.gmmoe_arch import SFEB
 
+from helpers import registered
+
 FAST_MODULES = (SFEB, ColourExpert, DetailExpert, FeatureExpert)
 
 
-@contextmanager
 def registered_expert(cls):
-    """``cls`` in ``EXPERT_REGISTRY`` within the block only (basicsr's Registry has no public removal)."""
-    EXPERT_REGISTRY.register(cls)
-    try:
-        yield cls
-    finally:
-        EXPERT_REGISTRY._obj_map.pop(cls.__name__, None)
+    """``cls`` in ``EXPERT_REGISTRY`` within the block only."""
+    return registered(EXPERT_REGISTRY, cls)
 
 
 @contextmanager

@@ -20,18 +20,12 @@ from gmmoe_arch.archs.experts import EXPERT_REGISTRY
 from gmmoe_arch.archs.gmmoe_arch import GMMoE
 from gmmoe_arch.models import gmmoe_model
 
+from helpers import registered
+
 W8 = {'type': 'GMMoE', 'width': 8, 'enc_blk_nums': [1, 1], 'middle_blk_num': 1, 'dec_blk_nums': [1, 1]}
 BLOCKS = ('encoders.0.0', 'encoders.1.0', 'middle_blks.0', 'decoders.0.0', 'decoders.1.0')
 RELEASED = ('ColourExpert', 'DetailExpert', 'FeatureExpert')
 LABELS = ('lowlight', 'rain', 'haze')
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class StreakX(nn.Module):
@@ -50,15 +44,6 @@ class TopKTestNet(GMMoE):
 
     def __init__(self, gate_top_k=None, **kwargs):
         super().__init__(**kwargs)
-
-
-@contextmanager
-def registered(registry, cls):
-    registry.register(cls)
-    try:
-        yield cls
-    finally:
-        registry._obj_map.pop(cls.__name__, None)
 
 
 @contextmanager
