@@ -49,6 +49,15 @@ TRAIN_PHOTOS = (
 VERSION = 1
 
 
+def reusable_record(path, settings):
+    """The JSON record at ``path`` of a data set built before, if it was built with ``settings``; else None."""
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding='utf-8') as f:
+        record = json.load(f)
+    return record if record.get('settings') == settings else None
+
+
 def load_photo(name, max_side):
     """``skimage.data.<name>()`` as an RGB uint8 ``(H, W, 3)`` array, downscaled to ``max_side`` at most."""
     from skimage import data
@@ -107,11 +116,9 @@ def build(out, seed=0, variants=6, train_side=400, val_side=320, progress=False)
         'val_photos': list(VAL_PHOTOS),
     }
     record_path = os.path.join(out, 'demo.json')
-    if os.path.isfile(record_path):
-        with open(record_path, encoding='utf-8') as f:
-            record = json.load(f)
-        if record.get('settings') == settings:
-            return record
+    record = reusable_record(record_path, settings)
+    if record is not None:
+        return record
     rng = np.random.default_rng(seed)
     record = {
         'settings': settings,

@@ -52,7 +52,7 @@ from basicsr.archs import build_network  # noqa: E402
 from basicsr.metrics import calculate_psnr, calculate_ssim  # noqa: E402
 from basicsr.utils.options import ordered_yaml  # noqa: E402
 
-from datasets_lmdb.demo import TRAIN_PHOTOS, VAL_PHOTOS, load_photo  # noqa: E402
+from datasets_lmdb.demo import TRAIN_PHOTOS, VAL_PHOTOS, load_photo, reusable_record  # noqa: E402
 from datasets_lmdb.synth import DEGRADATIONS, synthesize_images  # noqa: E402
 from demo import run_basicsr  # noqa: E402
 from gmmoe_arch.archs.experts import RELEASED_EXPERTS  # noqa: E402
@@ -98,12 +98,11 @@ def make_data(data_dir, progress=True, **kwargs):
     with the same settings."""
     settings = data_settings(**kwargs)
     record_path = os.path.join(data_dir, 'allinone.json')
+    record = reusable_record(record_path, settings)
+    if record is not None:
+        return record
     if os.path.isfile(record_path):
-        with open(record_path, encoding='utf-8') as f:
-            record = json.load(f)
-        if record.get('settings') == settings:
-            return record
-        os.remove(record_path)
+        os.remove(record_path)  # stale: the sets are rebuilt, and a kill mid-way must not leave it claiming them
     train = [(p, load_photo(p, settings['train_side'])) for p in settings['train_photos']]
     test = [(p, load_photo(p, settings['test_side'])) for p in settings['test_photos']]
     common = dict(seed=settings['seed'], lmdb=True, overwrite=True, progress=progress)
