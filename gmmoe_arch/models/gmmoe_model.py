@@ -142,9 +142,8 @@ class GMMoEModel(SRModel):
             raise ValueError(f'{option}: expected {example}, got {spec!r}')
         if spec['type'] not in LOSS_REGISTRY:
             raise ValueError(f'{option}.type: unknown loss "{spec["type"]}"; expected e.g. {example}')
-        if not (
-            isinstance(LOSS_REGISTRY.get(spec['type']), type) and issubclass(LOSS_REGISTRY.get(spec['type']), kind)
-        ):
+        cls = LOSS_REGISTRY.get(spec['type'])
+        if not (isinstance(cls, type) and issubclass(cls, kind)):
             raise ValueError(
                 f'{option}.type: {spec["type"]} is not a {kind.__name__} (or a subclass); expected {example}'
             )
