@@ -45,13 +45,12 @@ def make_venv(path):
     """A venv without pip; returns its python and site-packages."""
     subprocess.run([sys.executable, '-m', 'venv', '--without-pip', str(path)], check=True)
     python = path / 'bin' / 'python'
-    site = subprocess.run(
-        [str(python), '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    return python, Path(site)
+    return python, Path(python_output(python, 'import sysconfig; print(sysconfig.get_paths()["purelib"])'))
+
+
+def python_output(python, code):
+    """What ``python -c code`` prints, stripped."""
+    return subprocess.run([str(python), '-c', code], check=True, capture_output=True, text=True).stdout.strip()
 
 
 def time_runs(pythons, args, runs):
@@ -101,12 +100,7 @@ def main():
         with_hook, site = make_venv(Path(tmp) / 'with')
         shutil.copy(pth, site / pth.name)
         py_compile.compile(str(shutil.copy(module, site / module.name)), doraise=True)  # as pip does on install
-        check = subprocess.run(
-            [str(with_hook), '-c', 'import sys; print(type(sys.meta_path[0]).__name__)'],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
+        check = python_output(with_hook, 'import sys; print(type(sys.meta_path[0]).__name__)')
         assert check == 'BasicsrHookFinder', f'the hook did not install in the scratch venv: {check}'
 
         print(f'start-up with / without the basicsr hook, {args.runs} interleaved runs each')
