@@ -89,6 +89,17 @@ def test_bench_variants_differ_only_where_they_should(script):
     assert len({a['name'], b['name'], d['name'], f['name']}) == 4
 
 
+def test_a_seed_changes_the_seed_and_the_name_only(script):
+    """``--seed``: another seed trains under another name, so ``--reuse`` never takes its checkpoint."""
+    base = script.load_options(script.DEMO_OPT)
+    plain, seeded = script.variant_options(base, 'd', iters=7), script.variant_options(base, 'd', iters=7, seed=11)
+    assert seeded['manual_seed'] == 11 != plain['manual_seed'] and seeded['name'] == plain['name'] + '_seed11'
+    assert {k: v for k, v in seeded.items() if k not in ('manual_seed', 'name')} == {
+        k: v for k, v in plain.items() if k not in ('manual_seed', 'name')
+    }
+    assert script.with_seed(base, 3)['name'] == 'GMMoE_allinone_demo_seed3' and base['manual_seed'] == 10
+
+
 def fake_results(gain_over_baseline, routing):
     labels = ('lowlight', 'rain', 'haze')
     inputs = {lb: (10.0, 0.3) for lb in labels}
