@@ -18,8 +18,8 @@ supervision (``train.gate_opt``); and evaluates (c) = (b)'s weights with ``gate_
 weights with ``gate_top_k: 1``; (f) = (d) trained and run with ``gate_top_k: 1`` (Gumbel-sampled picks, the
 default load balancing). It reports per
 degradation the PSNR/SSIM against the input and the best classical baseline, the routing accuracy, the
-mean gate weight of each expert per degradation for (b) and (d), and the inference time of (c) over (b) at
-600x400 (interleaved repeats, medians). Each variant's option file is derived from the demo's and written
+mean gate weight of each expert per degradation for (b), (d) and (f), and the inference time of (c) and (f)
+over (b) at 600x400 (interleaved repeats, medians). Each variant's option file is derived from the demo's and written
 to ``<out>/options``.
 
 Exits with 1 when the trained models miss the issue's targets: every degradation above its input and 3 dB
@@ -76,6 +76,7 @@ VARIANTS = {
     'e': ('(e) = (d), top-1 at inference', {'gate_top_k': 1}, True, 'd'),
     'f': ('(f) = (d) trained and run with top-1', {'gate_top_k': 1}, True, None),
 }
+GATE_VARIANTS = ('b', 'd', 'f')  # the variants whose gate weights are tabled and drawn
 
 
 def data_settings(seed=0, per_image=6, test_per_image=3, train_side=400, test_side=320):
@@ -235,13 +236,20 @@ def median_times(nets, inputs, repeats=7):
 
 
 def variant_options(base, key, iters=None, seed=None):
-    """The option dict of bench variant ``key`` (``a``, ``b``, ``d``) derived from the demo's ``base``."""
+    """The option dict of trained bench variant ``key`` (``a``, ``b``, ``d``, ``f``) derived from the demo's
+    ``base``, for ``iters`` iterations from ``seed`` when given (see :func:`run_options`)."""
     title, overrides, supervised, _ = VARIANTS[key]
     opt = copy.deepcopy(base)
     opt['name'] = f'GMMoE_allinone_{key}'
     opt['network_g'].update(overrides)
     if not supervised:
         opt['train'].pop('gate_opt', None)
+    return run_options(opt, iters, seed)
+
+
+def run_options(opt, iters=None, seed=None):
+    """``opt`` for ``--iters`` and ``--seed``: :func:`with_iters` and :func:`with_seed` where given, else
+    ``opt`` itself."""
     opt = with_seed(opt, seed) if seed is not None else opt
     return with_iters(opt, iters) if iters else opt
 
@@ -403,8 +411,7 @@ def save_outputs(out, stem, results, text):
 def run_demo(args, out, env, test_sets, results):
     """Train the demo's option file (shortened by ``--iters``) and evaluate it into ``results['variants']``."""
     base = load_options(DEMO_OPT)
-    opt = with_iters(base, args.iters) if args.iters else base
-    opt = with_seed(opt, args.seed) if args.seed is not None else opt
+    opt = run_options(base, args.iters, args.seed)
     print('[2/3] training', flush=True)
     seconds, checkpoint = train(opt, out, env, DEMO_OPT if opt is base else None)
     print(f'  trained in {seconds:.0f} s', flush=True)
@@ -460,10 +467,10 @@ def run_bench(args, out, env, test_sets, results):
             'title': title,
             'scores': measured,
             'routing_accuracy': routing,
-            'gates': gates if key in ('b', 'd', 'f') else None,
+            'gates': gates if key in GATE_VARIANTS else None,
             'train_seconds': seconds if source is None else None,
         }
-        if key in ('b', 'd', 'f'):
+        if key in GATE_VARIANTS:
             save_gate_figure(stats, os.path.join(out, f'allinone_gates_{key}.png'), names)
     timed = {key: nets[key] for key in ('b', 'c', 'f')}
     times = median_times(timed, timing_inputs(test_sets), repeats=args.repeats)
@@ -487,7 +494,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument('--make-data', action='store_true', help='only build the data sets')
-    mode.add_argument('--bench', action='store_true', help='train and compare the variants (a)-(d)')
+    mode.add_argument('--bench', action='store_true', help='train and compare the variants (a)-(f)')
     parser.add_argument('--out', help='output folder (default allinone_output, allinone_bench with --bench)')
     parser.add_argument('--iters', type=int, help="training iterations (default: the option file's)")
     parser.add_argument(
