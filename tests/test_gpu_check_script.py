@@ -155,3 +155,13 @@ def test_option_mistakes_are_one_line_errors(gpu_check, capsys, args, message):
         gpu_check.parse_args(['--cpu-dry-run'] + args)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_profile_part_records_wall_time_and_kernel_counts(gpu_check, tmp_path):
+    gpu_check.main(['--cpu-dry-run', '--parts', 'profile', '--out', str(tmp_path)])
+    profile = json.loads((tmp_path / 'gpu_check.json').read_text())['profile']
+    assert set(profile) == {'inference 64x48 b1 plain fp32', 'training b2 plain fp32'}
+    for entry in profile.values():
+        assert entry['wall_ms'] > 0
+        # on the CPU no device kernels run: the counts are zero and the top list empty, not made up
+        assert entry['kernels'] == 0 and entry['top'] == [] and entry['kernel_ms'] == 0
