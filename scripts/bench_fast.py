@@ -12,7 +12,9 @@ which is at least as generous as a warmed-up plain process): what a user without
 ``basicsr``/``gmmoe`` commands apply it), so ``fast`` vs ``plain+malloc`` isolates the rewrites. It
 prints max |diff| and PSNR of each path's output against the straightforward fp32 output, and a
 training-step comparison (AdamW, the released PSNR loss) with and without activation checkpointing,
-including gradient agreement.
+including gradient agreement. ``--compile`` adds ``torch.compile`` (inductor) of the straightforward path
+(fp32 and bf16, static and dynamic shapes, with and without inductor's weight freezing, ``--compile-modes``)
+to the same rotation, its compilation time printed apart, and a compiled training step.
 Peak resident memory of each configuration is measured in a fresh child process each (the peak
 only grows within a process). Examples::
 
@@ -26,6 +28,7 @@ autotuning on, peak CUDA memory instead of RSS).
 """
 
 import argparse
+import copy
 import functools
 import json
 import math
@@ -145,27 +148,75 @@ def run_inference(net, x, fast, dtype, tuned):
         return net(x)
 
 
+def compile_variants(modes):
+    """``name -> (torch.compile kwargs, autocast dtype)`` of the compiled rows, per mode.
+
+    Inductor options go in ``options`` (never a global config patch): dynamo reuses a compiled frame for
+    another instance of the same module class when the backends compare equal, and only differing
+    options make them differ.
+    """
+    variants = {}
+    for mode in modes:
+        tag = '' if mode == 'default' else f' {mode}'
+        options = {} if mode == 'default' else dict(torch._inductor.list_mode_options(mode))
+        variants[f'inductor{tag} fp32'] = (dict(dynamic=False, options=options), None)
+        frozen = dict(options, freezing=True)
+        variants[f'inductor{tag}+frz fp32'] = (dict(dynamic=False, options=frozen), None)
+        variants[f'inductor{tag}+frz bf16'] = (dict(dynamic=False, options=frozen), torch.bfloat16)
+        if mode == 'default':
+            variants['inductor dyn fp32'] = (dict(dynamic=True, options=options), None)
+    return variants
+
+
+def run_compiled(compiled, x, dtype):
+    """One call of a compiled straightforward net (the first one compiles)."""
+    set_allocator(True)
+    with torch.no_grad(), torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        return compiled(x)
+
+
+def compiled_runners(net, x, args, device):
+    """``name -> no-argument call`` of each compiled variant on a copy of ``net`` (straightforward path),
+    each compiled by a first call here; returns it and the compilation seconds per name."""
+    runners, compile_s = {}, {}
+    for name, (kw, dtype) in compile_variants(args.compile_modes).items():
+        compiled = torch.compile(copy.deepcopy(net).set_fast(False), **kw)
+        runners[name] = functools.partial(run_compiled, compiled, x, dtype)
+        _, compile_s[name], _ = timed(runners[name], device)
+        print(f'    {name:14s} compiled in {compile_s[name]:.1f} s (first call)', flush=True)
+    return runners, compile_s
+
+
 def bench_inference(preset, size, args, device):
     h, w = size
     net = make_net(preset, args.seed).to(device).eval()
     x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(args.seed + 1)).to(device)
     modes = inference_modes(device, args.plain_bf16)
-    print(f'\n[inference] preset {preset}, {w}x{h}, {args.runs} runs after {args.warmup} warm-up')
+    print(f'\n[inference] preset {preset}, {w}x{h}, {args.runs} runs after {args.warmup} warm-up', flush=True)
+    runners = {name: functools.partial(run_inference, net, x, *mode) for name, mode in modes.items()}
+    compile_s = {}
+    if args.compile:
+        compiled, compile_s = compiled_runners(net, x, args, device)
+        runners.update(compiled)
     for _ in range(args.warmup):
-        for name in modes:
-            run_inference(net, x, *modes[name])
-    walls, cpus, outputs = {n: [] for n in modes}, {n: [] for n in modes}, {}
+        for run in runners.values():
+            run()
+    walls, cpus, outputs = {n: [] for n in runners}, {n: [] for n in runners}, {}
     for r in range(args.runs):
-        for name in rotated(list(modes), r):
-            out, wall, cpu = timed(lambda: run_inference(net, x, *modes[name]), device)
+        for name in rotated(list(runners), r):
+            out, wall, cpu = timed(runners[name], device)
             outputs[name] = out.float()
             walls[name].append(wall)
             cpus[name].append(cpu)
     set_allocator(True)
     bases = [m for m in modes if m.startswith('plain') and 'bf16' not in m]
-    rows = report('time per image', list(modes), walls, cpus, bases)
+    if args.compile:
+        bases.append('fast fp32')
+    rows = report('time per image', list(runners), walls, cpus, bases)
+    for name, seconds in compile_s.items():
+        rows[name]['compile_s'] = seconds
     ref = outputs['plain fp32']
-    for name in modes:
+    for name in runners:
         rows[name]['max_abs_diff'] = (outputs[name] - ref).abs().max().item()
         rows[name]['psnr_db'] = psnr(outputs[name], ref)
         if name != 'plain fp32':
@@ -174,7 +225,7 @@ def bench_inference(preset, size, args, device):
                 f'PSNR {rows[name]["psnr_db"]:.1f} dB'
             )
     if args.memory and device.type == 'cpu':
-        for name in modes:
+        for name in modes:  # the eager paths (a compiled one's peak would be the compiler's)
             rows[name]['peak_rss_mb'] = child_peak(args, 'infer', preset, size, name, modes[name][2])['peak_rss_mb']
             print(f'    {name:14s} peak RSS {rows[name]["peak_rss_mb"]:8.0f} MB (fresh process)')
     return rows
@@ -216,7 +267,8 @@ def grad_agreement(nets, lq, gt):
     for name, net in nets.items():
         net.zero_grad(set_to_none=True)
         psnr_loss(net(lq), gt).backward()
-        grads[name] = {k: p.grad.detach().clone() for k, p in net.named_parameters()}
+        bare = getattr(net, '_orig_mod', net)  # a compiled net's parameters under the module's own names
+        grads[name] = {k: p.grad.detach().clone() for k, p in bare.named_parameters()}
         net.zero_grad(set_to_none=True)
     ref = grads['plain']
     out = {}
@@ -231,15 +283,22 @@ def grad_agreement(nets, lq, gt):
 def bench_train(preset, args, device):
     configs = train_configs(device)
     nets = {name: make_net(preset, args.seed, **kw).to(device).train() for name, (kw, _) in configs.items()}
-    opts = {name: torch.optim.AdamW(net.parameters(), lr=1e-4, betas=(0.9, 0.9)) for name, net in nets.items()}
     lq, gt = make_batch(args, device)
+    compile_s = None
+    if args.compile:
+        configs['inductor'] = (dict(fast=False), True)
+        compiled = torch.compile(make_net(preset, args.seed, fast=False).to(device).train(), dynamic=False)
+        nets['inductor'] = compiled
+        _, compile_s, _ = timed(lambda: psnr_loss(compiled(lq), gt).backward(), device)
+        print(f'    inductor       forward + backward compiled in {compile_s:.1f} s (first call)', flush=True)
+    opts = {name: torch.optim.AdamW(net.parameters(), lr=1e-4, betas=(0.9, 0.9)) for name, net in nets.items()}
     print(
         f'\n[training] preset {preset}, batch {args.train_batch} x {args.train_crop}^2, AdamW + PSNR loss, '
         f'{args.train_runs} steps after 1 warm-up step'
     )
     agreement = grad_agreement(nets, lq, gt)
     for name in configs:
-        if name.startswith('fast'):
+        if not name.startswith('plain'):
             a = agreement[name]
             print(
                 f'    {name:14s} gradients vs plain: max per-parameter relative {a["max_param_rel"]:.2e}, '
@@ -255,9 +314,12 @@ def bench_train(preset, args, device):
             walls[name].append(wall)
             cpus[name].append(cpu)
     set_allocator(True)
-    rows = report('time per training step', list(configs), walls, cpus, [c for c in configs if c.startswith('plain')])
+    bases = [c for c in configs if c.startswith('plain')] + (['fast'] if args.compile else [])
+    rows = report('time per training step', list(configs), walls, cpus, bases)
     for name in configs:
         rows[name].update(agreement[name])
+    if compile_s is not None:
+        rows['inductor']['compile_s'] = compile_s
     if device.type == 'cuda':
         for name in configs:
             torch.cuda.reset_peak_memory_stats(device)
@@ -269,8 +331,8 @@ def bench_train(preset, args, device):
             )
     del nets, opts
     if args.memory and device.type == 'cpu':
-        # Every configuration under both allocator settings: ratios compare like with like.
-        names = [n for n in configs if n != 'plain+malloc']
+        # Every eager configuration under both allocator settings: ratios compare like with like.
+        names = [n for n in configs if n not in ('plain+malloc', 'inductor')]
         settings = [False, True] if MALLOC_TUNED else [False]
         for name in names:
             rows[name]['memory'] = {
@@ -356,6 +418,12 @@ def parse_args(argv=None):
     p.add_argument('--train-crop', type=int, default=256)
     p.add_argument('--plain-bf16', action='store_true', help='also time the straightforward path under bf16')
     p.add_argument('--no-memory', dest='memory', action='store_false', help='skip the peak-RSS child processes')
+    p.add_argument('--compile', action='store_true', help='add torch.compile (inductor) rows: inference and training')
+    p.add_argument(
+        '--compile-modes',
+        default='default',
+        help='with --compile: inductor modes, comma-separated (default, max-autotune, ...); minutes each on 2 cores',
+    )
     p.add_argument('--quick', action='store_true', help='tiny sizes and few runs (a smoke run)')
     p.add_argument('--device', default='cpu')
     p.add_argument('--seed', type=int, default=0)
@@ -371,6 +439,10 @@ def parse_args(argv=None):
         p.error(f'--parts: unknown {", ".join(unknown)}; choose from infer, train, released')
     args.parts = parts
     args.sizes = [parse_size(s) for s in args.sizes.split(',') if s.strip()]
+    args.compile_modes = [m.strip() for m in args.compile_modes.split(',') if m.strip()]
+    known_modes = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
+    if set(args.compile_modes) - set(known_modes) or not args.compile_modes:
+        p.error(f'--compile-modes: choose from {", ".join(known_modes)}, got "{",".join(args.compile_modes)}"')
     if min(args.runs, args.train_runs, args.train_batch, args.train_crop) < 1 or args.warmup < 0:
         p.error('--runs, --train-runs, --train-batch and --train-crop must be >= 1, --warmup >= 0')
     return args
