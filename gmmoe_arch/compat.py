@@ -20,7 +20,9 @@ Patches (see each function's docstring):
   the write fails (a full disk), log "Just ignore it" and go on, so training reports success with zero-byte
   checkpoints. Here they write to a temporary file, fsync and rename, and raise :class:`CheckpointWriteError`.
 * ``load_network weights_only``: ``BaseModel.load_network`` calls ``torch.load`` without ``weights_only``, so
-  under ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` (or torch < 2.6) a hostile checkpoint runs code.
+  under ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` (or torch < 2.6) a hostile checkpoint runs code. Here it goes
+  through :func:`gmmoe_arch.checkpoint_trust.load_checkpoint` (numpy values allowed, other globals only in
+  files the user trusts via ``path.trusted_checkpoints`` or ``GMMOE_TRUSTED_CHECKPOINTS``).
 * ``build_dataloader full batches``: ``train_pipeline`` plans ``ceil(samples / batch)`` iterations per
   epoch but the loader drops the last partial batch, so training ends short of ``total_iter`` (a
   2,000,000-iteration recipe near 1,983,800). The training sampler is padded to whole batches
@@ -304,21 +306,41 @@ def save_training_state(self, epoch, current_iter):
     save_checkpoint(state, os.path.join(self.opt['path']['training_states'], f'{current_iter}.state'), 'training state')
 
 
+TRUSTED_OPTION = 'trusted_checkpoints'
+
+
+def trusted_checkpoints(opt):
+    """The files and folders an option file trusts: ``path.trusted_checkpoints`` (a path or a list of paths)."""
+    listed = (opt.get('path') or {}).get(TRUSTED_OPTION) or []
+    return [listed] if isinstance(listed, str) else list(listed)
+
+
 def load_network(self, net, load_path, strict=True, param_key='params'):
     """``BaseModel.load_network`` that unpickles with ``weights_only=True`` whatever torch's default.
 
     Upstream calls ``torch.load`` without ``weights_only``: under ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``
-    or torch < 2.6 a hostile checkpoint runs code. Errors name the file.
+    or torch < 2.6 a hostile checkpoint runs code. Errors name the file. Numpy scalars, dtypes and arrays
+    are accepted; a file holding other objects loads only when trusted (``path.trusted_checkpoints`` or
+    ``GMMOE_TRUSTED_CHECKPOINTS``, see :mod:`gmmoe_arch.checkpoint_trust`), else one error names the
+    file, the refused global and both ways to trust it.
     """
-    import torch
     from basicsr.utils import get_root_logger
+
+    from .checkpoint_trust import UntrustedCheckpointError, load_checkpoint
 
     logger = get_root_logger()
     net = self.get_bare_model(net)
     if not os.path.isfile(load_path):
         raise FileNotFoundError(f'network checkpoint not found: {load_path}')
     try:
-        loaded = torch.load(load_path, map_location='cpu', weights_only=True)
+        loaded = load_checkpoint(
+            load_path,
+            trusted=trusted_checkpoints(self.opt),
+            what='cannot load network checkpoint',
+            opt_in=f'list it in path.{TRUSTED_OPTION} of the option file',
+        )
+    except UntrustedCheckpointError:
+        raise
     except Exception as exc:
         raise ValueError(
             f'cannot load network checkpoint {load_path} (damaged, or holds more than tensors; '
