@@ -36,6 +36,11 @@ Patches (see each function's docstring):
 * ``local-rank``: ``python -m torch.distributed.launch`` (torch >= 2.0) passes ``--local-rank=N``;
   basicsr's ``parse_options`` only knows ``--local_rank`` and exits with an argparse error.
 
+* ``jpeg quality int``: ``basicsr.data.degradations.add_jpg_compression`` passes its quality (a float from
+  ``random_add_jpg_compression``'s ``np.random.uniform``) to ``cv2.imencode``, which current opencv-python
+  rejects (``Can't parse 'params'``; measured with 4.6.0, 4.14.0 and 5.1.0), so GFPGAN-style degradation
+  pipelines fail at their first sample. Applied where this opencv refuses a float quality.
+
 The experiment folders: basicsr's own ``train.py`` puts ``experiments/`` next to its package
 (inside site-packages once installed). That is not patched here; the ``basicsr`` command of this
 project passes the current working directory as ``root_path`` to the unchanged pipelines.
@@ -429,6 +434,45 @@ def _wrap_parse_options(parse_options):
     return parse_options_compat
 
 
+def jpeg_rejects_float_quality():
+    """True when this opencv's ``cv2.imencode`` refuses a float ``IMWRITE_JPEG_QUALITY``."""
+    import cv2
+    import numpy as np
+
+    try:
+        cv2.imencode('.jpg', np.zeros((8, 8, 3), np.uint8), [int(cv2.IMWRITE_JPEG_QUALITY), 95.0])
+    except cv2.error:
+        return True
+    return False
+
+
+def add_jpg_compression(img, quality=90):
+    """``basicsr.data.degradations.add_jpg_compression`` that gives opencv an integer quality.
+
+    ``quality`` is truncated (``int``), so ``random_add_jpg_compression(img, (30, 95))`` draws 30 to 94. The
+    image goes to the encoder as uint8, rounded to nearest (even): the bytes opencv itself encodes from the
+    float image, without its "Unsupported depth image ... fallbacked to CV_8U" warning on every call.
+    ``img``: ``(h, w, c)`` float in [0, 1]; returns the decoded image, float32 in [0, 1], as upstream.
+    """
+    import cv2
+    import numpy as np
+
+    img = np.clip(img, 0, 1)
+    pixels = np.rint(img * 255.0).astype(np.uint8)
+    _, encoded = cv2.imencode('.jpg', pixels, [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)])
+    return np.float32(cv2.imdecode(encoded, 1)) / 255.0
+
+
+def _patch_jpeg_quality():
+    """Install :func:`add_jpg_compression` where upstream passes a float quality and opencv refuses it."""
+    from basicsr.data import degradations
+
+    if 'int(quality)' in _source(degradations.add_jpg_compression) or not jpeg_rejects_float_quality():
+        return False
+    degradations.add_jpg_compression = add_jpg_compression
+    return True
+
+
 def apply():
     """Apply every patch whose upstream symptom is present. Safe to call more than once."""
     if APPLIED:
@@ -486,6 +530,9 @@ def apply():
         for module in (basicsr.data, basicsr.train):
             module.build_dataloader = wrapped
         done.append('build_dataloader full batches')
+
+    if _patch_jpeg_quality():
+        done.append('jpeg quality int')
 
     APPLIED.extend(done or ['none needed'])
     return list(APPLIED)
