@@ -11,7 +11,7 @@ file's ``path.pretrain_network_*`` through BasicSR's ``load_network``) goes thro
   how to opt in;
 * the opt-in is per file or folder, never global: the file is listed in the environment variable
   ``GMMOE_TRUSTED_CHECKPOINTS`` (files or folders, separated by ``os.pathsep``), or the caller passes it
-  (``--trust-checkpoint``; an option file's ``path.trusted_checkpoints``). A trusted file is still read
+  (``--trust-checkpoint``; an option file's top-level ``trusted_checkpoints``). A trusted file is still read
   with ``weights_only=True`` first; only when that refuses it is it read again with ``weights_only=False``,
   which runs whatever code the file holds.
 """

@@ -22,7 +22,7 @@ Patches (see each function's docstring):
 * ``load_network weights_only``: ``BaseModel.load_network`` calls ``torch.load`` without ``weights_only``, so
   under ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` (or torch < 2.6) a hostile checkpoint runs code. Here it goes
   through :func:`gmmoe_arch.checkpoint_trust.load_checkpoint` (numpy values allowed, other globals only in
-  files the user trusts via ``path.trusted_checkpoints`` or ``GMMOE_TRUSTED_CHECKPOINTS``).
+  files the user trusts via the option ``trusted_checkpoints`` or ``GMMOE_TRUSTED_CHECKPOINTS``).
 * ``build_dataloader full batches``: ``train_pipeline`` plans ``ceil(samples / batch)`` iterations per
   epoch but the loader drops the last partial batch, so training ends short of ``total_iter`` (a
   2,000,000-iteration recipe near 1,983,800). The training sampler is padded to whole batches
@@ -315,8 +315,12 @@ TRUSTED_OPTION = 'trusted_checkpoints'
 
 
 def trusted_checkpoints(opt):
-    """The files and folders an option file trusts: ``path.trusted_checkpoints`` (a path or a list of paths)."""
-    listed = (opt.get('path') or {}).get(TRUSTED_OPTION) or []
+    """The files and folders an option file trusts: top-level ``trusted_checkpoints`` (a path or a list of paths).
+
+    Not under ``path``: BasicSR's ``make_exp_dirs`` creates a folder for every ``path`` key it does not know,
+    and ``parse_options`` expands the value of every key naming ``pretrain_network`` as one path.
+    """
+    listed = opt.get(TRUSTED_OPTION) or []
     return [listed] if isinstance(listed, str) else list(listed)
 
 
@@ -325,7 +329,7 @@ def load_network(self, net, load_path, strict=True, param_key='params'):
 
     Upstream calls ``torch.load`` without ``weights_only``: under ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``
     or torch < 2.6 a hostile checkpoint runs code. Errors name the file. Numpy scalars, dtypes and arrays
-    are accepted; a file holding other objects loads only when trusted (``path.trusted_checkpoints`` or
+    are accepted; a file holding other objects loads only when trusted (the option ``trusted_checkpoints`` or
     ``GMMOE_TRUSTED_CHECKPOINTS``, see :mod:`gmmoe_arch.checkpoint_trust`), else one error names the
     file, the refused global and both ways to trust it.
     """
@@ -342,7 +346,7 @@ def load_network(self, net, load_path, strict=True, param_key='params'):
             load_path,
             trusted=trusted_checkpoints(self.opt),
             what='cannot load network checkpoint',
-            opt_in=f'list it in path.{TRUSTED_OPTION} of the option file',
+            opt_in=f'list it in {TRUSTED_OPTION} of the option file',
         )
     except UntrustedCheckpointError:
         raise

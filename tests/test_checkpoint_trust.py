@@ -97,10 +97,43 @@ def test_basicsr_load_network_refuses_then_trusts_by_option(weights, tmp_path, m
     with pytest.raises(UntrustedCheckpointError) as info:
         BaseModel(opt).load_network(net, ckpt)
     message = str(info.value)
-    assert ckpt in message and 'argparse.Namespace' in message and 'path.trusted_checkpoints' in message
+    assert (
+        ckpt in message
+        and 'argparse.Namespace' in message
+        and 'list it in trusted_checkpoints of the option file' in message
+    )
     assert TRUST_ENV in message
-    opt['path']['trusted_checkpoints'] = [ckpt]
+    opt['trusted_checkpoints'] = [ckpt]  # top level: BasicSR makes a folder of every unknown path key
     BaseModel(opt).load_network(net, ckpt)
     assert torch.equal(net.intro.weight, weights['intro.weight'])
-    opt['path']['trusted_checkpoints'] = str(tmp_path)  # a single folder, as a string
+    opt['trusted_checkpoints'] = str(tmp_path)  # a single folder, as a string
     BaseModel(opt).load_network(net, ckpt)
+
+
+@pytest.mark.slow
+def test_basicsr_test_command_names_the_refused_global_and_loads_when_trusted(tmp_path, plugin_env):
+    from gmmoe_arch import GMMoE
+
+    from helpers import run_basicsr, tiny_gmmoe_options, write_pairs, write_yaml
+
+    data = write_pairs(tmp_path / 'data', n=2)
+    options = tiny_gmmoe_options(data, 'trust', total_iter=1, checkpoint_freq=1)
+    net = GMMoE(**{k: v for k, v in options['network_g'].items() if k != 'type'})
+    ckpt = save(tmp_path / 'other_project.pth', {'params': net.state_dict(), 'args': argparse.Namespace(lr=1)})
+    test_opt = {
+        'name': 'trust',
+        'model_type': 'GMMoEModel',
+        'num_gpu': 0,
+        'datasets': {'test_1': options['datasets']['val']},
+        'network_g': options['network_g'],
+        'path': {'pretrain_network_g': ckpt, 'strict_load_g': True},
+        'val': options['val'],
+    }
+    env = {k: v for k, v in plugin_env.items() if k != TRUST_ENV}
+    done = run_basicsr(['test', '-opt', str(write_yaml(tmp_path / 'refused.yml', test_opt))], tmp_path, env)
+    assert done.returncode == 2 and 'Traceback' not in done.stderr
+    assert f'cannot load network checkpoint {ckpt}: holds argparse.Namespace' in done.stderr
+    assert 'trusted_checkpoints of the option file' in done.stderr
+    test_opt['trusted_checkpoints'] = [ckpt]
+    done = run_basicsr(['test', '-opt', str(write_yaml(tmp_path / 'trusted.yml', test_opt))], tmp_path, env)
+    assert done.returncode == 0, done.stderr[-2000:]
