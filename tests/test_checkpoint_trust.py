@@ -137,3 +137,23 @@ def test_basicsr_test_command_names_the_refused_global_and_loads_when_trusted(tm
     test_opt['trusted_checkpoints'] = [ckpt]
     done = run_basicsr(['test', '-opt', str(write_yaml(tmp_path / 'trusted.yml', test_opt))], tmp_path, env)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_gmmoe_export_refuses_then_trusts(weights, tmp_path, capsys, monkeypatch):
+    pytest.importorskip('onnxscript')
+    from gmmoe_arch import export
+    from gmmoe_arch.export import ExportError
+
+    ckpt = save(tmp_path / 'w.pth', {'params': weights, 'args': argparse.Namespace(lr=1)})
+    run = ['export', '--weights', ckpt, '-o', str(tmp_path / 'm.onnx'), '--no-check']
+    assert main(run) == 2
+    err = capsys.readouterr().err
+    assert ckpt in err and 'argparse.Namespace' in err and '--trust-checkpoint' in err
+
+    def loaded(net):  # stop right after loading: tracing takes minutes
+        raise ExportError(f'loaded {type(net).__name__}')
+
+    monkeypatch.setattr(export, 'check_dense', loaded)
+    main(run + ['--trust-checkpoint'])
+    assert 'loaded GMMoE' in capsys.readouterr().err
+    assert not (tmp_path / 'm.onnx').exists()
