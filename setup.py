@@ -59,6 +59,7 @@ class StrategyWithHook:
 
 
 EXPORT_REQUIRES = ['onnx>=1.17', 'onnxscript>=0.5', 'onnxruntime>=1.20']
+SPANDREL_REQUIRES = ['spandrel>=0.4']
 
 
 setup(
@@ -86,7 +87,9 @@ setup(
     extras_require={
         # `gmmoe export` (ONNX): onnxscript and onnx for torch's exporter, onnxruntime for the check
         'export': EXPORT_REQUIRES,
-        'test': ['pytest>=7', 'ruff>=0.6'] + EXPORT_REQUIRES,
+        # spandrel.ModelLoader loads GM-MoE checkpoints (gmmoe_arch.spandrel_arch)
+        'spandrel': SPANDREL_REQUIRES,
+        'test': ['pytest>=7', 'ruff>=0.6'] + EXPORT_REQUIRES + SPANDREL_REQUIRES,
     },
     entry_points={
         'console_scripts': [

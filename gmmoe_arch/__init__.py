@@ -8,7 +8,7 @@ from . import compat
 
 compat.apply()
 
-from . import archs, data, losses, metrics, models  # noqa: E402,F401  (registration)
+from . import archs, data, losses, metrics, models, spandrel_hook  # noqa: E402,F401  (registration, spandrel support)
 from .archs.experts import EXPERT_REGISTRY  # noqa: E402
 from .archs.gmmoe_arch import PRESETS, GMMoE, record_gates  # noqa: E402
 from .archs.pooling import global_mean, pooling_hook  # noqa: E402

@@ -20,7 +20,9 @@ Patches (see each function's docstring):
   the write fails (a full disk), log "Just ignore it" and go on, so training reports success with zero-byte
   checkpoints. Here they write to a temporary file, fsync and rename, and raise :class:`CheckpointWriteError`.
 * ``load_network weights_only``: ``BaseModel.load_network`` calls ``torch.load`` without ``weights_only``, so
-  under ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` (or torch < 2.6) a hostile checkpoint runs code.
+  under ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` (or torch < 2.6) a hostile checkpoint runs code. Here it goes
+  through :func:`gmmoe_arch.checkpoint_trust.load_checkpoint` (numpy values allowed, other globals only in
+  files the user trusts via the option ``trusted_checkpoints`` or ``GMMOE_TRUSTED_CHECKPOINTS``).
 * ``build_dataloader full batches``: ``train_pipeline`` plans ``ceil(samples / batch)`` iterations per
   epoch but the loader drops the last partial batch, so training ends short of ``total_iter`` (a
   2,000,000-iteration recipe near 1,983,800). The training sampler is padded to whole batches
@@ -33,6 +35,11 @@ Patches (see each function's docstring):
   fails for CPU (gloo) runs.
 * ``local-rank``: ``python -m torch.distributed.launch`` (torch >= 2.0) passes ``--local-rank=N``;
   basicsr's ``parse_options`` only knows ``--local_rank`` and exits with an argparse error.
+
+* ``jpeg quality int``: ``basicsr.data.degradations.add_jpg_compression`` passes its quality (a float from
+  ``random_add_jpg_compression``'s ``np.random.uniform``) to ``cv2.imencode``, which current opencv-python
+  rejects (``Can't parse 'params'``; measured with 4.6.0, 4.14.0 and 5.1.0), so GFPGAN-style degradation
+  pipelines fail at their first sample. Applied where this opencv refuses a float quality.
 
 The experiment folders: basicsr's own ``train.py`` puts ``experiments/`` next to its package
 (inside site-packages once installed). That is not patched here; the ``basicsr`` command of this
@@ -304,21 +311,45 @@ def save_training_state(self, epoch, current_iter):
     save_checkpoint(state, os.path.join(self.opt['path']['training_states'], f'{current_iter}.state'), 'training state')
 
 
+TRUSTED_OPTION = 'trusted_checkpoints'
+
+
+def trusted_checkpoints(opt):
+    """The files and folders an option file trusts: top-level ``trusted_checkpoints`` (a path or a list of paths).
+
+    Not under ``path``: BasicSR's ``make_exp_dirs`` creates a folder for every ``path`` key it does not know,
+    and ``parse_options`` expands the value of every key naming ``pretrain_network`` as one path.
+    """
+    listed = opt.get(TRUSTED_OPTION) or []
+    return [listed] if isinstance(listed, str) else list(listed)
+
+
 def load_network(self, net, load_path, strict=True, param_key='params'):
     """``BaseModel.load_network`` that unpickles with ``weights_only=True`` whatever torch's default.
 
     Upstream calls ``torch.load`` without ``weights_only``: under ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``
-    or torch < 2.6 a hostile checkpoint runs code. Errors name the file.
+    or torch < 2.6 a hostile checkpoint runs code. Errors name the file. Numpy scalars, dtypes and arrays
+    are accepted; a file holding other objects loads only when trusted (the option ``trusted_checkpoints`` or
+    ``GMMOE_TRUSTED_CHECKPOINTS``, see :mod:`gmmoe_arch.checkpoint_trust`), else one error names the
+    file, the refused global and both ways to trust it.
     """
-    import torch
     from basicsr.utils import get_root_logger
+
+    from .checkpoint_trust import UntrustedCheckpointError, load_checkpoint
 
     logger = get_root_logger()
     net = self.get_bare_model(net)
     if not os.path.isfile(load_path):
         raise FileNotFoundError(f'network checkpoint not found: {load_path}')
     try:
-        loaded = torch.load(load_path, map_location='cpu', weights_only=True)
+        loaded = load_checkpoint(
+            load_path,
+            trusted=trusted_checkpoints(self.opt),
+            what='cannot load network checkpoint',
+            opt_in=f'list it in {TRUSTED_OPTION} of the option file',
+        )
+    except UntrustedCheckpointError:
+        raise
     except Exception as exc:
         raise ValueError(
             f'cannot load network checkpoint {load_path} (damaged, or holds more than tensors; '
@@ -407,6 +438,45 @@ def _wrap_parse_options(parse_options):
     return parse_options_compat
 
 
+def jpeg_rejects_float_quality():
+    """True when this opencv's ``cv2.imencode`` refuses a float ``IMWRITE_JPEG_QUALITY``."""
+    import cv2
+    import numpy as np
+
+    try:
+        cv2.imencode('.jpg', np.zeros((8, 8, 3), np.uint8), [int(cv2.IMWRITE_JPEG_QUALITY), 95.0])
+    except cv2.error:
+        return True
+    return False
+
+
+def add_jpg_compression(img, quality=90):
+    """``basicsr.data.degradations.add_jpg_compression`` that gives opencv an integer quality.
+
+    ``quality`` is truncated (``int``), so ``random_add_jpg_compression(img, (30, 95))`` draws 30 to 94. The
+    image goes to the encoder as uint8, rounded to nearest (even): the bytes opencv itself encodes from the
+    float image, without its "Unsupported depth image ... fallbacked to CV_8U" warning on every call.
+    ``img``: ``(h, w, c)`` float in [0, 1]; returns the decoded image, float32 in [0, 1], as upstream.
+    """
+    import cv2
+    import numpy as np
+
+    img = np.clip(img, 0, 1)
+    pixels = np.rint(img * 255.0).astype(np.uint8)
+    _, encoded = cv2.imencode('.jpg', pixels, [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)])
+    return np.float32(cv2.imdecode(encoded, 1)) / 255.0
+
+
+def _patch_jpeg_quality():
+    """Install :func:`add_jpg_compression` where upstream passes a float quality and opencv refuses it."""
+    from basicsr.data import degradations
+
+    if 'int(quality)' in _source(degradations.add_jpg_compression) or not jpeg_rejects_float_quality():
+        return False
+    degradations.add_jpg_compression = add_jpg_compression
+    return True
+
+
 def apply():
     """Apply every patch whose upstream symptom is present. Safe to call more than once."""
     if APPLIED:
@@ -464,6 +534,9 @@ def apply():
         for module in (basicsr.data, basicsr.train):
             module.build_dataloader = wrapped
         done.append('build_dataloader full batches')
+
+    if _patch_jpeg_quality():
+        done.append('jpeg quality int')
 
     APPLIED.extend(done or ['none needed'])
     return list(APPLIED)

@@ -34,7 +34,7 @@ PRESET_NAMES = ('paper', 'released')
 
 def add_network_arguments(parser):
     """The options that choose and load the network, shared by ``enhance`` and ``export``:
-    ``--weights``, ``--preset``, ``--opt``, ``--random-weights``."""
+    ``--weights``, ``--preset``, ``--opt``, ``--random-weights``, ``--trust-checkpoint``."""
     net = parser.add_argument_group('network')
     net.add_argument(
         '--weights',
@@ -47,6 +47,12 @@ def add_network_arguments(parser):
         '--random-weights',
         action='store_true',
         help='run without --weights (random network: for smoke tests and benchmarks only)',
+    )
+    net.add_argument(
+        '--trust-checkpoint',
+        action='store_true',
+        help='I trust the --weights file: load it even if it holds more than tensors and numpy values '
+        '(unpickling it may run code; see also GMMOE_TRUSTED_CHECKPOINTS)',
     )
 
 
@@ -173,7 +179,9 @@ def enhance_command(args):
     enhance.check_writable({os.path.dirname(job.dst) for job in jobs}, 'output folder')
     if args.gates:
         enhance.check_writable([os.path.dirname(os.path.abspath(args.gates))], f'--gates {args.gates}: folder')
-    net = enhance.load_network(args.weights, args.preset, args.opt, options.device, args.random_weights)
+    net = enhance.load_network(
+        args.weights, args.preset, args.opt, options.device, args.random_weights, trust=args.trust_checkpoint
+    )
     device = next(net.parameters()).device
     print(f'{PROG} enhance: network on {device}, {args.precision}', file=sys.stderr, flush=True)
     summary = enhance.enhance_jobs(

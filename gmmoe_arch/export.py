@@ -293,7 +293,14 @@ def _export(args):
     _require('onnxscript', 'ONNX export')
     if args.check:
         _require('onnxruntime', '--check (turn it off with --no-check)')
-    net = enhance.load_network(args.weights, args.preset, args.opt, device='cpu', random_weights=args.random_weights)
+    net = enhance.load_network(
+        args.weights,
+        args.preset,
+        args.opt,
+        device='cpu',
+        random_weights=args.random_weights,
+        trust=args.trust_checkpoint,
+    )
     check_dense(net)
     print(
         f'{PROG}: tracing {_network_description(net)} (opset {args.opset}, {"fp16" if args.fp16 else "fp32"}); '

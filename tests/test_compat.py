@@ -113,3 +113,88 @@ def test_auto_resume_on_cpu_continues_to_the_planned_iteration(tmp_path, plugin_
     log = max(exp.glob('train_resume_*.log')).read_text()
     assert 'Resuming training from epoch' in log and 'iter: 4.' in log
     assert (exp / 'models' / 'net_g_6.pth').is_file() and (exp / 'training_states' / '6.state').is_file()
+
+
+def test_jpeg_quality_patch_where_opencv_refuses_a_float_quality():
+    import cv2
+    import numpy as np
+    from basicsr.data import degradations
+
+    refuses = compat.jpeg_rejects_float_quality()
+    assert ('jpeg quality int' in compat.APPLIED) == refuses
+    if refuses:
+        assert degradations.add_jpg_compression is compat.add_jpg_compression
+        with pytest.raises(cv2.error):  # the symptom: upstream's call with a float quality
+            cv2.imencode('.jpg', np.zeros((8, 8, 3), np.uint8), [int(cv2.IMWRITE_JPEG_QUALITY), 80.5])
+    img = np.random.default_rng(0).random((24, 20, 3)).astype(np.float32)
+    # what upstream computes where opencv takes the quality (an int): the float image, encoded by opencv itself
+    _, encoded = cv2.imencode('.jpg', np.clip(img, 0, 1) * 255.0, [int(cv2.IMWRITE_JPEG_QUALITY), 80])
+    expected = np.float32(cv2.imdecode(encoded, 1)) / 255.0
+    out = degradations.add_jpg_compression(img, 80.7)
+    assert out.dtype == np.float32 and np.array_equal(out, expected)
+    smooth = np.repeat(np.tile(np.linspace(0, 1, 20, dtype=np.float32), (24, 1))[..., None], 3, axis=2)
+    compressed = degradations.random_add_jpg_compression(smooth, (30, 95))
+    assert compressed.shape == smooth.shape and 0 < np.abs(compressed - smooth).mean() < 0.05
+
+
+def test_basicsr_degradations_run_on_current_libraries(tmp_path):
+    """Every degradation Real-ESRGAN- and GFPGAN-style pipelines call, and ``RealESRGANDataset`` on two images."""
+    import math
+
+    import cv2
+    import numpy as np
+    from basicsr.data import degradations as D
+    from basicsr.data.realesrgan_dataset import RealESRGANDataset
+    from basicsr.utils.diffjpeg import DiffJPEG
+    from basicsr.utils.img_process_util import USMSharp, filter2D, usm_sharp
+
+    np.random.seed(0)
+    torch.manual_seed(0)
+    img = np.random.rand(32, 32, 3).astype(np.float32)
+    batch = torch.rand(2, 3, 32, 32)
+    kinds = ['iso', 'aniso', 'generalized_iso', 'generalized_aniso', 'plateau_iso', 'plateau_aniso']
+    kernel = D.random_mixed_kernels(kinds, [1 / 6] * 6, 21, (0.2, 3), (0.2, 3), (-math.pi, math.pi), (0.5, 4), (1, 2))
+    assert kernel.shape == (21, 21) and abs(kernel.sum() - 1) < 1e-4
+    sinc = D.circular_lowpass_kernel(np.pi / 3, 13, pad_to=21)
+    assert sinc.shape == (21, 21)
+    for out in (
+        D.random_add_gaussian_noise(img, (1, 30), gray_prob=0.5),
+        D.random_add_poisson_noise(img, (0.05, 3), gray_prob=0.5),
+        D.random_add_jpg_compression(img, (30, 95)),
+        usm_sharp(img),
+    ):
+        assert out.shape == img.shape and np.isfinite(out).all()
+    kernels = torch.from_numpy(np.stack([kernel, sinc])).float()
+    for out in (
+        D.random_add_gaussian_noise_pt(batch, (1, 30), gray_prob=0.5),
+        D.random_add_poisson_noise_pt(batch, (0.05, 3), gray_prob=0.5),
+        filter2D(batch, kernels),
+        USMSharp()(batch),
+        DiffJPEG(differentiable=False)(batch, quality=torch.tensor([30.0, 80.0])),
+    ):
+        assert out.shape == batch.shape and torch.isfinite(out).all()
+    (tmp_path / 'gt').mkdir()
+    for i in range(2):
+        cv2.imwrite(str(tmp_path / 'gt' / f'{i}.png'), (np.random.rand(400, 400, 3) * 255).astype(np.uint8))
+    (tmp_path / 'meta.txt').write_text('0.png\n1.png\n')
+    blur = dict(kernel_list=kinds, kernel_prob=[0.45, 0.25, 0.12, 0.03, 0.12, 0.03], betag_range=[0.5, 4])
+    opt = dict(
+        dataroot_gt=str(tmp_path / 'gt'),
+        meta_info=str(tmp_path / 'meta.txt'),
+        io_backend=dict(type='disk'),
+        blur_kernel_size=21,
+        sinc_prob=1.0,
+        blur_sigma=[0.2, 3],
+        betap_range=[1, 2],
+        blur_kernel_size2=21,
+        sinc_prob2=1.0,
+        blur_sigma2=[0.2, 1.5],
+        betap_range2=[1, 2],
+        final_sinc_prob=1.0,
+        use_hflip=True,
+        use_rot=False,
+        **blur,
+        **{k + '2': v for k, v in blur.items()},
+    )
+    sample = RealESRGANDataset(opt)[1]
+    assert sample['gt'].shape == (3, 400, 400) and sample['kernel1'].shape == sample['sinc_kernel'].shape == (21, 21)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..archs.checkpoint_config import describe_size, infer_config
+from ..checkpoint_trust import UntrustedCheckpointError, load_checkpoint
 from .errors import EnhanceError
 
 Device = Union[str, torch.device, None]
@@ -36,13 +37,16 @@ def resolve_device(device: Device = 'auto') -> torch.device:
     return dev
 
 
-def load_state_dict(path: str) -> Dict[str, Tensor]:
+def load_state_dict(path: str, trust: bool = False) -> Dict[str, Tensor]:
     """Read a checkpoint with ``weights_only=True``: ``{'params_ema': sd}`` (preferred), ``{'params': sd}``
-    or a bare state dict; a ``module.`` prefix (DataParallel) is stripped."""
+    or a bare state dict; a ``module.`` prefix (DataParallel) is stripped. ``trust`` (``--trust-checkpoint``)
+    lets a file that holds more than tensors load (see :mod:`gmmoe_arch.checkpoint_trust`)."""
     if not os.path.isfile(path):
         raise EnhanceError(f'checkpoint {path}: no such file')
     try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+        ckpt = load_checkpoint(path, trusted=[path] if trust else (), opt_in='pass --trust-checkpoint')
+    except UntrustedCheckpointError as exc:
+        raise EnhanceError(str(exc)) from exc
     except Exception as exc:  # torch raises many types for non-checkpoints (UnpicklingError, RuntimeError, ...)
         raise EnhanceError(
             f'checkpoint {path}: not a PyTorch checkpoint of tensors (torch.load with '
@@ -134,6 +138,7 @@ def load_network(
     option_file: Optional[str] = None,
     device: Device = 'auto',
     random_weights: bool = False,
+    trust: bool = False,
 ) -> nn.Module:
     """Build a GM-MoE network, load ``weights`` strictly, and return it in eval mode on ``device``.
 
@@ -145,6 +150,7 @@ def load_network(
         device: ``'auto'``, ``'cpu'``, ``'cuda'`` or ``'cuda:N'``; a ``torch.device`` is taken as
             already checked (:func:`resolve_device`).
         random_weights: allow ``weights=None`` (smoke tests and benchmarks only).
+        trust: the user trusts ``weights`` (``--trust-checkpoint``): it may hold more than tensors.
 
     Raises:
         EnhanceError: naming the file and the first mismatched keys, before any image work.
@@ -159,7 +165,7 @@ def load_network(
             'anything (pass --random-weights to run one anyway, e.g. for a benchmark)'
         )
     dev = device if isinstance(device, torch.device) else resolve_device(device)
-    state_dict = load_state_dict(weights) if weights is not None else None
+    state_dict = load_state_dict(weights, trust) if weights is not None else None
     opt, source = _network_options(preset, option_file, state_dict, weights)
     try:
         net = build_network(opt)

@@ -1,3 +1,3 @@
 """Registers this package's metrics with BasicSR."""
 
-from . import gt_mean_psnr  # noqa: F401
+from . import gt_mean_psnr, released_protocol  # noqa: F401
