@@ -308,7 +308,8 @@ def load_network(self, net, load_path, strict=True, param_key='params'):
     """``BaseModel.load_network`` that unpickles with ``weights_only=True`` whatever torch's default.
 
     Upstream calls ``torch.load`` without ``weights_only``: under ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``
-    or torch < 2.6 a hostile checkpoint runs code. Errors name the file.
+    or torch < 2.6 a hostile checkpoint runs code. Errors name the file. A checkpoint with a NaN or inf
+    weight is refused before it is loaded (``gmmoe_arch.inference.loading.check_finite_state_dict``).
     """
     import torch
     from basicsr.utils import get_root_logger
@@ -333,6 +334,9 @@ def load_network(self, net, load_path, strict=True, param_key='params'):
         loaded = loaded[param_key]
     logger.info(f'Loading {net.__class__.__name__} model from {load_path}, with param key: [{param_key}].')
     loaded = OrderedDict((k[len('module.') :] if k.startswith('module.') else k, v) for k, v in loaded.items())
+    from gmmoe_arch.inference.loading import check_finite_state_dict
+
+    check_finite_state_dict(loaded, load_path)  # EnhanceError naming the file and the first non-finite tensor
     self._print_different_keys_loading(net, loaded, strict)
     net.load_state_dict(loaded, strict=strict)
 
