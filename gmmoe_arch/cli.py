@@ -16,6 +16,7 @@ import sys
 
 from gmmoe_arch import compat
 from gmmoe_arch.data.image_io import DataError
+from gmmoe_arch.inference.errors import EnhanceError
 from gmmoe_arch.models.gmmoe_model import TrainingDiverged
 
 PLUGIN_GROUP = 'basicsr.plugins'
@@ -220,6 +221,9 @@ def main(argv=None):
             file=sys.stderr,
         )
         return 1
+    except EnhanceError as exc:  # a checkpoint refused by compat.load_network (non-finite weights)
+        print(f'basicsr {args.phase}: error: {exc}', file=sys.stderr)
+        return 2
     except DataError as exc:
         if os.environ.get('GMMOE_TRACEBACK'):
             raise

@@ -331,7 +331,8 @@ def load_network(self, net, load_path, strict=True, param_key='params'):
     or torch < 2.6 a hostile checkpoint runs code. Errors name the file. Numpy scalars, dtypes and arrays
     are accepted; a file holding other objects loads only when trusted (the option ``trusted_checkpoints`` or
     ``GMMOE_TRUSTED_CHECKPOINTS``, see :mod:`gmmoe_arch.checkpoint_trust`), else one error names the
-    file, the refused global and both ways to trust it.
+    file, the refused global and both ways to trust it. A checkpoint with a NaN or inf
+    weight is refused before it is loaded (``gmmoe_arch.inference.loading.check_finite_state_dict``).
     """
     from basicsr.utils import get_root_logger
 
@@ -364,6 +365,9 @@ def load_network(self, net, load_path, strict=True, param_key='params'):
         loaded = loaded[param_key]
     logger.info(f'Loading {net.__class__.__name__} model from {load_path}, with param key: [{param_key}].')
     loaded = OrderedDict((k[len('module.') :] if k.startswith('module.') else k, v) for k, v in loaded.items())
+    from gmmoe_arch.inference.loading import check_finite_state_dict
+
+    check_finite_state_dict(loaded, load_path)  # EnhanceError naming the file and the first non-finite tensor
     self._print_different_keys_loading(net, loaded, strict)
     net.load_state_dict(loaded, strict=strict)
 

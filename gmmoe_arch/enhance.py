@@ -14,7 +14,7 @@ checked once, when :class:`Tiling` and :class:`RunOptions` are made; a user's mi
 
 from .inference.errors import EnhanceError
 from .inference.image_files import DEFAULT_MAX_IMAGE_PIXELS, read_image, write_file, write_image
-from .inference.jobs import Job, Summary, check_writable, collect_jobs, enhance_jobs, enhance_paths
+from .inference.jobs import Job, Summary, check_writable, collect_jobs, describe_skipped, enhance_jobs, enhance_paths
 from .inference.loading import load_network, resolve_device
 from .inference.runner import DEFAULT_STAT_PASSES, PRECISIONS, RunOptions, enhance_image, enhance_tensor
 from .inference.tiling import DEFAULT_MAX_PIXELS, DEFAULT_OVERLAP, TilePlan, Tiling
@@ -33,6 +33,7 @@ __all__ = [
     'Tiling',
     'check_writable',
     'collect_jobs',
+    'describe_skipped',
     'enhance_image',
     'enhance_jobs',
     'enhance_paths',

@@ -119,9 +119,10 @@ def build_parser(command=None):
     p = sub.add_parser(
         'enhance',
         help='enhance image files, folders or globs',
-        description='Enhance PNG/JPEG/BMP/TIFF images (8/16-bit, gray, RGB, RGBA) with a '
-        'GM-MoE checkpoint. Folders are searched recursively and their structure is '
-        'kept under OUTDIR. Large images run as blended tiles, so memory stays bounded.',
+        description='Enhance PNG/JPEG/BMP/TIFF/WebP/GIF/... images (8/16-bit, gray, RGB, RGBA; every format '
+        'OpenCV reads, one frame per file) with a GM-MoE checkpoint. Folders are searched recursively for '
+        'all those formats and their structure is kept under OUTDIR; the other files they hold are counted '
+        'in the summary. Large images run as blended tiles, so memory stays bounded.',
         epilog='Example: gmmoe enhance photos/ -o enhanced/ --weights net_g.pth --preset paper',
     )
     add_enhance_arguments(p)
@@ -175,7 +176,8 @@ def enhance_command(args):
     from gmmoe_arch.archs.gmmoe_arch import expert_names
 
     tiling, options = check_options(args)
-    jobs = enhance.collect_jobs(args.inputs, args.output, args.suffix)
+    skipped = {}
+    jobs = enhance.collect_jobs(args.inputs, args.output, args.suffix, skipped)
     enhance.check_writable({os.path.dirname(job.dst) for job in jobs}, 'output folder')
     if args.gates:
         enhance.check_writable([os.path.dirname(os.path.abspath(args.gates))], f'--gates {args.gates}: folder')
@@ -202,6 +204,7 @@ def enhance_command(args):
         f'{PROG} enhance: {done} image(s) written to {args.output}, {len(summary.failed)} failed; '
         f'{summary.tiles} tile(s), {summary.seconds:.1f} s{per}'
         + (f'; gate weights in {args.gates}' if args.gates and not gates_lost else '')
+        + (f'; {enhance.describe_skipped(skipped)}' if skipped else '')
     )
     return 1 if summary.failed or gates_lost else 0
 

@@ -13,6 +13,7 @@ packages are imported when a model is exported.
 """
 
 import argparse
+import math
 import os
 import shutil
 import sys
@@ -281,18 +282,34 @@ def _megabytes(path):
     return (os.path.getsize(path) + (os.path.getsize(data) if os.path.exists(data) else 0)) / 2**20
 
 
+def check_export_options(args):
+    """Every export option checked before any work (the trace takes tens of seconds): ``(sizes, tolerance)``.
+
+    Raises :class:`ExportError` (or ``EnhanceError`` for ``-o``'s folder) naming the option: ``--check-sizes``
+    and ``--tolerance`` (finite, >= 0) even with ``--no-check``, ``--opset``, ``-o`` (not a folder, its
+    folder writable: a probe file is created there), the packages the run needs.
+    """
+    from gmmoe_arch import enhance
+
+    sizes = parse_sizes(args.check_sizes)
+    tolerance = args.tolerance if args.tolerance is not None else FP16_TOLERANCE if args.fp16 else FP32_TOLERANCE
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise ExportError(f'--tolerance {tolerance:g}: must be a finite number >= 0 (a max |diff|)')
+    _check_opset(args.opset)
+    if os.path.isdir(args.output):
+        raise ExportError(f'-o {args.output}: is a folder; give the .onnx file to write')
+    enhance.check_writable([os.path.dirname(os.path.abspath(args.output))], f'-o {args.output}: folder')
+    _require('onnxscript', 'ONNX export')
+    if args.check:
+        _require('onnxruntime', '--check (turn it off with --no-check)')
+    return sizes if args.check else [], tolerance
+
+
 def _export(args):
     """Body of :func:`export_command`: raises ExportError / EnhanceError for the user's mistakes."""
     from gmmoe_arch import enhance
 
-    sizes = parse_sizes(args.check_sizes) if args.check else []
-    tolerance = args.tolerance if args.tolerance is not None else FP16_TOLERANCE if args.fp16 else FP32_TOLERANCE
-    if os.path.isdir(args.output):
-        raise ExportError(f'-o {args.output}: is a folder; give the .onnx file to write')
-    _check_opset(args.opset)
-    _require('onnxscript', 'ONNX export')
-    if args.check:
-        _require('onnxruntime', '--check (turn it off with --no-check)')
+    sizes, tolerance = check_export_options(args)
     net = enhance.load_network(
         args.weights,
         args.preset,

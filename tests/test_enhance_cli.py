@@ -51,7 +51,7 @@ def test_subprocess_run_writes_outputs_gates_and_fails_on_a_corrupt_file(photos,
         timeout=300,
     )
     assert proc.returncode == 1, proc.stderr
-    assert 'corrupt.jpg' in proc.stderr and 'not a readable image' in proc.stderr
+    assert 'corrupt.jpg' in proc.stderr and 'corrupt.jpg: truncated JPEG' in proc.stderr
     assert '2 image(s) written' in proc.stdout and '1 failed' in proc.stdout
     a = cv2.imread(str(out / 'a.png'), cv2.IMREAD_UNCHANGED)
     b = cv2.imread(str(out / 'night' / 'b.tif'), cv2.IMREAD_UNCHANGED)

@@ -161,3 +161,47 @@ def test_sizes_parse():
     assert parse_sizes('1x1, 37X53') == [(1, 1), (53, 37)]  # WIDTHxHEIGHT -> (height, width)
     with pytest.raises(ExportError, match='0x5'):
         parse_sizes('0x5')
+
+
+def no_network(*args, **kwargs):
+    raise AssertionError('the network was loaded: the option error should have come before any work')
+
+
+@pytest.mark.parametrize(
+    'extra, message',
+    [
+        (['--tolerance', '-1'], '--tolerance -1: must be a finite number >= 0 (a max |diff|)'),
+        (['--tolerance', 'nan'], '--tolerance nan: must be a finite number >= 0 (a max |diff|)'),
+        (['--no-check', '--tolerance', 'inf'], '--tolerance inf: must be a finite number >= 0 (a max |diff|)'),
+        (['--no-check', '--check-sizes', '0x5'], '--check-sizes: "0x5": sides must be >= 1'),
+    ],
+)
+def test_option_values_are_refused_before_loading_and_tracing(tmp_path, capsys, monkeypatch, extra, message):
+    from gmmoe_arch import enhance
+    from gmmoe_arch.enhance_cli import main
+
+    monkeypatch.setattr(enhance, 'load_network', no_network)
+    assert main(['export', '--random-weights', '-o', str(tmp_path / 'm.onnx'), *extra]) == 2
+    assert capsys.readouterr().err == f'gmmoe export: error: {message}\n'
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_output_is_refused_before_loading_and_tracing(tmp_path, small_disk, capsys, monkeypatch):
+    import subprocess
+
+    from gmmoe_arch import enhance
+    from gmmoe_arch.enhance_cli import main
+
+    monkeypatch.setattr(enhance, 'load_network', no_network)
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('a file where a folder should be')
+    assert main(['export', '--random-weights', '-o', str(blocker / 'm.onnx')]) == 2
+    assert capsys.readouterr().err == (
+        f'gmmoe export: error: -o {blocker / "m.onnx"}: folder {blocker}: {blocker} is not a folder\n'
+    )
+    disk = small_disk(64 * 1024)
+    subprocess.run(['mount', '-o', 'remount,ro', str(disk)], check=True)
+    assert main(['export', '--random-weights', '-o', str(disk / 'm.onnx')]) == 2
+    assert capsys.readouterr().err == (
+        f'gmmoe export: error: -o {disk / "m.onnx"}: folder {disk}: cannot write in {disk} (Read-only file system)\n'
+    )

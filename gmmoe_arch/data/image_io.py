@@ -150,14 +150,20 @@ def _jpeg_truncated(buf):
     return True
 
 
+def check_truncated(buf, name):
+    """Refuse a truncated JPEG, which libjpeg only warns about ("Premature end of JPEG file") and decodes
+    with its missing rows grey. The one truncation check of packing, training and ``gmmoe enhance``."""
+    if buf[:2] == b'\xff\xd8' and _jpeg_truncated(buf):
+        raise DataError(f'{name}: truncated JPEG (no end-of-image marker); copy or export the file again')
+
+
 def check_encoded(buf, name):
     """Refuse encoded image bytes that are truncated JPEGs or declare more than ``MAX_PIXELS`` pixels.
 
     Reads headers only; OpenCV's decoder then refuses other truncated or damaged files (PNG, TIFF, BMP).
     """
     _header_size(io.BytesIO(buf), name)
-    if buf[:2] == b'\xff\xd8' and _jpeg_truncated(buf):
-        raise DataError(f'{name}: truncated JPEG (no end-of-image marker); copy or export the file again')
+    check_truncated(buf, name)
 
 
 def decode(buf, name, verify_checksum=False):

@@ -1,9 +1,11 @@
 """Image files in and out: header size checks, EXIF orientation, bit depths and alpha, atomic writes.
 
-:func:`read_image` refuses a file whose header declares more than ``max_image_pixels`` before decoding a
-pixel, decodes with OpenCV (which keeps 16 bits and alpha) and turns the image upright by its EXIF tag (read
-with Pillow). :func:`write_image` encodes by the extension and writes through :func:`write_file`, which
-never leaves a partial file under the final name (temporary name, fsync, rename).
+:func:`read_image` refuses a file whose header declares more than ``max_image_pixels``, or more than one
+frame, before decoding a pixel, refuses a truncated JPEG with the check packing and training use
+(:func:`gmmoe_arch.data.image_io.check_truncated`), decodes with OpenCV (which keeps 16 bits and alpha) and
+turns the image upright by its EXIF tag (read with Pillow). :data:`READABLE_EXTENSIONS` are the formats
+OpenCV decodes, which folder scans pick up. :func:`write_image` encodes by the extension and writes through
+:func:`write_file`, which never leaves a partial file under the final name (temporary name, fsync, rename).
 """
 
 import os
@@ -15,11 +17,17 @@ from typing import Iterator, Optional, Tuple
 import cv2
 import numpy as np
 
+from ..data.image_io import DataError, check_truncated
 from .errors import EnhanceError
 
 # gmmoe_arch/enhance_cli.py holds a copy of this default (its parser imports no torch); a test keeps them equal.
 DEFAULT_MAX_IMAGE_PIXELS = 150_000_000
 EXIF_ORIENTATION = 0x0112
+#: the extensions of the formats OpenCV's imread knows (those its build lacks fail by name, not by silence)
+READABLE_EXTENSIONS = (
+    '.png', '.apng', '.jpg', '.jpeg', '.jpe', '.jp2', '.bmp', '.dib', '.tif', '.tiff', '.webp', '.avif', '.gif',
+    '.pbm', '.pgm', '.ppm', '.pnm', '.pxm', '.pfm', '.sr', '.ras', '.exr', '.hdr', '.pic',
+)  # fmt: skip
 WRITE_CHUNK = 16 * 2**20
 _PILLOW_LIMIT = Lock()
 
@@ -38,12 +46,13 @@ def _pillow_bomb_check_off() -> Iterator[None]:
             Image.MAX_IMAGE_PIXELS = saved
 
 
-def read_header(path: str) -> Tuple[Optional[Tuple[int, int]], int]:
-    """``((width, height), orientation)`` from an image file's header, without decoding any pixel.
+def read_header(path: str) -> Tuple[Optional[Tuple[int, int]], int, int]:
+    """``((width, height), orientation, frames)`` from an image file's header, without decoding any pixel.
 
-    ``(None, 1)`` when Pillow cannot parse the header (OpenCV may still decode the file); the
-    orientation is the EXIF tag (1-8), 1 when absent or unreadable. Raises :class:`EnhanceError`
-    when the file cannot be opened at all.
+    ``(None, 1, 1)`` when Pillow cannot parse the header (OpenCV may still decode the file); the
+    orientation is the EXIF tag (1-8), 1 when absent or unreadable; ``frames`` counts the frames of an
+    animation or the pages of a multi-page file (a JPEG's MPO previews and depth maps are not frames).
+    Raises :class:`EnhanceError` when the file cannot be opened at all.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -54,13 +63,17 @@ def read_header(path: str) -> Tuple[Optional[Tuple[int, int]], int]:
                 orientation = im.getexif().get(EXIF_ORIENTATION, 1)
             except Exception:  # a damaged EXIF block: no orientation, the pixels may still be fine
                 orientation = 1
+            try:
+                frames = 1 if im.format == 'MPO' else int(getattr(im, 'n_frames', 1))
+            except Exception:  # a damaged later frame: OpenCV decides on the first
+                frames = 1
     except OSError as exc:
         if exc.errno is not None and not isinstance(exc, UnidentifiedImageError):  # missing, unreadable, a folder
             raise EnhanceError(f'{path}: cannot be read ({exc.strerror or exc})') from exc
-        return None, 1  # Pillow cannot parse this header (e.g. "Truncated File Read"); OpenCV decides
+        return None, 1, 1  # Pillow cannot parse this header (e.g. "Truncated File Read"); OpenCV decides
     except Exception:  # Pillow's parsers raise SyntaxError, struct.error, ... on damaged headers; OpenCV decides
-        return None, 1
-    return size, orientation if orientation in range(1, 9) else 1
+        return None, 1, 1
+    return size, orientation if orientation in range(1, 9) else 1, frames
 
 
 def _apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
@@ -80,28 +93,48 @@ def _apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
 def read_image(path: str, max_image_pixels: Optional[int] = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """Read an image file as an upright RGB(A)/gray array of its own dtype (8/16-bit, float TIFF).
 
-    The size declared in the header is checked against ``max_image_pixels`` (None: no limit)
-    before any pixel is decoded. OpenCV decodes the pixels (``IMREAD_UNCHANGED`` keeps 16 bits and
-    alpha but ignores EXIF); the EXIF orientation is read with Pillow and applied here.
+    The size declared in the header is checked against ``max_image_pixels`` (None: no limit), and a file of
+    several frames is refused, before any pixel is decoded; so is a truncated JPEG. OpenCV decodes the pixels
+    (``IMREAD_UNCHANGED`` keeps 16 bits and alpha but ignores EXIF); the EXIF orientation is read with
+    Pillow and applied here.
     """
-    size, orientation = read_header(path)
+    size, orientation, frames = read_header(path)
     if size is not None and max_image_pixels is not None and size[0] * size[1] > max_image_pixels:
         raise EnhanceError(
             f'{path}: its header declares {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, more '
             f'than --max-image-pixels {max_image_pixels:,} (memory grows with the image: about 9 '
             'bytes per pixel for 8-bit RGB); raise --max-image-pixels to enhance it anyway'
         )
-    try:
-        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    except cv2.error as exc:  # e.g. above OpenCV's own pixel limit, some truncated files
-        raise EnhanceError(f'{path}: not a readable image ({str(exc).strip().splitlines()[-1]})') from exc
-    if img is None:
-        raise EnhanceError(f'{path}: not a readable image (empty, truncated or unsupported format)')
+    if frames > 1:
+        raise EnhanceError(
+            f'{path}: holds {frames} frames (an animation or a multi-page file); only single images are '
+            'enhanced, and keeping one frame would lose the others silently: save each frame as a file first'
+        )
+    img = _decode(path)
     if img.ndim == 3 and img.shape[2] == 2:  # gray + alpha
         img = np.stack([img[..., 0]] * 3 + [img[..., 1]], axis=2)
     if img.ndim == 3:
         _swap_red_blue(img)
     return _apply_orientation(img, orientation)
+
+
+def _decode(path: str) -> np.ndarray:
+    """The pixels of the file at ``path`` as OpenCV decodes them (``IMREAD_UNCHANGED``), after the truncation
+    check of packing and training: OpenCV refuses other damaged files, but decodes a cut JPEG grey."""
+    try:
+        with open(path, 'rb') as f:
+            buf = f.read()
+        check_truncated(buf, path)
+        img = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_UNCHANGED)
+    except OSError as exc:
+        raise EnhanceError(f'{path}: cannot be read ({exc.strerror or exc})') from exc
+    except DataError as exc:
+        raise EnhanceError(str(exc)) from exc
+    except cv2.error as exc:  # e.g. above OpenCV's own pixel limit, some truncated files
+        raise EnhanceError(f'{path}: not a readable image ({str(exc).strip().splitlines()[-1]})') from exc
+    if img is None:
+        raise EnhanceError(f'{path}: not a readable image (empty, truncated or unsupported format)')
+    return img
 
 
 def _swap_red_blue(img: np.ndarray, rows: int = 256) -> None:

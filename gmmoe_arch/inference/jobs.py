@@ -1,10 +1,12 @@
 """Batches of image files: which files, where their outputs go, and the loop that enhances them.
 
 :func:`collect_jobs` expands files, folders and globs into :class:`Job` s (folders and ``**`` follow symlinked
-folders but not symlink loops; an output that is an input, by path or by device and inode, is refused).
+folders but not symlink loops; a folder yields every format the reader decodes and counts the files it passes
+over; an output that is an input, by path or by device and inode, is refused).
 :func:`check_writable` probes the output folders before any work. :func:`enhance_jobs` reads, enhances and
-writes each image, recording a failure per image (unreadable, oversized, out of memory, unwritable) and going
-on with the rest; :func:`enhance_paths` does all of it for the Python API with each check done once.
+writes each image, recording a failure per image (unreadable, truncated, several frames, oversized, out of
+memory, a non-finite output, unwritable) and going on with the rest; :func:`enhance_paths` does all of it
+for the Python API with each check done once.
 """
 
 import fnmatch
@@ -13,13 +15,12 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, MutableMapping, Optional, Tuple
 
 from torch import nn
 
-from ..data.image_io import IMAGE_EXTENSIONS
 from .errors import EnhanceError
-from .image_files import DEFAULT_MAX_IMAGE_PIXELS, read_image, write_image
+from .image_files import DEFAULT_MAX_IMAGE_PIXELS, READABLE_EXTENSIONS, read_image, write_image
 from .runner import DEFAULT_STAT_PASSES, RunOptions, network_device, run_image
 from .tiling import DEFAULT_MAX_PIXELS, DEFAULT_OVERLAP, Tiling
 
@@ -113,16 +114,32 @@ def _match(folder: str, parts: List[str]) -> List[str]:
     return [p for n in names for p in _match(_join(folder, n), rest)]
 
 
-def _image_files(folder: str) -> List[Tuple[str, str]]:
-    """Image files in ``folder`` and below (symlinked folders followed, loops not): ``(path, relative path)``."""
+def _image_files(folder: str, skipped: MutableMapping[str, int]) -> List[Tuple[str, str]]:
+    """Image files in ``folder`` and below (symlinked folders followed, loops not): ``(path, relative path)``.
+
+    A file is an image file by its extension (:data:`~.image_files.READABLE_EXTENSIONS`); every other file
+    is counted in ``skipped`` under its lower-case extension (``''`` for none)."""
     found = []
     for sub in _subfolders(folder):
-        found += [
-            _join(sub, n)
-            for n in sorted(os.listdir(sub))
-            if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(_join(sub, n))
-        ]
+        for name in sorted(os.listdir(sub)):
+            path = _join(sub, name)
+            if not os.path.isfile(path):
+                continue
+            if name.lower().endswith(READABLE_EXTENSIONS):
+                found.append(path)
+            else:
+                ext = os.path.splitext(name)[1].lower()
+                skipped[ext] = skipped.get(ext, 0) + 1
     return [(f, os.path.relpath(f, folder)) for f in found]
+
+
+def describe_skipped(skipped: Dict[str, int]) -> str:
+    """``'3 other file(s) in the folders passed over (2 .txt, 1 without an extension)'``, ``''`` for none."""
+    if not skipped:
+        return ''
+    kinds = sorted(skipped.items(), key=lambda item: (-item[1], not item[0], item[0]))
+    named = ', '.join(f'{n} {ext or "without an extension"}' for ext, n in kinds)
+    return f'{sum(skipped.values())} other file(s) in the folders passed over ({named})'
 
 
 def _file_id(path: str) -> Optional[Tuple[int, int]]:
@@ -134,20 +151,25 @@ def _file_id(path: str) -> Optional[Tuple[int, int]]:
     return st.st_dev, st.st_ino
 
 
-def collect_jobs(inputs: Iterable[str], out_dir: str, suffix: str = '') -> List[Job]:
+def collect_jobs(
+    inputs: Iterable[str], out_dir: str, suffix: str = '', skipped: Optional[MutableMapping[str, int]] = None
+) -> List[Job]:
     """Expand files, folders (recursively, relative structure kept) and globs into :class:`Job` s.
 
     Folders and ``**`` follow symlinked folders, but never into a folder they are already inside,
-    so symlink loops end.
+    so symlink loops end. A folder yields its files of every format the reader decodes
+    (:data:`~.image_files.READABLE_EXTENSIONS`); the others are counted in ``skipped`` by extension
+    (see :func:`describe_skipped`). Files and globs are taken whatever their extension.
     Raises :class:`EnhanceError` for an input that matches nothing, two inputs writing the same
     output, or an output that is an input: the same path, or the same file (device and inode)
     reached through a hard link, a symlink or another mount.
     """
     jobs = []
+    skipped = {} if skipped is None else skipped
     for item in inputs:
         item = str(item)
         if os.path.isdir(item):
-            jobs += _image_files(item)
+            jobs += _image_files(item, skipped)
         elif os.path.isfile(item):
             jobs.append((item, os.path.basename(item)))
         elif glob.has_magic(item):
@@ -181,10 +203,12 @@ def collect_jobs(inputs: Iterable[str], out_dir: str, suffix: str = '') -> List[
 
 @dataclass
 class Summary:
-    """What :func:`enhance_jobs` did: written outputs, failures ``(name, message)``, per-image gates."""
+    """What :func:`enhance_jobs` did: written outputs, failures ``(name, message)``, per-image gates; and
+    (from :func:`enhance_paths`) the files folder scans passed over, by extension."""
 
     written: List[str] = field(default_factory=list)
     failed: List[Tuple[str, str]] = field(default_factory=list)
+    skipped: Dict[str, int] = field(default_factory=dict)
     gates: Dict[str, Dict[str, List[float]]] = field(default_factory=dict)
     tiles: int = 0
     seconds: float = 0.0
@@ -214,9 +238,12 @@ def enhance_paths(
     """
     tiling = Tiling(tile, overlap, max_pixels)
     options = RunOptions(network_device(net), precision, stat_passes)
-    jobs = collect_jobs(inputs, out_dir, suffix)
+    skipped = {}
+    jobs = collect_jobs(inputs, out_dir, suffix, skipped)
     check_writable({os.path.dirname(job.dst) for job in jobs}, 'output folder')
-    return enhance_jobs(jobs, net, tiling, options, max_image_pixels, record, progress)
+    summary = enhance_jobs(jobs, net, tiling, options, max_image_pixels, record, progress)
+    summary.skipped = skipped
+    return summary
 
 
 def enhance_jobs(
@@ -230,9 +257,10 @@ def enhance_jobs(
 ) -> Summary:
     """Enhance each :class:`Job` with checked options (``options.device`` is ``net``'s); return a :class:`Summary`.
 
-    The caller has checked the output folders (:func:`check_writable`). An image that cannot be read,
-    is larger than ``max_image_pixels``, runs out of memory or cannot be written is recorded in
-    ``Summary.failed`` and the rest are processed; each output is written atomically. ``record=True``
+    The caller has checked the output folders (:func:`check_writable`). An image that cannot be read
+    (damaged, truncated, several frames), is larger than ``max_image_pixels``, runs out of memory, gives a
+    non-finite output or cannot be written is recorded in ``Summary.failed``, nothing is written under its
+    name, and the rest are processed; each output is written atomically. ``record=True``
     fills ``Summary.gates[name] = {block: [w_expert...]}``; ``progress`` shows a bar for several images.
     """
     from tqdm import tqdm
@@ -262,10 +290,13 @@ def _enhance_file(
     gates: Optional[dict],
 ) -> int:
     """Read, enhance and write one image; return its number of tiles. Running out of memory (host or
-    GPU) is an :class:`EnhanceError` for this image only."""
+    GPU) and a non-finite output are an :class:`EnhanceError` for this image only."""
     try:
         img = read_image(job.src, max_image_pixels)
-        out, tiles = run_image(net, img, tiling, options, gates)
+        try:
+            out, tiles = run_image(net, img, tiling, options, gates)
+        except EnhanceError as exc:  # the runner knows the array, not the file
+            raise EnhanceError(f'{job.src}: {exc}') from exc
         del img  # the input is not needed while the output is encoded and written
         write_image(job.dst, out)
     except MemoryError as exc:

@@ -7,7 +7,7 @@ naming the file and what does not fit, raised before any image is touched.
 """
 
 import os
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -64,6 +64,28 @@ def load_state_dict(path: str, trust: bool = False) -> Dict[str, Tensor]:
             + (f' with keys {sorted(map(str, ckpt))[:5]}' if isinstance(ckpt, dict) else '')
         )
     return {k[len('module.') :] if k.startswith('module.') else k: v for k, v in ckpt.items()}
+
+
+def check_finite_state_dict(state_dict: Mapping[str, object], path: str) -> None:
+    """Refuse a checkpoint with a NaN or infinite value in a floating-point tensor, naming ``path``, the first
+    such tensor (its state-dict key) and how many of its values are not finite.
+
+    Such weights make every output NaN, which clipping turns into black images that look like a success.
+    Cheap enough for every load: one sum per tensor (NaN and inf survive a sum); only a tensor whose sum is
+    not finite is looked at value by value, which also clears finite values whose sum overflowed.
+
+    Raises:
+        EnhanceError: for the first tensor holding a non-finite value.
+    """
+    for key, value in state_dict.items():
+        if not torch.is_tensor(value) or not value.is_floating_point() or bool(torch.isfinite(value.sum())):
+            continue
+        bad = int(value.numel() - torch.isfinite(value).sum())
+        if bad:
+            raise EnhanceError(
+                f'checkpoint {path}: tensor {key} holds {bad:,} non-finite value(s) (NaN or inf) of '
+                f'{value.numel():,}; the training that saved it diverged: use an earlier checkpoint'
+            )
 
 
 def _network_options(
@@ -153,7 +175,7 @@ def load_network(
         trust: the user trusts ``weights`` (``--trust-checkpoint``): it may hold more than tensors.
 
     Raises:
-        EnhanceError: naming the file and the first mismatched keys, before any image work.
+        EnhanceError: naming the file and the first mismatched keys or non-finite tensor, before any image work.
     """
     from basicsr.archs import build_network
 
@@ -166,11 +188,14 @@ def load_network(
         )
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     state_dict = load_state_dict(weights, trust) if weights is not None else None
+    if state_dict is not None:
+        check_finite_state_dict(state_dict, weights)
     opt, source = _network_options(preset, option_file, state_dict, weights)
     try:
         net = build_network(opt)
     except (KeyError, ValueError, TypeError) as exc:
-        raise EnhanceError(f'cannot build the network from {source}: {type(exc).__name__}: {exc}') from exc
+        reason = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # str(KeyError) adds quotes
+        raise EnhanceError(f'cannot build the network from {source}: {reason}') from exc
     if state_dict is not None:
         try:
             net.load_state_dict(dict(state_dict), strict=True)

@@ -145,14 +145,21 @@ def run_image(
     Memory: besides ``img`` and the returned array, only one tile and one band of rows (a tile's
     height x the image's width) are held in float32; each tile is converted from ``img`` when the
     network needs it and each output row is converted to ``img``'s dtype once it is final.
+
+    Raises:
+        EnhanceError: when the network's output holds a NaN or inf (clipping would turn them into black
+            pixels of an output that looks fine), with their number; nothing is returned.
     """
     img, scale = check_image(img)
     plan = tiling.plan(img.shape[0], img.shape[1], getattr(net, 'padder_size', 1))
     out = np.empty_like(img)
     if img.ndim == 3 and img.shape[2] == 4:
         out[..., 3] = img[..., 3]  # alpha passes through untouched
+    nonfinite = [0]
 
     def emit(r0, r1, rows):
+        if not np.isfinite(rows).all():
+            nonfinite[0] += int(rows.size - np.count_nonzero(np.isfinite(rows)))
         rows = _from_network(rows, img.ndim == 2, scale, img.dtype)
         if img.ndim == 2:
             out[r0:r1] = rows
@@ -162,6 +169,12 @@ def run_image(
     blender = RowBlender(img.shape[1], emit)
     _run(net, lambda y0, y1, x0, x1: _to_network(img[y0:y1, x0:x1], scale), plan, blender.add, options, gates)
     blender.flush(img.shape[0])
+    if nonfinite[0]:
+        hint = 'try --precision fp32' if options.precision != 'fp32' else 'its weights or this image overflow it'
+        raise EnhanceError(
+            f'the network output holds {nonfinite[0]:,} non-finite value(s) (NaN or inf) of '
+            f'{img.shape[0] * img.shape[1] * 3:,}: {hint}'
+        )
     return out, len(plan)
 
 

@@ -218,6 +218,7 @@ def test_an_image_above_max_image_pixels_is_refused_before_decoding(tmp_path, mo
         raise AssertionError('decoded although the header is over the limit')
 
     monkeypatch.setattr(cv2, 'imread', no_decoding)
+    monkeypatch.setattr(cv2, 'imdecode', no_decoding)
     with pytest.raises(EnhanceError) as err:
         read_image(str(path), max_image_pixels=59999)
     assert str(err.value) == (
@@ -336,3 +337,133 @@ def test_globs_match_what_glob_matches_on_a_tree_without_loops(tmp_path, monkeyp
     for pattern in patterns:
         expected = sorted(f for f in glob.glob(pattern, recursive=True))
         assert jobs._glob(pattern) == [p for p in expected if not p.endswith(os.sep)], pattern
+
+
+# ---------------------------------------------------------------- damaged inputs, non-finite outputs
+
+
+def test_truncated_jpeg_and_png_among_good_images_fail_by_name_and_the_good_ones_are_written(
+    tmp_path, reference_dir, capsys
+):
+    src = tmp_path / 'in'
+    src.mkdir()
+    photo = cv2.resize(noisy(12, 16), (160, 120))
+    for ext in ('.jpg', '.png'):
+        cv2.imwrite(str(src / f'good{ext}'), photo)
+        whole = cv2.imencode(ext, photo)[1].tobytes()
+        (src / f'cut{ext}').write_bytes(whole[: len(whole) // 2])
+    assert cv2.imread(str(src / 'cut.jpg')) is not None  # libjpeg only warns ("Premature end of JPEG file")
+    out = tmp_path / 'out'
+    code = main(['enhance', str(src), '-o', str(out), '--weights', str(reference_dir / 'gmmoe_w8_net_g.pth')])
+    captured = capsys.readouterr()
+    assert code == 1
+    failed = [line for line in captured.err.splitlines() if line.startswith('gmmoe enhance: failed:')]
+    assert failed == [
+        f'gmmoe enhance: failed: {src / "cut.jpg"}: truncated JPEG (no end-of-image marker); copy or export the '
+        'file again',
+        f'gmmoe enhance: failed: {src / "cut.png"}: not a readable image (empty, truncated or unsupported format)',
+    ]
+    assert '2 image(s) written' in captured.out and '2 failed' in captured.out
+    assert sorted(os.listdir(out)) == ['good.jpg', 'good.png']
+
+
+def test_enhance_uses_the_truncation_check_of_packing_and_training(tmp_path, monkeypatch):
+    from gmmoe_arch.inference import image_files
+
+    path = tmp_path / 'a.png'
+    cv2.imwrite(str(path), noisy(8, 8))
+    seen = []
+    monkeypatch.setattr(image_files, 'check_truncated', lambda buf, name: seen.append((bytes(buf), name)))
+    read_image(str(path))
+    assert seen == [(path.read_bytes(), str(path))]
+
+
+class NaNOnBright(torch.nn.Module):
+    """The identity, except that a bright image's output holds NaNs in its top left corner."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        y = x * self.scale
+        if x.mean() > 0.5:
+            y[..., :2, :3] = float('nan')
+        return y
+
+
+def test_an_image_whose_output_is_not_finite_fails_by_name_and_is_not_written(tmp_path, monkeypatch, capsys):
+    src = tmp_path / 'in'
+    src.mkdir()
+    cv2.imwrite(str(src / 'dark.png'), np.full((10, 12, 3), 30, np.uint8))
+    cv2.imwrite(str(src / 'bright.png'), np.full((10, 12, 3), 220, np.uint8))
+    monkeypatch.setattr(enhance, 'load_network', lambda *args, **kwargs: NaNOnBright().eval())
+    out = tmp_path / 'out'
+    code = main(['enhance', str(src), '-o', str(out), '--random-weights', '--no-progress'])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert (
+        f'gmmoe enhance: failed: {src / "bright.png"}: the network output holds 18 non-finite value(s) (NaN or '
+        'inf) of 360: its weights or this image overflow it'
+    ) in captured.err.splitlines()
+    assert '1 image(s) written' in captured.out and '1 failed' in captured.out
+    assert os.listdir(out) == ['dark.png']
+
+
+# ---------------------------------------------------------------- folder scans, several frames
+
+
+def frames(n, seed=0):
+    from PIL import Image
+
+    return [Image.fromarray(noisy(12, 16, seed + i)) for i in range(n)]
+
+
+def test_a_folder_scan_takes_every_format_the_reader_decodes_and_names_what_it_passes_over(
+    tmp_path, reference_dir, capsys
+):
+    src = tmp_path / 'in'
+    (src / 'sub').mkdir(parents=True)
+    images = ['a.png', 'b.JPG', 'c.bmp', 'd.tif', 'e.webp', 'sub/f.gif', 'sub/g.ppm', 'sub/h.jp2']
+    for name in images:
+        ok, buf = cv2.imencode(os.path.splitext(name)[1].lower(), noisy(40, 48))
+        assert ok, name
+        (src / name).write_bytes(buf.tobytes())
+    for name in ['notes.txt', 'sub/more.txt', 'README', 'sub/meta.json']:
+        (src / name).write_text('not an image')
+    out = tmp_path / 'out'
+    code = main(['enhance', str(src), '-o', str(out), '--weights', str(reference_dir / 'gmmoe_w8_net_g.pth')])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert sorted(str(p.relative_to(out)) for p in out.rglob('*') if p.is_file()) == sorted(images)
+    assert captured.out.rstrip().endswith(
+        '; 4 other file(s) in the folders passed over (2 .txt, 1 .json, 1 without an extension)'
+    )
+    assert '8 image(s) written' in captured.out
+
+
+@pytest.mark.parametrize('fmt', ['TIFF', 'GIF', 'WEBP', 'PNG'])
+def test_an_image_of_several_frames_is_refused_not_cut_to_one(tmp_path, tiny_net, fmt):
+    ext = {'TIFF': '.tif', 'GIF': '.gif', 'WEBP': '.webp', 'PNG': '.png'}[fmt]
+    first, *rest = frames(3)
+    first.save(tmp_path / f'anim{ext}', format=fmt, save_all=True, append_images=rest)
+    assert cv2.imread(str(tmp_path / f'anim{ext}')) is not None  # OpenCV alone would give the first frame
+    first.save(tmp_path / f'single{ext}', format=fmt)
+    summary = enhance_paths(
+        [str(tmp_path / f'anim{ext}'), str(tmp_path / f'single{ext}')], str(tmp_path / 'out'), tiny_net
+    )
+    assert summary.failed == [
+        (
+            f'anim{ext}',
+            f'{tmp_path / f"anim{ext}"}: holds 3 frames (an animation or a multi-page file); only single images '
+            'are enhanced, and keeping one frame would lose the others silently: save each frame as a file first',
+        )
+    ]
+    assert os.listdir(tmp_path / 'out') == [f'single{ext}']
+
+
+def test_a_jpeg_with_mpo_previews_is_one_image(tmp_path, tiny_net):
+    first, second = frames(2)
+    first.save(tmp_path / 'camera.jpg', format='MPO', save_all=True, append_images=[second])
+    summary = enhance_paths([str(tmp_path / 'camera.jpg')], str(tmp_path / 'out'), tiny_net)
+    assert summary.failed == [] and os.listdir(tmp_path / 'out') == ['camera.jpg']

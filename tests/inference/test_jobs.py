@@ -56,6 +56,21 @@ def test_corrupt_file_in_folder_does_not_stop_the_others(tiny_net, tmp_path):
     np.testing.assert_array_equal(written, enhance_image(tiny_net, read_image(str(folder / 'good1.png'))))
 
 
+def test_the_python_api_reports_the_files_a_folder_scan_passed_over(tiny_net, tmp_path):
+    folder = tmp_path / 'in'
+    (folder / 'sub').mkdir(parents=True)
+    cv2.imwrite(str(folder / 'a.webp'), random_image((20, 24, 3), np.uint8))
+    for rel in ['notes.TXT', 'sub/b.txt', 'sub/raw.heic', 'Makefile']:
+        (folder / rel).write_bytes(b'x')
+    summary = enhance_paths([str(folder)], str(tmp_path / 'out'), tiny_net)
+    assert [p.name for p in (tmp_path / 'out').iterdir()] == ['a.webp'] and summary.failed == []
+    assert summary.skipped == {'.txt': 2, '.heic': 1, '': 1}
+    assert jobs.describe_skipped(summary.skipped) == (
+        '4 other file(s) in the folders passed over (2 .txt, 1 .heic, 1 without an extension)'
+    )
+    assert jobs.describe_skipped({}) == ''
+
+
 def count_calls(monkeypatch, owner, name, counts):
     """Count the calls of ``owner.name`` in ``counts['Owner.name']``, calling through."""
     real = getattr(owner, name)

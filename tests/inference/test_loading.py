@@ -103,3 +103,20 @@ def test_device_resolution():
             resolve_device('cuda:0')
     with pytest.raises(EnhanceError, match='--device tpu'):
         resolve_device('tpu')
+
+
+@pytest.mark.parametrize(
+    'network_g, reason',
+    [
+        ('type: Nope', "No object named 'Nope' found in 'arch' registry!"),
+        ('type: GMMoE\n  preset: huge', 'network_g.preset: unknown preset "huge"; choose from paper, released'),
+        ('type: GMMoE\n  widht: 8', "GMMoE.__init__() got an unexpected keyword argument 'widht'"),
+    ],
+)
+def test_network_option_errors_are_plain_lines_without_a_python_class(tmp_path, network_g, reason):
+    opt = tmp_path / 'net.yml'
+    opt.write_text(f'network_g:\n  {network_g}\n')
+    with pytest.raises(EnhanceError) as err:
+        load_network(option_file=str(opt), random_weights=True, device='cpu')
+    assert str(err.value).startswith(f'cannot build the network from network_g of {opt}: {reason}')
+    assert 'Error' not in str(err.value) and '"No object' not in str(err.value)
