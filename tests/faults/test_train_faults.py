@@ -64,6 +64,38 @@ def test_resume_falls_back_to_the_newest_intact_pair(tmp_path, plugin_env):
     assert 'iter:       6,' in log and (exp / 'models' / 'net_g_6.pth').is_file()
 
 
+def last_log(exp, name):
+    return max(exp.glob(f'train_{name}_*.log'), key=lambda p: p.stat().st_mtime).read_text()
+
+
+@pytest.mark.slow
+def test_following_the_advice_after_an_exploding_save_finishes(tmp_path, plugin_env):
+    # Milestone 3 (BasicSR steps the scheduler from iteration 2 on, so it is iteration 4's lr) multiplies the
+    # lr by 1e12 at the save iteration 4: the weights stay finite, the output does not, so that save is
+    # refused (exit 3) and net_g_2 / 2.state stay the last good pair.
+    data = write_pairs(tmp_path / 'data', n=4)
+    options = tiny_gmmoe_options(data, 'advice', total_iter=4, checkpoint_freq=2)
+    options['train']['scheduler'] = {'type': 'MultiStepRestartLR', 'milestones': [3], 'gamma': 1e12}
+    done = train(tmp_path, plugin_env, options)
+    assert done.returncode == 3, done.stderr[-3000:]
+    assert 'Lower train.optim_g.lr' in done.stderr and 'then resume with --auto_resume' in done.stderr
+    exp = tmp_path / 'experiments' / 'advice'
+    assert sorted(os.listdir(exp / 'training_states')) == ['2.state']
+
+    # The advice followed: a lower lr, the milestone moved past the end, --auto_resume.
+    options['train']['optim_g']['lr'] = 1e-4
+    options['train']['scheduler']['milestones'] = [8]
+    done = train(tmp_path, plugin_env, options, '--auto_resume')
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = last_log(exp, 'advice')
+    assert 'train.optim_g.lr 0.0001 from the option file replaces 0.001 of the state' in log
+    assert 'train.scheduler.milestones [8] from the option file replaces [3] of the state' in log
+    resumed = log.split('Resuming training from epoch')[1]
+    assert 'iter: 2.' in resumed.splitlines()[0]
+    assert 'lr:(1.000e-04,)' in resumed and 'lr:(1.000e-03,)' not in resumed
+    assert (exp / 'models' / 'net_g_4.pth').is_file() and 'End of training' in log
+
+
 class Hostile:
     """Unpickling this creates a folder: proof that code ran."""
 
