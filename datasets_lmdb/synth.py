@@ -44,7 +44,7 @@ from tqdm import tqdm
 from gmmoe_arch.data.image_io import DataError, MissingDataError, read_image_file
 from gmmoe_arch.data.pairing import culprits, list_images
 
-from .output import PARTIAL, output_locks, remove_leftovers
+from .output import PARTIAL, output_locks, settle_leftovers
 from .pack import pack_pairs
 
 DEGRADATIONS = ('lowlight', 'rain', 'haze')
@@ -320,7 +320,7 @@ def synthesize_images(
     os.makedirs(parent, exist_ok=True)
     with output_locks([parent]):
         _check_out(out, overwrite)
-        remove_leftovers(parent)
+        settle_leftovers(parent)
         tmp = tempfile.mkdtemp(prefix=f'{PARTIAL}{os.getpid()}-synth-', dir=parent)
         try:
             record = _write(images, tmp, settings, progress)
