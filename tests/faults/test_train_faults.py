@@ -147,6 +147,23 @@ def test_hostile_checkpoint_runs_no_code_even_when_torch_allows_it(tmp_path, plu
         ),
         (lambda o: o['logger'].update(save_checkpoint_freq=0), 'logger.save_checkpoint_freq must be an integer >= 1'),
         (lambda o: o['network_g'].update(enc_blk_nums=[1, 'x']), 'network_g.enc_blk_nums[1] must be an integer'),
+        # these failed deep inside BasicSR with a KeyError, TypeError or AttributeError (issue 26)
+        (lambda o: o['train'].pop('scheduler'), 'train: missing key(s) scheduler'),
+        (lambda o: o['logger'].pop('print_freq'), 'logger: missing key(s) print_freq'),
+        (
+            lambda o: o['train']['scheduler'].update(periods='x'),
+            "train.scheduler.periods must be a non-empty list, got 'x'",
+        ),
+        (lambda o: o['train']['scheduler'].update(foo=1), 'train.scheduler: unknown option(s) foo of CosineAnnealing'),
+        (lambda o: o['train']['pixel_opt'].update(type='NoLoss'), 'train.pixel_opt.type: "NoLoss" is not registered'),
+        (lambda o: o['train']['pixel_opt'].update(foo=2), 'train.pixel_opt: unknown option(s) foo of PSNRLoss'),
+        (lambda o: o['network_g'].update(foo=1), 'network_g: unknown option(s) foo of GMMoE'),
+        (lambda o: o.update(path='x'), "path must be a mapping of options, got 'x'"),
+        (lambda o: o.update(manual_seed='x'), "manual_seed must be an integer in [0, 4294967295], got 'x'"),
+        (lambda o: o.update(name=5), 'name must be a non-empty string, got 5'),
+        (lambda o: o['train'].update(warmup_iter='x'), "train.warmup_iter must be an integer >= -1, got 'x'"),
+        (lambda o: o['datasets'].update(foo=o['datasets']['val']), 'datasets.foo: unknown phase'),
+        (lambda o: o['datasets']['train'].pop('type'), 'datasets.train.type: missing or not a name'),
     ],
 )
 def test_wrong_option_types_are_one_line_errors(tmp_path, capsys, edit, message):
@@ -157,3 +174,28 @@ def test_wrong_option_types_are_one_line_errors(tmp_path, capsys, edit, message)
     assert cli.main(['train', '-opt', str(path)]) == 2
     err = capsys.readouterr().err
     assert message in err and str(path) in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_option_error_from_deep_in_basicsr_is_one_line_without_a_class_name(tmp_path, capsys, monkeypatch):
+    data = write_pairs(tmp_path / 'data', n=2)
+    options = tiny_gmmoe_options(data, 'deep', total_iter=1, checkpoint_freq=1)
+    options['path']['pretrain_network_g'] = str(tmp_path / 'nowhere.pth')  # found missing only when loading
+    monkeypatch.chdir(tmp_path)
+    path = write_yaml(tmp_path / 'deep.yml', options)
+    monkeypatch.delenv('GMMOE_TRACEBACK', raising=False)
+    assert cli.main(['train', '-opt', str(path)]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f'basicsr train: error in option file {path}: network checkpoint not found: ')
+    assert 'FileNotFoundError' not in last and last.endswith('(GMMOE_TRACEBACK=1 shows the traceback)')
+
+
+@pytest.mark.parametrize(
+    'exc, text',
+    [
+        (KeyError('print_freq'), 'missing key print_freq'),
+        (KeyError("No object named 'X' found in 'arch' registry!"), "No object named 'X' found in 'arch' registry!"),
+        (ValueError('train.optim_g.lr: expected a number'), 'train.optim_g.lr: expected a number'),
+    ],
+)
+def test_error_text_has_no_class_name_and_names_a_missing_key(exc, text):
+    assert cli.error_text(exc) == text
