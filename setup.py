@@ -86,7 +86,7 @@ setup(
     extras_require={
         # `gmmoe export` (ONNX): onnxscript and onnx for torch's exporter, onnxruntime for the check
         'export': EXPORT_REQUIRES,
-        'test': ['pytest>=7', 'ruff>=0.6'] + EXPORT_REQUIRES,
+        'test': ['pytest>=7', 'ruff>=0.6', 'hypothesis>=6'] + EXPORT_REQUIRES,
     },
     entry_points={
         'console_scripts': [

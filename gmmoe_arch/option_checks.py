@@ -88,10 +88,14 @@ def _required(section, value, keys):
 
 
 def check_top(opt):
-    _text('name', opt['name'])
+    name = opt['name']
+    _text('name', name)
+    if name in ('.', '..') or set(name) & set('/\\\x00'):
+        raise OptionError(f'name is the folder name under experiments/: no /, \\ or NUL, not . or .., got {name!r}')
     _text('model_type', opt['model_type'])
-    if opt.get('manual_seed') is not None:
-        integer('manual_seed', opt['manual_seed'], 0, 2**32 - 1)
+    seed = opt.get('manual_seed')
+    if seed is not None and not (_is_int(seed) and 0 <= seed < 2**32):  # numpy's seed takes no float
+        raise OptionError(f'manual_seed must be an integer in [0, 4294967295], got {seed!r}')
     if 'scale' in opt:
         integer('scale', opt['scale'], 1)
 
@@ -122,10 +126,12 @@ def check_datasets(opt, phase):
             if key in dataset:
                 _flag(f'{where}.{key}', dataset[key])
         for key, value in dataset.items():
-            if isinstance(key, str) and key.startswith(('dataroot_', 'meta_info')) and value is not None:
-                _text(f'{where}.{key}', value)
+            if isinstance(key, str) and key.startswith(('dataroot_', 'meta_info')):
+                _text(f'{where}.{key}', value, optional=key.startswith('meta_info'))
         if name == 'train' and phase == 'train':
             _required(where, dataset, ('batch_size_per_gpu', 'num_worker_per_gpu'))
+            integer(f'{where}.batch_size_per_gpu', dataset['batch_size_per_gpu'], 1)  # null too
+            integer(f'{where}.num_worker_per_gpu', dataset['num_worker_per_gpu'], 0)
 
 
 def _scheduler(opt):
@@ -149,6 +155,8 @@ def _scheduler(opt):
         number(f'{where}.eta_min', sched.get('eta_min', 0), 0)
         if len(periods) != len(weights):
             raise OptionError(f'{where}: periods and restart_weights must have the same length')
+        return sum(periods)
+    return None
 
 
 def check_train(opt):
@@ -157,8 +165,13 @@ def check_train(opt):
     optim = typed('train.optim_g', train['optim_g'], '{type: AdamW, lr: 1.0e-3}')
     _required('train.optim_g', optim, ('lr',))
     number('train.optim_g.lr', optim['lr'], positive=True)
-    _scheduler(train['scheduler'])
-    integer('train.total_iter', train['total_iter'], 1)
+    reach = _scheduler(train['scheduler'])
+    total = integer('train.total_iter', train['total_iter'], 1)
+    if reach is not None and total - 1 > reach:  # BasicSR steps the scheduler total_iter - 1 times
+        raise OptionError(
+            f'train.scheduler.periods: their sum {reach} does not reach train.total_iter {total} '
+            f'(CosineAnnealingRestartLR fails past it); make them sum to at least {total - 1}'
+        )
     if train.get('warmup_iter') is not None:
         integer('train.warmup_iter', train['warmup_iter'], -1)
     if train.get('ema_decay') is not None:
