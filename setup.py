@@ -89,7 +89,7 @@ setup(
         'export': EXPORT_REQUIRES,
         # spandrel.ModelLoader loads GM-MoE checkpoints (gmmoe_arch.spandrel_arch)
         'spandrel': SPANDREL_REQUIRES,
-        'test': ['pytest>=7', 'ruff>=0.6'] + EXPORT_REQUIRES + SPANDREL_REQUIRES,
+        'test': ['pytest>=7', 'ruff>=0.6', 'hypothesis>=6'] + EXPORT_REQUIRES + SPANDREL_REQUIRES,
     },
     entry_points={
         'console_scripts': [

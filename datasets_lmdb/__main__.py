@@ -7,14 +7,16 @@ Examples::
     datasets_lmdb pack --lq rain/input --gt rain/target --out rain_lmdb \\
         --pair-rule '{"lq": "rain-(.*)", "gt": "norain-\\\\1"}'
     datasets_lmdb verify datasets/LOL_lmdb
+    datasets_lmdb restore datasets/LOL_lmdb
     datasets_lmdb presets
     datasets_lmdb synth --degradation mixed --src photos --out datasets/allinone --lmdb --seed 0 --per-image 2
 """
 
 import argparse
+import os
 import sys
 
-from .output import PackError
+from .output import PackError, output_locks, settle_leftovers
 from .pack import DEFAULT_FORM, FORMS, pack_pairs
 from .presets import PRESETS, pack_preset, preset_tree
 from .synth import KINDS, RAIN_CHOICES, synthesize
@@ -53,6 +55,10 @@ def _parser():
     check = sub.add_parser('verify', help='decode every entry, check checksums, meta_info.txt and lq/gt pairs')
     check.add_argument('path', help='an *.lmdb folder or a folder holding some')
     check.add_argument('--no-progress', action='store_true', help='no progress bar')
+    restore = sub.add_parser(
+        'restore', help='put back the previous lq.lmdb/gt.lmdb that an interrupted pack --overwrite left aside'
+    )
+    restore.add_argument('out', help='the --out folder of the interrupted pack')
     sub.add_parser('presets', help='print the folder trees the presets expect')
     synth = sub.add_parser('synth', help='degrade a folder of clean images into a labelled paired set (docs/data.md)')
     synth.add_argument('--degradation', required=True, choices=KINDS, help='mixed: one of the three per pair')
@@ -122,6 +128,16 @@ def _verify(args):
     return 1 if problems else 0
 
 
+def _restore(args):
+    """Settle the leftovers of ``args.out`` (as the next pack would) without packing anything."""
+    if not os.path.isdir(args.out):
+        raise FileNotFoundError(f'{args.out}: no such folder')
+    with output_locks([args.out]):
+        restored = settle_leftovers(args.out)
+    if not restored:
+        print(f'{args.out}: no previous lq.lmdb/gt.lmdb to restore')
+
+
 def main(argv=None):
     """Entry point of ``datasets_lmdb`` / ``python -m datasets_lmdb``; returns the exit status."""
     parser = _parser()
@@ -133,6 +149,8 @@ def main(argv=None):
             return _verify(args)
         elif args.command == 'synth':
             _synth(args)
+        elif args.command == 'restore':
+            _restore(args)
         else:
             print('\n'.join(f'{name}:\n{preset_tree(name)}' for name in PRESETS))
     except (OSError, ValueError, PackError) as err:

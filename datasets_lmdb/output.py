@@ -4,7 +4,9 @@
   second pack into the same folder fails at once naming the folder and the holder. The kernel drops
   the lock when the holder dies, so a killed run never blocks the next one.
 * **Leftovers**: a run writes into ``<out>/.partial-<pid>-*``; one that was killed leaves that folder
-  behind. The next pack (holding the lock, so no live run owns any) removes them; ``verify`` names them.
+  behind. The next pack (holding the lock, so no live run owns any) removes them, but first restores a
+  previous pair that a leftover holds the only copy of (a run killed while replacing it), and keeps one
+  beside a newer pair; ``verify`` names them all, ``datasets_lmdb restore`` restores without packing.
 * **Replacing**: the previous ``lq.lmdb``/``gt.lmdb`` are moved into the partial folder, the new ones
   moved in, and only then is the partial folder (with the previous pair) removed. Every database carries
   the run's generation (``pack_info.json``), so a pair left mixed by a kill between these renames is
@@ -15,6 +17,9 @@ import contextlib
 import fcntl
 import os
 import shutil
+
+from gmmoe_arch.data.image_io import DataError
+from gmmoe_arch.data.pack_info import read_pack_info
 
 LOCK_NAME = '.pack.lock'
 PARTIAL = '.partial-'
@@ -104,12 +109,79 @@ def leftovers(folder):
     return sorted(os.path.join(folder, n) for n in names if n.startswith(PARTIAL))
 
 
+def _generation(db):
+    """The pack generation of the LMDB folder ``db`` (``None`` without a readable marker)."""
+    try:
+        info = read_pack_info(db)
+    except DataError:
+        return None
+    return info and info['generation']
+
+
+def _previous_sides(partial):
+    return [s for s in SIDES if os.path.isdir(os.path.join(partial, f'previous-{s}.lmdb'))]
+
+
+def leftover_kind(partial):
+    """What a ``.partial-*`` folder of a pack holds -> ``(kind, sides with a previous database)``.
+
+    ``'partial'``: only an interrupted run's own databases. ``'restorable'``: the previous database(s) of
+    the folder, whose places there are empty or hold what the interrupted run moved in (its generation):
+    the only copy, put back by :func:`settle_leftovers`. ``'replaced'``: the previous pair, and a complete
+    newer pair in place (the run was killed while removing them). ``'conflict'``: the previous pair, and
+    other databases in place that the interrupted run did not write.
+    """
+    folder = os.path.dirname(partial)
+    previous = _previous_sides(partial)
+    if not previous:
+        return 'partial', previous
+    new = {_generation(os.path.join(partial, f'{s}.lmdb')) for s in SIDES} - {None}
+    in_place = [
+        os.path.join(folder, f'{s}.lmdb') for s in previous if os.path.lexists(os.path.join(folder, f'{s}.lmdb'))
+    ]
+    if all(_generation(db) in new for db in in_place):
+        return 'restorable', previous
+    current = {_generation(os.path.join(folder, f'{s}.lmdb')) for s in SIDES}
+    if not new and len(current) == 1 and None not in current:
+        return 'replaced', previous
+    return 'conflict', previous
+
+
+def _pair_names(sides):
+    return '/'.join(f'{s}.lmdb' for s in sides)
+
+
 def describe_leftover(path):
     """One line saying what a ``.partial-*`` folder is and what to do about it."""
     folder = os.path.dirname(path)
     holder = lock_holder(folder)
     if holder is not None:
         return f'{path}: a pack (pid {holder}) is writing into {folder} right now'
+    return _describe_contents(path)
+
+
+def _describe_contents(path):
+    """:func:`describe_leftover` for a folder whose lock nobody (or the caller) holds."""
+    folder = os.path.dirname(path)
+    kind, previous = leftover_kind(path)
+    names = _pair_names(previous)
+    if kind == 'restorable':
+        return (
+            f'{path}: holds the previous {names} of {folder}, their only copy (a `datasets_lmdb pack --overwrite` '
+            f'was interrupted while replacing them): restore with `datasets_lmdb restore {folder}` (the next '
+            'pack into it restores them first)'
+        )
+    if kind == 'replaced':
+        return (
+            f'{path}: holds the previous {names} of {folder}, replaced by a pack that was interrupted before '
+            'removing them (the new pair is in place); delete it when you no longer need them'
+        )
+    if kind == 'conflict':
+        return (
+            f'{path}: holds the previous {names} of {folder}, but the databases there now are not from the '
+            f'interrupted pack, so nothing is restored automatically: move {path}/previous-*.lmdb back by hand '
+            'or delete it'
+        )
     inside = ', '.join(sorted(os.listdir(path))) or 'nothing'
     return (
         f'{path}: leftover of an interrupted pack (holds {inside}); the next `datasets_lmdb pack` into '
@@ -117,11 +189,40 @@ def describe_leftover(path):
     )
 
 
-def remove_leftovers(folder):
-    """Remove every ``.partial-*`` folder in ``folder``; call only while holding its lock."""
+def _restore(partial, previous):
+    """Put ``partial``'s previous databases back; what the interrupted run moved in goes back into ``partial``."""
+    folder = os.path.dirname(partial)
+    for side in previous:
+        target = os.path.join(folder, f'{side}.lmdb')
+        if os.path.lexists(target):
+            os.rename(target, os.path.join(partial, f'{side}.lmdb'))
+    for side in previous:
+        os.rename(os.path.join(partial, f'previous-{side}.lmdb'), os.path.join(folder, f'{side}.lmdb'))
+    _fsync_dir(folder)
+
+
+def settle_leftovers(folder):
+    """Deal with every ``.partial-*`` folder in ``folder``, saying what was done; call only holding its lock.
+
+    The only copy of a previous pair is restored, a previous pair beside a newer one is kept (and named),
+    and what is left of an interrupted run's own output is removed (see :func:`leftover_kind`).
+    """
+    restored = []
     for path in leftovers(folder):
+        kind, previous = leftover_kind(path)
+        if kind in ('replaced', 'conflict'):
+            print(f'datasets_lmdb: kept {_describe_contents(path)}')
+            continue
+        if kind == 'restorable':
+            _restore(path, previous)
+            print(
+                f'datasets_lmdb: restored the previous {_pair_names(previous)} of {folder} from {path}, '
+                'left there by an interrupted `pack --overwrite`'
+            )
+            restored.append(path)
         print(f'datasets_lmdb: removing {path}, leftover of an interrupted pack')
         shutil.rmtree(path, ignore_errors=True)
+    return restored
 
 
 def replace_pair(partial, folder):

@@ -15,7 +15,8 @@ The key of a pair is the lq file's stem. ``meta_info.txt`` lines follow BasicSR:
 Safety (see :mod:`datasets_lmdb.output`): one pack at a time per output folder (a lock); both
 databases are written into ``<out_dir>/.partial-<pid>-*``, flushed, and moved into place only when every
 pair was read and stored, as one unit marked with the run's generation (``pack_info.json``); a failure,
-interrupt or full disk removes the partial folder and leaves existing databases as they were. Existing
+interrupt or full disk removes the partial folder and leaves existing databases as they were; a previous pair
+that a killed run left only inside its partial folder is restored by the next pack. Existing
 ``lq.lmdb``/``gt.lmdb`` are never touched without ``overwrite``. Sources are read by the same decoder
 as ``LLIEPairedDataset`` (:func:`gmmoe_arch.data.image_io.decode`): truncated files and decompression
 bombs are refused, never packed. Raw entries carry a CRC-32 that ``verify`` checks.
@@ -41,7 +42,7 @@ from gmmoe_arch.data.image_io import DataError, encode_raw, read_image_file, sha
 from gmmoe_arch.data.pack_info import write_pack_info
 from gmmoe_arch.data.pairing import LABEL_PREFIX, SHOWN, check_labels, check_sizes, culprits, list_images, pair_stems
 
-from .output import PARTIAL, SIDES, PackError, output_locks, remove_leftovers, replace_pair
+from .output import PARTIAL, SIDES, PackError, output_locks, replace_pair, settle_leftovers
 
 FORMS = ('raw', 'png')
 DEFAULT_FORM = 'raw'
@@ -203,8 +204,8 @@ def write_pairs(pairs, sizes, out_dir, form=None, workers=None, progress=True, o
 def write_pairs_locked(pairs, sizes, out_dir, form=None, workers=None, progress=True, overwrite=False, labels=None):
     """:func:`write_pairs` for a caller that holds ``out_dir``'s lock (see :func:`~.output.output_locks`)."""
     form = _check_form(form)
+    settle_leftovers(out_dir)  # first: it may restore a previous pair that only a leftover holds
     check_targets(out_dir, overwrite)  # again, under the lock: another run may have finished meanwhile
-    remove_leftovers(out_dir)
     workers = workers or min(4, os.cpu_count() or 1)
     # upper bound of one database: 4 channels of 16 bits per pixel, plus LMDB page overhead
     map_size = sum(h * w for h, w in sizes) * 8 + (64 << 20)

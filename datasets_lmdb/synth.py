@@ -33,6 +33,7 @@ Degradations (ranges and their sources: ``docs/data.md``):
 import collections
 import contextlib
 import json
+import numbers
 import os
 import shutil
 import tempfile
@@ -44,8 +45,8 @@ from tqdm import tqdm
 from gmmoe_arch.data.image_io import DataError, MissingDataError, read_image_file
 from gmmoe_arch.data.pairing import culprits, list_images
 
-from .output import PARTIAL, output_locks, remove_leftovers
-from .pack import pack_pairs
+from .output import PARTIAL, output_locks, settle_leftovers
+from .pack import FORMS, pack_pairs
 
 DEGRADATIONS = ('lowlight', 'rain', 'haze')
 KINDS = (*DEGRADATIONS, 'mixed')
@@ -271,6 +272,7 @@ def synthesize(src, out, degradation, seed=0, per_image=1, lmdb=False, max_side=
     an unreadable one raises ``DataError`` naming it and leaves ``out`` as it was. Other arguments as
     :func:`synthesize_images`. Returns the record written to ``out/synth.json``.
     """
+    check_options(degradation, seed, per_image, max_side, rain, kwargs.get('form'))
     if not os.path.isdir(src):
         raise MissingDataError(f'--src: folder not found: {src}')
     files = read_folder(src)
@@ -312,6 +314,7 @@ def synthesize_images(
         form (str | None): stored form of the LMDBs (see ``datasets_lmdb pack``).
         source (str): what the images are, for the record.
     """
+    check_options(degradation, seed, per_image, max_side, rain, form)
     images = list(images)
     settings = _check(images, out, degradation, seed, per_image, max_side, rain, overwrite)
     settings.update(lmdb=bool(lmdb), source=source)
@@ -320,7 +323,7 @@ def synthesize_images(
     os.makedirs(parent, exist_ok=True)
     with output_locks([parent]):
         _check_out(out, overwrite)
-        remove_leftovers(parent)
+        settle_leftovers(parent)
         tmp = tempfile.mkdtemp(prefix=f'{PARTIAL}{os.getpid()}-synth-', dir=parent)
         try:
             record = _write(images, tmp, settings, progress)
@@ -342,15 +345,28 @@ def synthesize_images(
     return record
 
 
-def _check(images, out, degradation, seed, per_image, max_side, rain, overwrite):
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_options(degradation, seed, per_image, max_side, rain, form=None):
+    """``ValueError`` naming the first bad option, before any image is read or anything written."""
     if degradation not in KINDS:
         raise ValueError(f'--degradation: expected one of {", ".join(KINDS)}, got {degradation!r}')
     if rain not in RAIN_CHOICES:
         raise ValueError(f'--rain: expected one of {", ".join(RAIN_CHOICES)}, got {rain!r}')
-    if not isinstance(per_image, int) or per_image < 1:
+    if not _is_int(seed) or seed < 0:
+        raise ValueError(f'--seed: expected an integer >= 0, got {seed!r}')
+    if not _is_int(per_image) or per_image < 1:
         raise ValueError(f'--per-image: expected an integer >= 1, got {per_image!r}')
-    if max_side is not None and (not isinstance(max_side, int) or max_side < 8):
+    if max_side is not None and (not _is_int(max_side) or max_side < 8):
         raise ValueError(f'--max-side: expected an integer >= 8, got {max_side!r}')
+    if form is not None and form not in FORMS:
+        raise ValueError(f'--form: expected one of {", ".join(FORMS)}, got {form!r}')
+
+
+def _check(images, out, degradation, seed, per_image, max_side, rain, overwrite):
+    """The settings to record, after checks of the image names and ``out`` (the options: :func:`check_options`)."""
     names = [name for name, _ in images]
     if not names:
         raise DataError(f'no images to degrade for {out}')

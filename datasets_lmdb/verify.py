@@ -36,7 +36,9 @@ def find_lmdbs(path):
         return [os.path.normpath(path)]
     found, partial = _walk(path)
     if not found:
-        extra = f' (only leftovers of interrupted packs: {", ".join(partial)})' if partial else ''
+        extra = (
+            f' (only leftovers of interrupted packs: {"; ".join(map(describe_leftover, partial))})' if partial else ''
+        )
         raise FileNotFoundError(f'{path}: no *.lmdb folder found{extra}')
     return found
 

@@ -14,7 +14,7 @@ import importlib.metadata
 import os
 import sys
 
-from gmmoe_arch import compat
+from gmmoe_arch import compat, option_checks
 from gmmoe_arch.data.image_io import DataError
 from gmmoe_arch.inference.errors import EnhanceError
 from gmmoe_arch.models.gmmoe_model import TrainingDiverged
@@ -128,7 +128,39 @@ def check_option_file(path, phase):
                 f'{torch.cuda.device_count()} CUDA device(s); use num_gpu: auto'
             )
     check_option_types(path, opt)
+    try:
+        option_checks.check_sections(opt, phase)
+    except option_checks.OptionError as exc:
+        raise UserError(f'option file {path}: {exc}') from None
     return opt
+
+
+def check_registered(path, opt, phase):
+    """:func:`gmmoe_arch.option_checks.check_registered` (after the plug-ins are loaded), as a :class:`UserError`."""
+    try:
+        option_checks.check_registered(opt, phase)
+    except option_checks.OptionError as exc:
+        raise UserError(f'option file {path}: {exc}') from None
+
+
+def validate_option_file(path, phase):
+    """Everything ``basicsr <phase>`` checks in an option file before it builds anything -> the options.
+
+    Raises :class:`UserError` (one line naming the file and key); loads the plug-ins.
+    """
+    opt = check_option_file(path, phase)
+    plugins = load_plugins()
+    check_registered(path, opt, phase)
+    return opt, plugins
+
+
+def error_text(exc):
+    """The message of an error from deep in BasicSR without its class name: a ``KeyError`` on a bare key
+    (``opt['print_freq']``) says which key is missing."""
+    if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
+        key = exc.args[0]
+        return f'missing key {key}' if key.isidentifier() else key
+    return str(exc)
 
 
 def worker_message(exc):
@@ -190,8 +222,7 @@ def main(argv=None):
     argv = compat.normalise_local_rank(argv)
     args = build_parser().parse_args(argv)
     try:
-        check_option_file(args.opt, args.phase)
-        plugins = load_plugins()
+        _, plugins = validate_option_file(args.opt, args.phase)
         from gmmoe_arch import runtime
 
         runtime.configure_allocator()
@@ -233,8 +264,8 @@ def main(argv=None):
         if os.environ.get('GMMOE_TRACEBACK'):
             raise
         print(
-            f'basicsr {args.phase}: error in option file {args.opt}: {type(exc).__name__}: {exc}\n'
-            '(set GMMOE_TRACEBACK=1 for the full traceback)',
+            f'basicsr {args.phase}: error in option file {args.opt}: {error_text(exc)} '
+            '(GMMOE_TRACEBACK=1 shows the traceback)',
             file=sys.stderr,
         )
         return 2

@@ -116,7 +116,7 @@ def test_local_rank_spellings():
 def test_diverged_training_stops_with_a_message(tmp_path, plugin_env):
     data = write_pairs(tmp_path / 'data', n=2)
     opt = tiny_train_options(data, name='nan', model_type='GMMoEModel')
-    opt['train']['optim_g']['lr'] = float('inf')
+    opt['train']['optim_g']['lr'] = 1e30  # finite (an infinite lr is refused as an option), yet it diverges
     done = run(['train', '-opt', str(write_yaml(tmp_path / 'nan.yml', opt))], tmp_path, plugin_env)
     assert done.returncode == 3, done.stderr[-2000:]
     assert 'basicsr train: stopped:' in done.stderr and 'Traceback' not in done.stderr

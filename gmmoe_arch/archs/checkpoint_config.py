@@ -42,9 +42,10 @@ def infer_experts(state_dict: Mapping[str, Tensor], block: str) -> Optional[List
     recognised by their released names (``Expert1.*``, ``Expert2.*``, the feature expert inline).
     """
     gate = state_dict.get(block + 'GateNetwork.2.weight')  # (n_experts, C / 4)
-    if gate is None:
+    first = state_dict.get(block + 'GateNetwork.0.weight')  # (C / 4, C, ...)
+    if gate is None or first is None or gate.ndim < 1 or first.ndim < 2:  # a damaged gate: loading names it
         return None
-    channels = state_dict[block + 'GateNetwork.0.weight'].shape[1]
+    channels = first.shape[1]
     released = {0: block + 'Expert1.', 1: block + 'Expert2.', 2: block + 'conv11.'}
     names = []
     for i in range(gate.shape[0]):
@@ -62,10 +63,10 @@ def infer_experts(state_dict: Mapping[str, Tensor], block: str) -> Optional[List
 
 def infer_config(state_dict: Mapping[str, Tensor]) -> Optional[Dict[str, Any]]:
     """GMMoE arguments (``img_channel``, ``width``, block counts per level, and ``experts`` unless they are
-    the released three) of a GM-MoE state dict; None when ``state_dict`` is not one (no ``intro.weight``)."""
-    if 'intro.weight' not in state_dict:
+    the released three) of a GM-MoE state dict; None when ``state_dict`` is not one (no 4-D ``intro.weight``)."""
+    intro = state_dict.get('intro.weight')  # (width, img_channel, 3, 3)
+    if intro is None or intro.ndim != 4:
         return None
-    intro = state_dict['intro.weight']  # (width, img_channel, 3, 3)
     levels = _count(state_dict, 'downs.')
     config = dict(
         img_channel=intro.shape[1],

@@ -9,6 +9,9 @@ Options added under ``train`` (everything else is SRModel's: EMA, schedulers, va
 * ``compile``: ``true`` (or a dict of ``torch.compile`` arguments) compiles ``net_g`` in place.
   Never on by default: the first iterations then take minutes.
 
+On resume, ``optim_g`` and ``scheduler`` settings of the option file (the lr, milestones, gamma, periods...)
+that differ from the training state's take effect and are logged; see :mod:`.resume_options`.
+
 A NaN or infinite loss stops training with :class:`TrainingDiverged` before the broken step
 reaches the weights; a step that leaves non-finite weights stops it right after. Before every save, the
 weights and the network's output on the current batch are checked finite, so no checkpoint of a diverged
@@ -51,6 +54,7 @@ from basicsr.utils.registry import LOSS_REGISTRY, MODEL_REGISTRY
 from ..archs.gmmoe_arch import expert_names, record_gates
 from ..losses.gate_losses import EXPERTS_OPTION, GateBalanceLoss, GateRoutingLoss
 from .gate_stats import GateStats, save_gate_figure, save_gate_json
+from .resume_options import resume_with_options
 
 AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 DEFAULT_BALANCE = {'type': 'GateBalanceLoss', 'loss_weight': 0.01}
@@ -224,6 +228,11 @@ class GMMoEModel(SRModel):
             return cls(params, lr=lr, **kwargs)
         except (TypeError, ValueError) as exc:
             raise ValueError(f'train.optim_g: {optim_type} rejected lr={lr}, {kwargs}: {exc}') from exc
+
+    def resume_training(self, resume_state):
+        """BaseModel's, but the option file's learning rate, optimiser and scheduler settings take effect
+        where they differ from the state's, each change logged in one line (see :mod:`.resume_options`)."""
+        resume_with_options(self, resume_state, get_root_logger().info)
 
     def _losses(self):
         """The losses of ``self.output`` against ``self.gt`` (as SRModel sums them) -> (total, OrderedDict)."""

@@ -229,6 +229,30 @@ def test_cli_synth(clean, tmp_path, capsys):
         main(['synth', '--degradation', 'snow', '--src', str(clean), '--out', str(out)])
 
 
+@pytest.mark.parametrize(
+    'option, value, message',
+    [
+        ('--seed', '-1', '--seed: expected an integer >= 0, got -1'),
+        ('--per-image', '0', '--per-image: expected an integer >= 1, got 0'),
+        ('--max-side', '4', '--max-side: expected an integer >= 8, got 4'),
+    ],
+)
+def test_cli_synth_names_each_bad_option_before_any_work(tmp_path, capsys, option, value, message):
+    # --src does not exist and --out is never created: the option is checked before either is looked at
+    args = ['synth', '--degradation', 'rain', '--src', str(tmp_path / 'nowhere'), '--out', str(tmp_path / 'out')]
+    assert main(args + [option, value, '--lmdb', '--no-progress']) == 2
+    err = capsys.readouterr().err
+    assert err == f'datasets_lmdb: error: {message}\n'
+    assert os.listdir(tmp_path) == []
+
+
+def test_synth_api_refuses_a_bad_seed_or_form_before_reading(tmp_path):
+    with pytest.raises(ValueError, match='--seed: expected an integer >= 0, got True'):
+        synthesize(str(tmp_path / 'nowhere'), str(tmp_path / 'out'), 'haze', seed=True)
+    with pytest.raises(ValueError, match="--form: expected one of raw, png, got 'jpeg'"):
+        synthesize_images([('a', str(tmp_path / 'missing.png'))], str(tmp_path / 'out'), 'haze', lmdb=True, form='jpeg')
+
+
 def test_killed_run_leaves_no_output_and_the_next_run_cleans_up(clean, tmp_path):
     out = tmp_path / 'out'
     pid = os.fork()

@@ -181,12 +181,80 @@ def test_kill_while_replacing_is_refused_by_verify_and_dataset(tmp_path, capsys,
     assert main(['verify', str(out), '--no-progress']) == 1
     report = capsys.readouterr().out
     assert f'PROBLEM: {out / survivor}: no sibling' in report and 'interrupted' in report
-    assert 'leftover of an interrupted pack' in report and 'FAILED' in report
+    assert f'.lmdb of {out}, their only copy' in report and f'restore with `datasets_lmdb restore {out}`' in report
+    assert 'FAILED' in report
     message = data_error(lambda: build_dataset(lmdb_options(out)))
     assert 'not found' in message and 'datasets_lmdb' in message
     assert cli_pack(new, out, '--overwrite') == 0
     assert verify(str(out), progress=False)[1] == []
     assert sorted(os.listdir(out)) == ['gt.lmdb', 'lq.lmdb']
+
+
+def test_kill_with_both_old_databases_aside_never_loses_them(tmp_path, capsys):
+    """Killed after moving both old databases into its partial folder: they are the only copy of the old pair."""
+    old, new = write_pairs(tmp_path / 'old', n=2), write_pairs(tmp_path / 'new', n=3, seed=1)
+    out = tmp_path / 'out'
+    assert cli_pack(old, out) == 0
+    before = [lmdb_value(out / f'{side}.lmdb', '001') for side in ('lq', 'gt')]
+    assert forked(kill_at_rename, 'lq.lmdb', new, out)[0] == -signal.SIGKILL
+    assert [n for n in os.listdir(out) if n.endswith('.lmdb')] == []
+    (leftover,) = [out / n for n in os.listdir(out) if n.startswith('.partial-')]
+    capsys.readouterr()
+    assert main(['verify', str(out), '--no-progress']) == 2
+    said = capsys.readouterr().err
+    assert f'{leftover}: holds the previous lq.lmdb/gt.lmdb of {out}, their only copy' in said
+    assert f'restore with `datasets_lmdb restore {out}`' in said
+    # A plain pack restores them first, then refuses to replace them without --overwrite.
+    assert cli_pack(new, out) == 2
+    said = capsys.readouterr()
+    assert f'restored the previous lq.lmdb/gt.lmdb of {out} from {leftover}' in said.out
+    assert 'already exist' in said.err and '--overwrite' in said.err
+    assert [lmdb_value(out / f'{side}.lmdb', '001') for side in ('lq', 'gt')] == before
+    assert verify(str(out), progress=False)[1] == [] and sorted(os.listdir(out)) == ['gt.lmdb', 'lq.lmdb']
+
+
+@pytest.mark.parametrize('target', ['previous-lq.lmdb', 'previous-gt.lmdb', 'lq.lmdb', 'gt.lmdb'])
+def test_restore_after_a_kill_at_any_rename_brings_back_the_old_pair(tmp_path, capsys, target):
+    old, new = write_pairs(tmp_path / 'old', n=2), write_pairs(tmp_path / 'new', n=3, seed=1)
+    out = tmp_path / 'out'
+    assert cli_pack(old, out) == 0
+    before = [lmdb_value(out / f'{side}.lmdb', '001') for side in ('lq', 'gt')]
+    assert forked(kill_at_rename, target, new, out)[0] == -signal.SIGKILL
+    capsys.readouterr()
+    assert main(['restore', str(out)]) == 0
+    said = capsys.readouterr().out
+    assert ('restored the previous' in said) == (target != 'previous-lq.lmdb')  # before the first rename: nothing moved
+    assert [lmdb_value(out / f'{side}.lmdb', '001') for side in ('lq', 'gt')] == before
+    assert verify(str(out), progress=False)[1] == [] and sorted(os.listdir(out)) == ['gt.lmdb', 'lq.lmdb']
+
+
+def test_kill_while_removing_the_replaced_pair_keeps_it_and_says_so(tmp_path, capsys):
+    old, new = write_pairs(tmp_path / 'old', n=2), write_pairs(tmp_path / 'new', n=3, seed=1)
+    out = tmp_path / 'out'
+    assert cli_pack(old, out) == 0
+
+    def die_in_cleanup():
+        import shutil
+
+        rmtree = shutil.rmtree
+
+        def rmtree_or_die(path, *args, **kwargs):
+            if os.path.isdir(os.path.join(path, 'previous-lq.lmdb')):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return rmtree(path, *args, **kwargs)
+
+        shutil.rmtree = rmtree_or_die
+        return cli_pack(new, out, '--overwrite')
+
+    assert forked(die_in_cleanup)[0] == -signal.SIGKILL
+    (leftover,) = [out / n for n in os.listdir(out) if n.startswith('.partial-')]
+    capsys.readouterr()
+    assert main(['verify', str(out), '--no-progress']) == 0  # the new pair is complete
+    said = capsys.readouterr().out
+    assert f'NOTE: {leftover}: holds the previous lq.lmdb/gt.lmdb of {out}, replaced by a pack' in said
+    assert cli_pack(new, out, '--overwrite') == 0
+    assert f'kept {leftover}: holds the previous' in capsys.readouterr().out
+    assert sorted(os.listdir(leftover)) == ['previous-gt.lmdb', 'previous-lq.lmdb']
 
 
 def test_lq_and_gt_from_different_runs_are_refused(tmp_path, capsys):
