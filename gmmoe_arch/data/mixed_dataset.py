@@ -6,6 +6,7 @@ import re
 from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 
+from ..registry import register
 from .llie_paired_dataset import LLIEPairedDataset
 
 #: keys of the parent options that are not handed down to the sets
@@ -18,7 +19,7 @@ def _at(here, message):
     return f'{here}.{message}' if _KEY_FIRST.match(message) else f'{here}: {message}'
 
 
-@DATASET_REGISTRY.register()
+@register(DATASET_REGISTRY)
 class MixedPairedDataset(data.Dataset):
     """Concatenation of labelled paired sets: every sample carries ``'label'`` (str).
 

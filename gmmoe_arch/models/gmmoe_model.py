@@ -50,6 +50,7 @@ from basicsr.utils.registry import LOSS_REGISTRY, MODEL_REGISTRY
 
 from ..archs.gmmoe_arch import expert_names, record_gates
 from ..losses.gate_losses import EXPERTS_OPTION, GateBalanceLoss, GateRoutingLoss
+from ..registry import register
 from .gate_stats import GateStats, save_gate_figure, save_gate_json
 
 AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -92,7 +93,7 @@ def parse_grad_clip(value):
     return clip
 
 
-@MODEL_REGISTRY.register()
+@register(MODEL_REGISTRY)
 class GMMoEModel(SRModel):
     """``SRModel`` with any ``torch.optim`` optimiser, gradient clipping, AMP, opt-in compile, a NaN stop
     and gate-weight logging (see the module docstring for the options)."""
