@@ -42,7 +42,9 @@ The experiment folders: basicsr's own ``train.py`` puts ``experiments/`` next to
 (inside site-packages once installed). That is not patched here; the ``basicsr`` command of this
 project passes the current working directory as ``root_path`` to the unchanged pipelines.
 
-``apply()`` is idempotent and is called by ``import gmmoe_arch``. ``APPLIED`` lists what it did.
+``apply()`` is idempotent and is called by ``import gmmoe_arch`` and, at ``import basicsr``, by the start-up
+hook, which loads this module without the rest of the package (so nothing is registered): this module must
+import nothing of ``gmmoe_arch``. ``APPLIED`` lists what it did.
 """
 
 import collections
