@@ -1,25 +1,27 @@
-"""Start-up hook that makes a plain ``import basicsr`` work and know GM-MoE, in any program.
+"""Start-up hook that makes a plain ``import basicsr`` work on current torch, and find GM-MoE when asked to.
 
 ``pip install`` puts ``gmmoe_basicsr_hook.pth`` into site-packages; Python runs its one line at every start-up,
 which imports this module and calls :func:`install`. That only puts :class:`BasicsrHookFinder` at the front of
 ``sys.meta_path``: this module imports nothing the interpreter has not loaded already (no torch), and the finder
-answers every import except two with one string comparison, so unrelated programs start as fast as without it.
-The two imports it acts on:
+answers every import but ``basicsr`` with one string comparison, so unrelated programs start as fast as without
+it. Once the ``basicsr`` package has executed, :func:`after_basicsr`:
 
-* ``torchvision.transforms.functional_tensor``, removed in torchvision 0.17: ``basicsr.data.degradations``
-  imports ``rgb_to_grayscale`` from it, so ``import basicsr`` dies with ``ModuleNotFoundError``. When the
-  installed torchvision lacks the module, the finder supplies :func:`make_functional_tensor_shim`. This is the
-  project's only copy of that shim; :mod:`gmmoe_arch.compat` calls :func:`install_functional_tensor_shim`,
-  which covers interpreters without the hook (a source checkout on ``PYTHONPATH``).
-* ``basicsr``: once the package has executed, :func:`after_basicsr` makes a registry miss load the
-  ``basicsr.plugins`` entry points and retry (:func:`retry_registry_misses_with_plugins`), then imports
-  ``gmmoe_arch``, which applies :mod:`gmmoe_arch.compat` and registers GM-MoE's network, dataset, loss, metrics
-  and model. This runs before ``python -m basicsr.train`` executes ``basicsr/train.py`` as ``__main__``, so the
-  names that script binds with ``from basicsr.x import y`` are the patched ones. A failing ``gmmoe_arch``
-  import becomes a ``RuntimeWarning``: ``import basicsr`` itself still succeeds.
+* makes a name missing from a BasicSR registry load the ``basicsr.plugins`` entry points first
+  (:func:`retry_registry_misses_with_plugins`); ``gmmoe_arch`` is one of them, so an option file naming
+  ``GMMoE`` or ``PSNRLoss`` works in any BasicSR program;
+* applies :mod:`gmmoe_arch.compat` (basicsr 1.4.2 on current torch), loaded by :func:`load_compat` without the
+  rest of the package, before ``python -m basicsr.train`` executes ``basicsr/train.py`` as ``__main__``, so the
+  names that script binds with ``from basicsr.x import y`` are the patched ones.
 
-``GMMOE_BASICSR_HOOK=0`` in the environment turns the hook off for that process. ``pip uninstall gmmoe``
-removes the ``.pth`` and this module. See docs/pipelines.md.
+It registers nothing: GM-MoE's names enter BasicSR's registries only when a program imports ``gmmoe_arch`` or
+names one of them (see gmmoe_arch/registry.py), so another project's own ``PSNRLoss`` registers as without
+gmmoe. While basicsr executes, :class:`FunctionalTensorForBasicsr` supplies the
+``torchvision.transforms.functional_tensor`` that torchvision 0.17 removed and basicsr 1.4.2 imports; afterwards
+the module is gone again. A failing step becomes a ``RuntimeWarning``: ``import basicsr`` itself succeeds.
+
+``GMMOE_BASICSR_HOOK=patches``: the compat patches only (no plug-in loading on a registry miss, so GM-MoE's
+names never enter the registries unless the program imports ``gmmoe_arch``). ``GMMOE_BASICSR_HOOK=0``: the hook
+is off for that process. ``pip uninstall gmmoe`` removes the ``.pth`` and this module. See docs/pipelines.md.
 """
 
 import os
@@ -34,32 +36,24 @@ _loaded_plugins = None  # names of the basicsr.plugins entry points, once a regi
 
 
 class BasicsrHookFinder:
-    """Meta-path finder for ``basicsr`` and the removed ``functional_tensor``; declines every other name."""
+    """Meta-path finder for ``basicsr``; declines every other name."""
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname == BASICSR:
-            spec = self._find_elsewhere(fullname, path, target)
-            if spec is not None and hasattr(spec.loader, 'exec_module'):
-                spec.loader = RunAfterExec(spec.loader, after_basicsr)
-            return spec
-        if fullname == FUNCTIONAL_TENSOR and self._find_elsewhere(fullname, path, target) is None:
-            import importlib.util
-
-            return importlib.util.spec_from_loader(fullname, ShimLoader())
-        return None
-
-    def _find_elsewhere(self, fullname, path, target):
-        """The spec the rest of ``sys.meta_path`` finds for ``fullname``, or None."""
+        if fullname != BASICSR:
+            return None
         for finder in sys.meta_path:
             if finder is not self and hasattr(finder, 'find_spec'):
                 spec = finder.find_spec(fullname, path, target)
                 if spec is not None:
+                    if hasattr(spec.loader, 'exec_module'):
+                        spec.loader = RunAfterExec(spec.loader, after_basicsr)
                     return spec
         return None
 
 
 class RunAfterExec:
-    """Loader proxy: the real loader executes the module, then ``after(module)`` runs.
+    """Loader proxy: the real loader executes the module (within :class:`FunctionalTensorForBasicsr`), then
+    ``after(module)`` runs.
 
     Afterwards the module's ``__loader__`` and ``__spec__.loader`` are the real loader again.
     """
@@ -72,7 +66,8 @@ class RunAfterExec:
         return self.loader.create_module(spec)
 
     def exec_module(self, module):
-        self.loader.exec_module(module)
+        with FunctionalTensorForBasicsr():
+            self.loader.exec_module(module)
         module.__loader__ = module.__spec__.loader = self.loader
         self.after(module)
 
@@ -80,18 +75,9 @@ class RunAfterExec:
         return getattr(self.loader, name)
 
 
-class ShimLoader:
-    """Loader that supplies :func:`make_functional_tensor_shim` as the module."""
-
-    def create_module(self, spec):
-        return make_functional_tensor_shim()
-
-    def exec_module(self, module):
-        """Nothing to run: the shim is complete when created."""
-
-
 def make_functional_tensor_shim():
-    """A stand-in ``torchvision.transforms.functional_tensor`` exporting ``rgb_to_grayscale``."""
+    """A stand-in ``torchvision.transforms.functional_tensor`` exporting ``rgb_to_grayscale``, the one name
+    basicsr 1.4.2 imports from it (it lives only while basicsr imports: see :class:`FunctionalTensorForBasicsr`)."""
     import types
 
     from torchvision.transforms import functional
@@ -106,24 +92,42 @@ def make_functional_tensor_shim():
     return shim
 
 
-def install_functional_tensor_shim():
-    """Make ``functional_tensor`` importable, with or without the hook's finder.
+def _torchvision_lacks_functional_tensor():
+    """True when torchvision is installed and has no ``transforms.functional_tensor`` (torchvision >= 0.17)."""
+    import importlib.util
 
-    Returns True when this call loaded the shim (torchvision lacks the module and nothing had imported it yet),
-    False when torchvision has its own or the module was already loaded.
-    """
-    import importlib
-
-    if FUNCTIONAL_TENSOR in sys.modules:
-        return False
     try:
-        module = importlib.import_module(FUNCTIONAL_TENSOR)
-    except ModuleNotFoundError as exc:
-        if exc.name != FUNCTIONAL_TENSOR:
-            raise
-        module = sys.modules[FUNCTIONAL_TENSOR] = make_functional_tensor_shim()
-        sys.modules['torchvision.transforms'].functional_tensor = module
-    return getattr(module, '__gmmoe_shim__', False)
+        return importlib.util.find_spec(FUNCTIONAL_TENSOR) is None
+    except ImportError:  # no torchvision at all: basicsr fails its own way
+        return False
+
+
+class FunctionalTensorForBasicsr:
+    """Context manager: within the block ``functional_tensor`` is importable, afterwards torchvision is as installed.
+
+    Where torchvision lacks the module, the stand-in is in ``sys.modules`` for the block only: basicsr's
+    ``from torchvision.transforms.functional_tensor import rgb_to_grayscale`` binds the function while it
+    imports, and every later ``import torchvision.transforms.functional_tensor`` (another program's, or this
+    one's after basicsr) raises ``ModuleNotFoundError`` exactly as without gmmoe, so the usual ImportError
+    fallbacks run. ``with`` gives True when it supplied the stand-in, False when nothing was needed (torchvision
+    has the module, or it is loaded already, e.g. by an enclosing block). A class, not ``contextlib``: this
+    module imports nothing at start-up.
+    """
+
+    def __enter__(self):
+        self.stand_in = None
+        if FUNCTIONAL_TENSOR not in sys.modules and _torchvision_lacks_functional_tensor():
+            self.stand_in = sys.modules[FUNCTIONAL_TENSOR] = make_functional_tensor_shim()
+        return self.stand_in is not None
+
+    def __exit__(self, *exc_info):
+        if self.stand_in is None:
+            return
+        if sys.modules.get(FUNCTIONAL_TENSOR) is self.stand_in:
+            del sys.modules[FUNCTIONAL_TENSOR]
+        transforms = sys.modules.get('torchvision.transforms')
+        if getattr(transforms, 'functional_tensor', None) is self.stand_in:
+            del transforms.functional_tensor
 
 
 def load_plugins():
@@ -153,7 +157,7 @@ def load_plugins():
 
 
 def retry_registry_misses_with_plugins():
-    """Wrap ``basicsr.utils.registry.Registry.get``: a miss loads the plug-ins and asks again.
+    """Wrap ``basicsr.utils.registry.Registry.get``: a name not registered loads the plug-ins first.
 
     When nothing provides the name, the ``KeyError`` is upstream's (it names the key and the registry) plus
     the plug-ins that were searched.
@@ -168,51 +172,90 @@ def retry_registry_misses_with_plugins():
 
     @functools.wraps(upstream)
     def get(self, name, *args, **kwargs):
-        try:
-            return upstream(self, name, *args, **kwargs)
-        except KeyError:
-            plugins = load_plugins()
+        suffix = kwargs.get('suffix', args[0] if args else 'basicsr')
+        if name not in self and f'{name}_{suffix}' not in self:  # asked first: upstream prints on its fallback
+            load_plugins()
         try:
             return upstream(self, name, *args, **kwargs)
         except KeyError as miss:
-            searched = ', '.join(plugins) or 'none installed'
+            searched = ', '.join(load_plugins()) or 'none installed'
             raise KeyError(f'{miss.args[0]} (also searched the {PLUGIN_GROUP} entry points: {searched})') from None
 
     get.__gmmoe_plugin_retry__ = True
     Registry.get = get
 
 
-def after_basicsr(module):
-    """Run once the ``basicsr`` package has executed: the registry retry, then ``import gmmoe_arch``.
+def hook_mode():
+    """``GMMOE_BASICSR_HOOK``: ``'off'`` for ``0``, ``'patches'`` for ``patches``, else ``'full'``."""
+    value = os.environ.get('GMMOE_BASICSR_HOOK', '')
+    return {'0': 'off', 'patches': 'patches'}.get(value, 'full')
 
-    Either step failing becomes a ``RuntimeWarning``; ``import basicsr`` itself succeeds. When the user imported
-    ``gmmoe_arch`` first, its compat step is what imports basicsr: ``import gmmoe_arch`` here then returns the
-    half-initialised package, which finishes on its own afterwards.
+
+def load_compat():
+    """The module ``gmmoe_arch.compat``, loaded without running ``gmmoe_arch/__init__.py``.
+
+    The package's ``__init__`` registers GM-MoE's names; ``compat`` imports nothing of the package (only this
+    module and the standard library at its top), so the patches can be applied while the registries stay
+    untouched. A later ``import gmmoe_arch`` finds this module in ``sys.modules`` and uses it.
     """
-    import importlib
+    import importlib.machinery
+    import importlib.util
+
+    name = f'{PLUGIN_PACKAGE}.compat'
+    if name in sys.modules:
+        return sys.modules[name]
+    package = importlib.util.find_spec(PLUGIN_PACKAGE)  # a top-level name: found, not imported
+    spec = package and importlib.machinery.PathFinder.find_spec(name, package.submodule_search_locations)
+    if spec is None:
+        raise ModuleNotFoundError(f'No module named {name!r}', name=name)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def after_basicsr(module):
+    """Run once the ``basicsr`` package has executed: the registry retry, then the compat patches.
+
+    The retry (:func:`retry_registry_misses_with_plugins`) only in the default mode; the patches
+    (:mod:`gmmoe_arch.compat`, through :func:`load_compat`) also under ``GMMOE_BASICSR_HOOK=patches``. GM-MoE's
+    names are not registered here: they enter BasicSR's registries when a program imports ``gmmoe_arch`` or a
+    registry miss loads it. They must be applied here, not on the first miss: ``python -m basicsr.train`` binds
+    ``parse_options`` and the other helpers with ``from basicsr.x import y`` when it starts. When
+    ``gmmoe_arch.compat`` is loaded already, its ``apply()`` is what imports basicsr (the user imported
+    ``gmmoe_arch`` first) or has run: nothing to do. Either step failing becomes a ``RuntimeWarning``;
+    ``import basicsr`` itself succeeds.
+    """
     import warnings
 
+    if hook_mode() == 'full':
+        try:
+            retry_registry_misses_with_plugins()
+        except Exception as exc:
+            warnings.warn(
+                f'import basicsr: registry misses will not load the {PLUGIN_GROUP} entry points '
+                f'({type(exc).__name__}: {exc})',
+                RuntimeWarning,
+            )
+    if f'{PLUGIN_PACKAGE}.compat' in sys.modules:
+        return
     try:
-        retry_registry_misses_with_plugins()
+        load_compat().apply()
     except Exception as exc:
         warnings.warn(
-            f'import basicsr: registry misses will not load the {PLUGIN_GROUP} entry points '
-            f'({type(exc).__name__}: {exc})',
-            RuntimeWarning,
-        )
-    try:
-        importlib.import_module(PLUGIN_PACKAGE)
-    except Exception as exc:
-        warnings.warn(
-            f'import basicsr: GM-MoE is not registered, importing {PLUGIN_PACKAGE} failed '
-            f'({type(exc).__name__}: {exc}); basicsr itself works. GMMOE_BASICSR_HOOK=0 skips this step.',
+            f'import basicsr: the gmmoe compatibility patches are not applied, loading {PLUGIN_PACKAGE}.compat '
+            f'failed ({type(exc).__name__}: {exc}); basicsr itself works. GMMOE_BASICSR_HOOK=0 skips this step.',
             RuntimeWarning,
         )
 
 
 def install():
     """Put :class:`BasicsrHookFinder` first on ``sys.meta_path`` (once), unless ``GMMOE_BASICSR_HOOK=0``."""
-    if os.environ.get('GMMOE_BASICSR_HOOK') == '0':
+    if hook_mode() == 'off':
         return
     # by name: a second copy of this module (imported under another path) must not add a second finder
     if not any(type(finder).__name__ == BasicsrHookFinder.__name__ for finder in sys.meta_path):

@@ -15,7 +15,20 @@ from setuptools.command.build_py import build_py
 from setuptools.command.editable_wheel import editable_wheel
 
 HOOK_PTH = 'gmmoe_basicsr_hook.pth'
-HOOK_PTH_LINE = 'import gmmoe_basicsr_hook; gmmoe_basicsr_hook.install()\n'
+# What the .pth line runs at every start-up. Guarded: when the module is gone (an editable install whose source
+# tree was moved or deleted) Python would print a traceback at every start; instead one line, once per process
+# tree (children inherit GMMOE_HOOK_WARNED).
+HOOK_START = (
+    'try:\n'
+    '    import gmmoe_basicsr_hook\n'
+    '    gmmoe_basicsr_hook.install()\n'
+    'except Exception as exc:\n'
+    '    if not os.environ.get("GMMOE_HOOK_WARNED"):\n'
+    '        os.environ["GMMOE_HOOK_WARNED"] = "1"\n'
+    '        print(f"gmmoe: the start-up hook gmmoe_basicsr_hook.pth in {sys.prefix} is inactive ({exc}); if the "\n'
+    '              "gmmoe source was moved or deleted, reinstall gmmoe or pip uninstall gmmoe", file=sys.stderr)\n'
+)
+HOOK_PTH_LINE = f'import os, sys; exec({HOOK_START!r})\n'  # .pth files run only lines that start with "import"
 
 
 class BuildPyWithHook(build_py):

@@ -1,7 +1,8 @@
 """GM-MoE low-light enhancement as a BasicSR plug-in.
 
 Importing this package applies :mod:`gmmoe_arch.compat` (basicsr 1.4.2 on current torch) and fills
-BasicSR's registries with the GM-MoE arch, losses, metrics, datasets and models.
+BasicSR's registries with the GM-MoE arch, losses, metrics, datasets and models, each as ``<Name>_gmmoe`` and,
+while no other package holds it, as ``<Name>`` (:mod:`gmmoe_arch.registry`).
 """
 
 from . import compat

@@ -18,6 +18,7 @@ from gmmoe_arch import compat, option_checks
 from gmmoe_arch.data.image_io import DataError
 from gmmoe_arch.inference.errors import EnhanceError
 from gmmoe_arch.models.gmmoe_model import TrainingDiverged
+from gmmoe_arch.registry import qualified
 
 PLUGIN_GROUP = 'basicsr.plugins'
 
@@ -58,7 +59,7 @@ INTEGER_OPTIONS = {
 }
 DATASET_INTEGERS = {'batch_size_per_gpu': 1, 'num_worker_per_gpu': 0, 'gt_size': 1, 'dataset_enlarge_ratio': 1}
 GMMOE_INTEGERS = {'width': 1, 'middle_blk_num': 0, 'img_channel': 1}
-GMMOE_TYPES = ('GMMoE', 'OURNet24')
+GMMOE_TYPES = ('GMMoE', 'OURNet24', qualified('GMMoE'), qualified('OURNet24'))
 
 
 def _check_integer(path, key, value, minimum):

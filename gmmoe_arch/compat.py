@@ -9,9 +9,9 @@ Patches (see each function's docstring):
 
 * ``functional_tensor``: ``torchvision.transforms.functional_tensor`` was removed in torchvision
   0.17; ``basicsr.data.degradations`` imports ``rgb_to_grayscale`` from it, so ``import basicsr``
-  fails with ``ModuleNotFoundError``. The shim lives in the start-up hook ``gmmoe_basicsr_hook``
-  (installed with this package, it supplies the module to any program before basicsr asks for it);
-  this patch calls its ``install_functional_tensor_shim()`` for interpreters without the hook.
+  fails with ``ModuleNotFoundError``. The stand-in lives in the start-up hook ``gmmoe_basicsr_hook``
+  (installed with this package, it supplies the module while basicsr imports, and only then); this
+  patch imports basicsr within the hook's ``FunctionalTensorForBasicsr`` for interpreters without the hook.
 * ``load_resume_state``: ``basicsr.train.load_resume_state`` maps the state onto
   ``torch.cuda.current_device()`` (fails on CPU-only machines) and unpickles it with torch's default
   ``weights_only=True``, which rejects the ``collections.Counter`` that ``MultiStepRestartLR`` keeps.
@@ -35,6 +35,10 @@ Patches (see each function's docstring):
   fails for CPU (gloo) runs.
 * ``local-rank``: ``python -m torch.distributed.launch`` (torch >= 2.0) passes ``--local-rank=N``;
   basicsr's ``parse_options`` only knows ``--local_rank`` and exits with an argparse error.
+* ``message logger eta``: ``MessageLogger`` estimates the time left as ``avg * (max_iters - iter - 1)``, one
+  iteration too few, so the log line of the last iteration (and of any iteration past ``total_iter``, e.g.
+  after resuming with a smaller one) reads ``eta: -1 day, 23:59:56``. Here the count left is
+  ``max(max_iters - iter, 0)``: the last line reads ``eta: 0:00:00``.
 
 * ``jpeg quality int``: ``basicsr.data.degradations.add_jpg_compression`` passes its quality (a float from
   ``random_add_jpg_compression``'s ``np.random.uniform``) to ``cv2.imencode``, which current opencv-python
@@ -45,7 +49,9 @@ The experiment folders: basicsr's own ``train.py`` puts ``experiments/`` next to
 (inside site-packages once installed). That is not patched here; the ``basicsr`` command of this
 project passes the current working directory as ``root_path`` to the unchanged pipelines.
 
-``apply()`` is idempotent and is called by ``import gmmoe_arch``. ``APPLIED`` lists what it did.
+``apply()`` is idempotent and is called by ``import gmmoe_arch`` and, at ``import basicsr``, by the start-up
+hook, which loads this module without the rest of the package (so nothing is registered): this module must
+import nothing of ``gmmoe_arch``. ``APPLIED`` lists what it did.
 """
 
 import collections
@@ -69,13 +75,14 @@ def _source(obj):
 
 
 def _patch_functional_tensor():
-    """Provide ``torchvision.transforms.functional_tensor`` where torchvision no longer has it.
+    """A context manager within which ``torchvision.transforms.functional_tensor`` imports, and only there.
 
-    True when this call loaded the stand-in (see ``gmmoe_basicsr_hook.install_functional_tensor_shim``).
+    ``with`` gives True when torchvision lacks the module and the stand-in was supplied for the block (see
+    ``gmmoe_basicsr_hook.FunctionalTensorForBasicsr``); afterwards the module is gone again.
     """
     import gmmoe_basicsr_hook
 
-    return gmmoe_basicsr_hook.install_functional_tensor_shim()
+    return gmmoe_basicsr_hook.FunctionalTensorForBasicsr()
 
 
 def resume_map_location(storage, loc):
@@ -481,16 +488,44 @@ def _patch_jpeg_quality():
     return True
 
 
+def _wrap_message_logger_call(call):
+
+    def message_logger_call(self, log_vars):
+        left = max(self.max_iters - log_vars['iter'], 0)
+        total = self.max_iters
+        self.max_iters = log_vars['iter'] + 1 + left  # upstream's ETA counts max_iters - iter - 1 iterations left
+        try:
+            return call(self, log_vars)
+        finally:
+            self.max_iters = total
+
+    message_logger_call.__wrapped__ = call
+    message_logger_call.__doc__ = 'basicsr MessageLogger.__call__ whose ETA is never negative. ' + (call.__doc__ or '')
+    return message_logger_call
+
+
+def _eta_goes_negative(message_logger_cls):
+    """True when ``MessageLogger`` still counts ``max_iters - current_iter - 1`` iterations left, unclamped
+    (and is not wrapped here already: ``inspect`` reads the source through ``__wrapped__``)."""
+    call = message_logger_cls.__call__
+    source = _source(call)
+    return (
+        call.__name__ != 'message_logger_call'
+        and 'self.max_iters - current_iter - 1' in source
+        and 'max(' not in source
+    )
+
+
 def apply():
     """Apply every patch whose upstream symptom is present. Safe to call more than once."""
     if APPLIED:
         return list(APPLIED)
     done = []
-    if _patch_functional_tensor():
+    with _patch_functional_tensor() as supplied:
+        import basicsr.test
+        import basicsr.train
+    if supplied:
         done.append('functional_tensor')
-
-    import basicsr.test
-    import basicsr.train
     import torch
 
     # MultiStepRestartLR keeps a Counter in its state: allowing it lets upstream's own loader (the copy
@@ -541,6 +576,12 @@ def apply():
 
     if _patch_jpeg_quality():
         done.append('jpeg quality int')
+
+    from basicsr.utils import logger
+
+    if _eta_goes_negative(logger.MessageLogger):
+        logger.MessageLogger.__call__ = _wrap_message_logger_call(logger.MessageLogger.__call__)
+        done.append('message logger eta')
 
     APPLIED.extend(done or ['none needed'])
     return list(APPLIED)

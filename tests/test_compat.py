@@ -12,16 +12,24 @@ from helpers import run_basicsr, tiny_train_options, write_pairs, write_yaml
 
 
 def test_patches_applied_and_idempotent():
-    import torchvision.transforms.functional_tensor as ft
-    from basicsr.data import degradations  # noqa: F401  (failed to import before the patch)
+    from basicsr.data import degradations  # failed to import before the patch
+    from torchvision.transforms import functional
 
-    assert callable(ft.rgb_to_grayscale)
+    assert degradations.rgb_to_grayscale is functional.rgb_to_grayscale
     assert {'functional_tensor', 'load_resume_state', 'init_dist', 'model_to_device', 'local-rank'} <= set(
         compat.APPLIED
     )
     assert compat.apply() == compat.APPLIED
-    # the shim is in place now, so the check that decides whether to patch sees a working torchvision
-    assert compat._patch_functional_tensor() is False
+
+
+def test_functional_tensor_stand_in_lives_only_within_the_block():
+    """Afterwards torchvision is as installed: other programs' ``except ImportError`` fallbacks still run."""
+    name = 'torchvision.transforms.functional_tensor'
+    with compat._patch_functional_tensor() as supplied:
+        from torchvision.transforms.functional_tensor import rgb_to_grayscale
+    assert supplied and name not in sys.modules and callable(rgb_to_grayscale)
+    with pytest.raises(ModuleNotFoundError, match=name):
+        import torchvision.transforms.functional_tensor  # noqa: F401
 
 
 def test_patched_functions_are_the_ones_basicsr_calls():
@@ -198,3 +206,35 @@ def test_basicsr_degradations_run_on_current_libraries(tmp_path):
     )
     sample = RealESRGANDataset(opt)[1]
     assert sample['gt'].shape == (3, 400, 400) and sample['kernel1'].shape == sample['sinc_kernel'].shape == (21, 21)
+
+
+def eta_logged(current_iter, total_iter, seconds_per_iter=4.0):
+    """The ``eta: ...`` of the line BasicSR's MessageLogger logs at ``current_iter`` of ``total_iter``."""
+    import time
+    import types
+
+    from basicsr.utils import MessageLogger
+
+    opt = {'name': 'eta', 'logger': {'print_freq': 1, 'use_tb_logger': False}, 'train': {'total_iter': total_iter}}
+    msg = MessageLogger(opt, start_iter=0)
+    msg.start_time = time.time() - seconds_per_iter * (current_iter + 1)
+    lines = []
+    msg.logger = types.SimpleNamespace(info=lines.append)
+    msg({'epoch': 0, 'iter': current_iter, 'lrs': [1e-3], 'time': 1.0, 'data_time': 0.1, 'l_pix': 0.5})
+    assert msg.max_iters == total_iter
+    return lines[0].split('eta: ')[1].split(',')[0]
+
+
+def test_eta_of_the_last_iteration_is_zero_not_negative():
+    """Upstream counts ``total - iter - 1`` iterations left: ``-1 day, 23:59:56`` at the last one (4 s each)."""
+    assert 'message logger eta' in compat.APPLIED
+    assert eta_logged(current_iter=10, total_iter=10) == '0:00:00'
+    assert eta_logged(current_iter=12, total_iter=10) == '0:00:00'  # resumed past a lowered total_iter
+    assert eta_logged(current_iter=5, total_iter=10) == '0:00:20'  # 5 left at 4 s
+
+
+def test_eta_patch_is_applied_once():
+    from basicsr.utils import logger
+
+    assert not compat._eta_goes_negative(logger.MessageLogger)
+    assert compat._eta_goes_negative(type('Upstream', (), {'__call__': logger.MessageLogger.__call__.__wrapped__}))

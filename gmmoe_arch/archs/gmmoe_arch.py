@@ -18,6 +18,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as checkpoint_fn
 
+from ..registry import register
 from .experts import RELEASED_EXPERTS, Gate, build_expert, channel_mean_max
 from .fast_ops import (
     channel_max,
@@ -232,7 +233,7 @@ class ExpertBlock(PathSwitch, nn.Module):
                     state_dict[prefix + inline[0] + rest] = state_dict.pop(key)
 
 
-@ARCH_REGISTRY.register()
+@register(ARCH_REGISTRY)
 class GMMoE(nn.Module):
     """GM-MoE U-Net: ``(B, img_channel, H, W) -> (B, img_channel, H, W)``, any ``H, W >= 1``.
 
@@ -411,7 +412,7 @@ class GMMoE(nn.Module):
         return out.contiguous() if fast else out
 
 
-@ARCH_REGISTRY.register()
+@register(ARCH_REGISTRY)
 class OURNet24(GMMoE):
     """The released option files' type name for :class:`GMMoE` (same arguments, same network)."""
 

@@ -9,6 +9,7 @@ from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 from torchvision.transforms.functional import normalize
 
+from ..registry import register
 from .image_io import DataError, decode, lmdb_env, read_image_file, to_float_bgr
 from .pack_info import check_same_pack
 from .pairing import (
@@ -25,7 +26,7 @@ from .pairing import (
 )
 
 
-@DATASET_REGISTRY.register()
+@register(DATASET_REGISTRY)
 class LLIEPairedDataset(data.Dataset):
     """Paired low-light (lq) / normal-light (gt) images for restoration training and testing.
 

@@ -6,6 +6,7 @@ import re
 from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 
+from ..registry import qualified, register
 from .llie_paired_dataset import LLIEPairedDataset
 
 #: keys of the parent options that are not handed down to the sets
@@ -18,7 +19,7 @@ def _at(here, message):
     return f'{here}.{message}' if _KEY_FIRST.match(message) else f'{here}: {message}'
 
 
-@DATASET_REGISTRY.register()
+@register(DATASET_REGISTRY)
 class MixedPairedDataset(data.Dataset):
     """Concatenation of labelled paired sets: every sample carries ``'label'`` (str).
 
@@ -62,7 +63,7 @@ class MixedPairedDataset(data.Dataset):
             if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
                 raise ValueError(f'{here}.repeat: expected an integer >= 1, got {repeat!r}')
             kind = entry.pop('type', 'LLIEPairedDataset')
-            if kind != 'LLIEPairedDataset':
+            if kind not in ('LLIEPairedDataset', qualified('LLIEPairedDataset')):
                 raise ValueError(f'{here}.type: only LLIEPairedDataset sets can be mixed, got {kind!r}')
             set_opt = {**shared, 'name': f'{self.name}[{i}]', **entry}
             try:

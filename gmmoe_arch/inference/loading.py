@@ -14,7 +14,10 @@ from torch import Tensor, nn
 
 from ..archs.checkpoint_config import describe_size, infer_config
 from ..checkpoint_trust import UntrustedCheckpointError, load_checkpoint
+from ..registry import qualified
 from .errors import EnhanceError
+
+NETWORK_TYPE = qualified('GMMoE')  # ours, even where another package holds the plain name
 
 Device = Union[str, torch.device, None]
 
@@ -109,16 +112,16 @@ def _network_options(
             raise EnhanceError(f'option file {option_file}: needs a "network_g" mapping with a "type"')
         return dict(opt['network_g']), f'network_g of {option_file}'
     if preset is not None:
-        return dict(type='GMMoE', preset=preset), f'preset {preset}'
+        return dict(type=NETWORK_TYPE, preset=preset), f'preset {preset}'
     config = infer_config(state_dict) if state_dict is not None else None
     if config is None:
-        return dict(type='GMMoE', preset='paper'), 'preset paper'
+        return dict(type=NETWORK_TYPE, preset='paper'), 'preset paper'
     if 'experts' in config:
         raise EnhanceError(
             f'checkpoint {weights} holds a {describe_size(config)}; pass --opt with the option file it was trained '
             'with (its gate_temperature and expert options are not stored in the weights)'
         )
-    return dict(type='GMMoE', **config), 'configuration read from the checkpoint'
+    return dict(type=NETWORK_TYPE, **config), 'configuration read from the checkpoint'
 
 
 def _mismatch_report(net: nn.Module, state_dict: Dict[str, Tensor], limit: int = 5) -> str:

@@ -15,6 +15,8 @@ from basicsr.utils import get_root_logger
 from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
 
+from ..registry import register
+
 OPTION = 'train.gate_opt'
 EXPERTS_OPTION = f'{OPTION}.experts'
 
@@ -62,7 +64,7 @@ def target_indices(mapping, expert_names, where=EXPERTS_OPTION):
     return indices
 
 
-@LOSS_REGISTRY.register()
+@register(LOSS_REGISTRY)
 class GateRoutingLoss(nn.Module):
     """Gate supervision by degradation label.
 
@@ -117,7 +119,7 @@ class GateRoutingLoss(nn.Module):
         return self.loss_weight * -torch.log(target.clamp(min=self.eps)).mean()
 
 
-@LOSS_REGISTRY.register()
+@register(LOSS_REGISTRY)
 class GateBalanceLoss(nn.Module):
     """Load balancing of the experts (Shazeer et al. 2017, "importance" loss).
 

@@ -7,8 +7,10 @@ from basicsr.utils.color_util import rgb2ycbcr_pt
 from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
 
+from ..registry import register
 
-@LOSS_REGISTRY.register()
+
+@register(LOSS_REGISTRY)
 class PSNRLoss(nn.Module):
     """``loss_weight * 10 / ln(10) * mean_b(log(mse_b + 1e-8))`` for ``pred``, ``target`` of shape ``(B, C, H, W)``.
 

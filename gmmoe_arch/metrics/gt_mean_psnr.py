@@ -9,6 +9,8 @@ from basicsr.metrics.metric_util import reorder_image
 from basicsr.metrics.psnr_ssim import calculate_psnr
 from basicsr.utils.registry import METRIC_REGISTRY
 
+from ..registry import register
+
 
 def rescale_to_mean(img, ref, max_value=255.0):
     """Return ``clip(img * mean(ref) / mean(img), 0, max_value)`` as float64, same shape as ``img``.
@@ -23,7 +25,7 @@ def rescale_to_mean(img, ref, max_value=255.0):
     return np.clip(img * (ref.astype(np.float64).mean() / mean), 0.0, max_value)
 
 
-@METRIC_REGISTRY.register()
+@register(METRIC_REGISTRY)
 def calculate_psnr_gt_mean(img, img2, crop_border, input_order='HWC', test_y_channel=False, **kwargs):
     """PSNR of ``img`` rescaled to the mean of ``img2`` (per image, clipped to [0, 255]), then BasicSR's PSNR.
 

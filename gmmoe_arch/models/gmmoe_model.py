@@ -53,11 +53,12 @@ from basicsr.utils.registry import LOSS_REGISTRY, MODEL_REGISTRY
 
 from ..archs.gmmoe_arch import expert_names, record_gates
 from ..losses.gate_losses import EXPERTS_OPTION, GateBalanceLoss, GateRoutingLoss
+from ..registry import qualified, register
 from .gate_stats import GateStats, save_gate_figure, save_gate_json
 from .resume_options import resume_with_options
 
 AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
-DEFAULT_BALANCE = {'type': 'GateBalanceLoss', 'loss_weight': 0.01}
+DEFAULT_BALANCE = {'type': qualified('GateBalanceLoss'), 'loss_weight': 0.01}  # ours, whoever holds the plain name
 GATE_EXAMPLE = '{type: GateRoutingLoss, loss_weight: 0.1, experts: {rain: RainExpert, ...}}'
 BALANCE_EXAMPLE = '{type: GateBalanceLoss, loss_weight: 0.01}, true or false'
 
@@ -96,7 +97,7 @@ def parse_grad_clip(value):
     return clip
 
 
-@MODEL_REGISTRY.register()
+@register(MODEL_REGISTRY)
 class GMMoEModel(SRModel):
     """``SRModel`` with any ``torch.optim`` optimiser, gradient clipping, AMP, opt-in compile, a NaN stop
     and gate-weight logging (see the module docstring for the options)."""
