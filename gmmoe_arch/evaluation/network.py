@@ -36,7 +36,7 @@ def gate_summary(stats, names, mapping=None):
     """``({label: {expert: mean weight}}, routing accuracy)``; the accuracy is None without ``mapping``, when the
     network lacks one of its experts or when no image has one of its labels."""
     weights = {label: dict(zip(names, stats.overall(label).tolist())) for label in stats.labels}
-    if not mapping or not weights or not set(_expert_list(mapping)) <= set(names):
+    if not mapping or not weights or not set(expert_list(mapping)) <= set(names):
         return weights, None
     vectors, labels = stats.vectors()
     if not any(label in mapping for label in labels):
@@ -44,7 +44,8 @@ def gate_summary(stats, names, mapping=None):
     return weights, routing_accuracy(vectors, labels, names, mapping)
 
 
-def _expert_list(mapping):
+def expert_list(mapping):
+    """The expert names of a ``{label: expert name(s)}`` mapping, in order (repeats kept)."""
     return [e for experts in mapping.values() for e in ([experts] if isinstance(experts, str) else experts)]
 
 
