@@ -14,11 +14,12 @@ The API behind ``gmmoe evaluate`` and the demo drivers (``scripts/demo.py``, ``s
 
 Modules: :mod:`.data` (the pairs), :mod:`.scores` (metrics, input and baselines), :mod:`.network` (a network's
 outputs, gates, routing), :mod:`.report` (the report, Markdown, files), :mod:`.targets` (checks as data),
-:mod:`.command` (``gmmoe evaluate``).
+:mod:`.figure` (a comparison grid), :mod:`.command` (``gmmoe evaluate``).
 """
 
 from .data import UNLABELLED, Pair, by_label, load_pairs
 from .errors import EvaluationError
+from .figure import save_grid
 from .network import NetworkResult, gate_summary, run_network
 from .report import add_network, evaluate, markdown, reference_report, set_targets, write_json, write_markdown
 from .scores import ALL_METRICS, METRICS, OURS, baseline_scores, best_baseline, choose_baselines, input_scores, score
@@ -49,6 +50,7 @@ __all__ = [
     'reference_report',
     'routing_at_least',
     'run_network',
+    'save_grid',
     'score',
     'set_targets',
     'verdict',

@@ -2,7 +2,7 @@
 
 Shape (every number a float; ``scores`` are ``{metric: mean}`` as in :mod:`.scores`)::
 
-    {'data': {'pairs': {label: count}}, 'metrics': [...],
+    {'data': {'pairs': {label: count}, 'names': {label: [pair names]}}, 'metrics': [...],
      'input': {label: scores}, 'baselines': {label: {name: scores}},
      'networks': {key: {'title', 'scores': {label: scores}, 'routing_accuracy', 'gates': {label: {expert: w}}}},
      'targets': [{'name', 'value', 'threshold', 'strict', 'unit', 'met', 'text'}]}
@@ -27,7 +27,10 @@ def reference_report(pairs, baselines=None, metrics=OURS):
     """A report with the input's and the baselines' scores (``baselines``: see :func:`.scores.choose_baselines`)
     and no network yet."""
     return {
-        'data': {'pairs': {label: len(group) for label, group in by_label(pairs).items()}},
+        'data': {
+            'pairs': {label: len(group) for label, group in by_label(pairs).items()},
+            'names': {label: [p.name for p in group] for label, group in by_label(pairs).items()},
+        },
         'metrics': list(metrics),
         'input': input_scores(pairs, metrics),
         'baselines': baseline_scores(pairs, baselines, metrics),
@@ -141,10 +144,10 @@ def _gate_table(report):
     return lines
 
 
-def markdown(report, gates=True):
+def markdown(report, gates=True, targets=True):
     """The report's Markdown: one table of scores (methods in rows; one label: a column per metric, else a
     column per label, ours and the released protocol in separate tables), for several labels the PSNR gains
-    of each network, with ``gates`` the mean gate weights, and the targets."""
+    of each network, with ``gates`` the mean gate weights, with ``targets`` the targets."""
     rows = _rows(report)
     routed = any(n['routing_accuracy'] is not None for n in report['networks'].values())
     metrics = report['metrics']
@@ -160,7 +163,7 @@ def markdown(report, gates=True):
             blocks.append(_gain_table(report))
     if gates and any(n['gates'] for n in report['networks'].values()):
         blocks.append(_gate_table(report))
-    if report['targets']:
+    if targets and report['targets']:
         blocks.append([f'- {"met" if t["met"] else "MISSED"}: {t["text"]}' for t in report['targets']])
     return '\n\n'.join('\n'.join(block) for block in blocks)
 
