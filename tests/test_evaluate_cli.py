@@ -1,6 +1,7 @@
 """The ``gmmoe evaluate`` command: one-line errors for bad input, a run on tiny labelled data, targets, exit codes."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -11,6 +12,8 @@ import gmmoe_console
 from datasets_lmdb.synth import synthesize_images
 from gmmoe_arch import GMMoE
 from gmmoe_arch.enhance_cli import main
+
+from helpers import run_basicsr, tiny_gmmoe_options, write_pairs, write_yaml
 
 NETWORK = dict(type='GMMoE', width=4, enc_blk_nums=[1], middle_blk_num=1, dec_blk_nums=[1])
 NETWORK['experts'] = ['ColourExpert', 'DetailExpert', 'FeatureExpert', 'RainExpert', 'HazeExpert']
@@ -79,3 +82,23 @@ def test_a_run_writes_json_and_markdown_and_checks_targets(setup, tmp_path, caps
     assert run(setup, '--target-over-input', '100', '--baselines', 'none', '--labels', 'haze') == 1
     out = capsys.readouterr().out
     assert 'TARGETS MISSED: haze: PSNR over the input' in out and 'dark channel prior' not in out
+
+
+@pytest.mark.slow
+def test_the_scores_are_basicsr_validations(tmp_path, plugin_env):
+    """A network trained a few iterations by ``basicsr train``: ``gmmoe evaluate`` on its validation pairs gives
+    the PSNR/SSIM BasicSR's own end-of-training validation logs (the same network, pixels and metrics)."""
+    data = write_pairs(tmp_path / 'data', n=3)
+    opt = tiny_gmmoe_options(data, 'tiny_eval', total_iter=3, checkpoint_freq=3)
+    opt['val']['metrics'] = {m: {'type': f'calculate_{m}', 'crop_border': 0} for m in ('psnr', 'ssim')}
+    path = write_yaml(tmp_path / 'train.yml', opt)
+    done = run_basicsr(['train', '-opt', str(path)], tmp_path, plugin_env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    log = next((tmp_path / 'experiments' / 'tiny_eval').glob('train_tiny_eval_*.log')).read_text()
+    logged = {m: float(re.findall(rf'# {m}: ([0-9.]+)', log)[-1]) for m in ('psnr', 'ssim')}
+    weights = tmp_path / 'experiments' / 'tiny_eval' / 'models' / 'net_g_latest.pth'
+    report = tmp_path / 'r.json'
+    args = ['evaluate', '--weights', str(weights), '--opt', str(path), '--data', str(data), '--device', 'cpu']
+    assert main(args + ['--metrics', 'psnr', 'ssim', '--json', str(report)]) == 0
+    measured = json.loads(report.read_text())['networks']['net']['scores']['all']
+    assert measured == pytest.approx(logged, abs=1e-4)  # the log's 4 decimals
