@@ -273,5 +273,31 @@ def main(argv=None):
     return 0
 
 
+#: the lines of a training or test log that :func:`run_logged` echoes (progress, validation, gate weights, errors)
+PROGRESS_LINES = ('] [eta', 'Validation', '# psnr', '# ssim', 'Gate weights', 'all blocks', 'Error', 'error:')
+
+
+def run_logged(phase, opt_file, cwd, log_path, env, shown=PROGRESS_LINES):
+    """Run ``basicsr <phase> -opt <opt_file>`` (this module, in a subprocess) in ``cwd`` with ``env``; echo the
+    lines that hold one of ``shown``, keep the full log at ``log_path``; return the seconds it took.
+    ``SystemExit`` naming the log when it fails (the demo drivers' way to stop)."""
+    import subprocess
+    import time
+
+    cmd = [sys.executable, '-m', 'gmmoe_arch.cli', phase, '-opt', opt_file]
+    print(f'$ basicsr {phase} -opt {os.path.relpath(opt_file)}  (in {cwd}; full log {log_path})', flush=True)
+    start = time.monotonic()
+    with open(log_path, 'w', encoding='utf-8') as log:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:
+            log.write(line)
+            if any(key in line for key in shown):
+                print('  ' + line.rstrip()[-150:], flush=True)
+        code = proc.wait()
+    if code != 0:
+        raise SystemExit(f'basicsr {phase} failed (exit code {code}); see {log_path}')
+    return time.monotonic() - start
+
+
 if __name__ == '__main__':
     sys.exit(main())

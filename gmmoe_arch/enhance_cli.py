@@ -1,4 +1,4 @@
-"""The ``gmmoe`` console command: ``gmmoe enhance INPUT... -o OUTDIR --weights net_g.pth`` and ``gmmoe export``.
+"""The ``gmmoe`` console command: ``gmmoe enhance INPUT... -o OUTDIR --weights net_g.pth``, ``export``, ``evaluate``.
 
 A thin layer over :mod:`gmmoe_arch.enhance`: parses options, checks them and that every output folder
 and the gate file can be written (each check once per run), loads the network (every checkpoint problem
@@ -9,7 +9,8 @@ written, 1 when some failed (each is reported, the rest are processed), 2 for a 
 Parsing imports neither torch nor basicsr (a usage error is printed at once): the defaults the
 parser shows are copies of :mod:`gmmoe_arch.enhance`'s (a test keeps them equal), and nothing in
 the package imports this module, so ``python -m gmmoe_arch.enhance_cli`` runs it cleanly.
-``gmmoe export`` is dispatched to :mod:`gmmoe_arch.export`, imported only when that command runs.
+``gmmoe export`` is dispatched to :mod:`gmmoe_arch.export` and ``gmmoe evaluate`` to
+:mod:`gmmoe_arch.evaluation.command`, each imported only when its command runs.
 
 The allocator tuning of :func:`gmmoe_arch.runtime.configure_allocator` is applied at start;
 ``GMMOE_MALLOC=off`` switches it off.
@@ -115,7 +116,7 @@ def build_parser(command=None):
     """The ``gmmoe`` parser. ``command='export'`` also adds the options of :mod:`gmmoe_arch.export`
     (imported only then, so that ``enhance`` never loads it)."""
     parser = argparse.ArgumentParser(prog=PROG, description='GM-MoE low-light image enhancement.')
-    sub = parser.add_subparsers(dest='command', required=True, metavar='{enhance,export}')
+    sub = parser.add_subparsers(dest='command', required=True, metavar='{enhance,export,evaluate}')
     p = sub.add_parser(
         'enhance',
         help='enhance image files, folders or globs',
@@ -137,7 +138,25 @@ def build_parser(command=None):
         from gmmoe_arch.export import add_export_arguments
 
         add_export_arguments(e)
+    add_evaluate_parser(sub, command == 'evaluate')
     return parser
+
+
+def add_evaluate_parser(sub, full):
+    """``gmmoe evaluate``: the network options here; with ``full``, those of
+    :mod:`gmmoe_arch.evaluation.command` too (imported only then, as ``export``'s)."""
+    v = sub.add_parser(
+        'evaluate',
+        help='score a checkpoint per degradation on paired data',
+        description='PSNR/SSIM per degradation label of the input, the classical baselines and the network; '
+        'gate weights and routing accuracy; JSON and Markdown (docs/evaluate.md).',
+        epilog='Example: gmmoe evaluate --weights net_g.pth --opt train.yml --data test_rain/lmdb --json eval.json',
+    )
+    add_network_arguments(v)
+    if full:
+        from gmmoe_arch.evaluation.command import add_evaluate_arguments
+
+        add_evaluate_arguments(v)
 
 
 def gates_text(path, gates, experts):
@@ -216,7 +235,14 @@ def export_command(args):
     return run(args)
 
 
-COMMANDS = {'enhance': enhance_command, 'export': export_command}
+def evaluate_command(args):
+    """Run ``gmmoe evaluate`` (:func:`gmmoe_arch.evaluation.command.evaluate_command`); return the exit status."""
+    from gmmoe_arch.evaluation.command import evaluate_command as run
+
+    return run(args)
+
+
+COMMANDS = {'enhance': enhance_command, 'export': export_command, 'evaluate': evaluate_command}
 
 
 def main(argv=None):

@@ -7,9 +7,10 @@
    degradation, labelled in ``meta_info.txt``) from the demo's training photographs, and one held-out
    test set per degradation from photographs training never sees; PNGs and LMDBs, deterministic;
 2. trains ``basicsr train -opt options/train_gmmoe_allinone_demo.yml`` in ``<out>`` (a subprocess);
-3. evaluates on the held-out sets, per degradation: PSNR/SSIM of the input, of the classical baselines
-   (``gmmoe_arch.baselines``) and of GM-MoE; the routing accuracy (the degradation read off each image's
-   gate vector); writes ``<out>/allinone_table.md``, ``<out>/allinone.json`` and the gate figure
+3. evaluates on the held-out sets with :mod:`gmmoe_arch.evaluation` (``gmmoe evaluate`` on one set gives the
+   same numbers), per degradation: PSNR/SSIM of the input, of the classical baselines (``gmmoe_arch.baselines``)
+   and of GM-MoE; the routing accuracy (the degradation read off each image's gate vector); writes
+   ``<out>/allinone_table.md``, ``<out>/allinone.json`` (the evaluation report) and the gate figure
    ``<out>/allinone_gates.png``.
 
 ``--bench`` (``<out>`` default ``allinone_bench``) trains, with the same data, seed and iterations, (a) the
@@ -40,26 +41,22 @@ import time
 
 import cv2
 import numpy as np
+import torch
+import yaml
+from basicsr.utils import img2tensor
+from basicsr.utils.options import ordered_yaml
+
+import gmmoe_arch  # noqa: F401,I001  (applies the basicsr compat patches before basicsr is used)
+from datasets_lmdb.demo import TRAIN_PHOTOS, VAL_PHOTOS, load_photo, reusable_record
+from datasets_lmdb.synth import DEGRADATIONS, synthesize_images
+from gmmoe_arch import evaluation as ev
+from gmmoe_arch.archs.experts import RELEASED_EXPERTS
+from gmmoe_arch.cli import run_logged
+from gmmoe_arch.enhance import load_network
+from gmmoe_arch.evaluation.command import parse_mapping
+from gmmoe_arch.models.gate_stats import save_gate_figure
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, 'scripts'))
-
-import gmmoe_arch  # noqa: E402,F401,I001  (applies the basicsr compat patches before basicsr is used)
-import torch  # noqa: E402
-import yaml  # noqa: E402
-from basicsr.archs import build_network  # noqa: E402
-from basicsr.metrics import calculate_psnr, calculate_ssim  # noqa: E402
-from basicsr.utils.options import ordered_yaml  # noqa: E402
-
-from datasets_lmdb.demo import TRAIN_PHOTOS, VAL_PHOTOS, load_photo, reusable_record  # noqa: E402
-from datasets_lmdb.synth import DEGRADATIONS, synthesize_images  # noqa: E402
-from demo import run_basicsr  # noqa: E402
-from gmmoe_arch.archs.experts import RELEASED_EXPERTS  # noqa: E402
-from gmmoe_arch.archs.gmmoe_arch import expert_names, record_gates  # noqa: E402
-from gmmoe_arch.baselines import BASELINES  # noqa: E402
-from gmmoe_arch.models.gate_stats import GateStats, routing_accuracy, save_gate_figure  # noqa: E402
-
 DEMO_OPT = os.path.join(REPO, 'options', 'train_gmmoe_allinone_demo.yml')
 DATA = os.path.join('datasets', 'allinone')  # relative to <out>, as the option files expect
 TARGET_OVER_BASELINE_DB = 3.0
@@ -121,48 +118,13 @@ def make_data(data_dir, progress=True, **kwargs):
     return record
 
 
-def supervision_mapping(path=DEMO_OPT):
-    """``{label: expert}``: the gate supervision mapping of the demo option file (``train.gate_opt.experts``)."""
-    with open(path, encoding='utf-8') as f:
-        return dict(yaml.safe_load(f)['train']['gate_opt']['experts'])
-
-
-MAPPING = supervision_mapping()
-
-
-def read_rgb(path):
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
-    if img is None:
-        raise SystemExit(f'cannot read {path}')
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+#: label -> expert of the demo option file's gate supervision (``train.gate_opt.experts``)
+MAPPING = parse_mapping(None, DEMO_OPT)
 
 
 def load_test_sets(data_dir):
-    """``{label: [(name, lq RGB uint8, gt RGB uint8)]}`` from the PNGs of the held-out sets."""
-    sets = {}
-    for label in DEGRADATIONS:
-        folder = os.path.join(data_dir, f'test_{label}')
-        names = sorted(os.listdir(os.path.join(folder, 'lq')))
-        sets[label] = [
-            (n, read_rgb(os.path.join(folder, 'lq', n)), read_rgb(os.path.join(folder, 'gt', n))) for n in names
-        ]
-    return sets
-
-
-def scores(pairs):
-    """Mean ``(PSNR, SSIM)`` over ``[(output, gt)]`` RGB uint8 pairs (whole image, no offsets)."""
-    values = [(calculate_psnr(out, gt, 0), calculate_ssim(out, gt, 0)) for out, gt in pairs]
-    return tuple(float(v) for v in np.mean(values, axis=0))
-
-
-def reference_scores(test_sets):
-    """``({label: input scores}, {label: {baseline name: scores}})`` on the held-out sets."""
-    inputs = {label: scores([(lq, gt) for _, lq, gt in items]) for label, items in test_sets.items()}
-    baselines = {
-        label: {name: scores([(fn(lq), gt) for _, lq, gt in items]) for name, fn in BASELINES[label].items()}
-        for label, items in test_sets.items()
-    }
-    return inputs, baselines
+    """The held-out pairs (:class:`gmmoe_arch.evaluation.Pair`), each degradation's from its own PNG folders."""
+    return [pair for label in DEGRADATIONS for pair in ev.load_pairs(os.path.join(data_dir, f'test_{label}'), label)]
 
 
 def load_options(path):
@@ -170,52 +132,20 @@ def load_options(path):
         return yaml.load(f, Loader=ordered_yaml()[0])
 
 
-def load_net(network_opt, checkpoint):
-    """The trained network (``params`` of ``checkpoint``, loaded strictly with ``weights_only``), in eval mode."""
-    net = build_network(copy.deepcopy(network_opt))
-    state = torch.load(checkpoint, map_location='cpu', weights_only=True)
-    net.load_state_dict(state['params'] if 'params' in state else state, strict=True)
-    return net.eval()
-
-
-def to_tensor(img):
-    return torch.from_numpy(img.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
-
-
-def to_uint8(t):
-    return np.round(t[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255.0).astype(np.uint8)
-
-
-def evaluate_net(net, test_sets):
-    """Run ``net`` on every held-out image: ``({label: scores}, GateStats, {label: [outputs]})``."""
-    stats, result, outputs = GateStats(), {}, {}
-    with torch.no_grad(), record_gates(net) as gates:
-        for label, items in test_sets.items():
-            outputs[label] = []
-            for _, lq, _ in items:
-                outputs[label].append(to_uint8(net(to_tensor(lq))))
-                stats.add(gates, [label])
-            result[label] = scores([(out, gt) for out, (_, _, gt) in zip(outputs[label], items)])
-    return result, stats, outputs
-
-
-def gate_summary(stats, names):
-    """``{label: {expert: mean weight over blocks and images}}`` and the routing accuracy (None when the
-    network lacks an expert of the mapping)."""
-    weights = {label: dict(zip(names, stats.overall(label).tolist())) for label in stats.labels}
-    if not set(MAPPING.values()) <= set(names):
-        return weights, None
-    vectors, labels = stats.vectors()
-    return weights, routing_accuracy(vectors, labels, names, MAPPING)
+def load_net(opt, checkpoint, folder):
+    """The network ``opt['network_g']`` with ``checkpoint``'s weights (:func:`gmmoe_arch.enhance.load_network`,
+    ``params_ema`` preferred), its options written to ``folder`` first."""
+    return load_network(checkpoint, option_file=write_options(opt, folder, 'test'), device='cpu')
 
 
 def timing_inputs(test_sets, size=TIMING_SIZE):
     """``{label: (1, 3, H, W)}``: each degradation's first held-out image resized to ``size``; the top-1 cost
     depends on the experts each block picks, so it is timed on the images the gates were trained for."""
     h, w = size
+    firsts = {label: group[0].lq for label, group in ev.by_label(test_sets).items()}
     return {
-        label: to_tensor(cv2.resize(items[0][1], (w, h), interpolation=cv2.INTER_AREA))
-        for label, items in test_sets.items()
+        label: img2tensor(cv2.resize(lq, (w, h), interpolation=cv2.INTER_AREA) / np.float32(255), bgr2rgb=False)[None]
+        for label, lq in firsts.items()
     }
 
 
@@ -275,9 +205,9 @@ def with_iters(opt, iters):
     return opt
 
 
-def write_options(opt, folder):
+def write_options(opt, folder, phase='train'):
     os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f'train_{opt["name"]}.yml')
+    path = os.path.join(folder, f'{phase}_{opt["name"]}.yml')
     with open(path, 'w', encoding='utf-8') as f:
         yaml.dump(json.loads(json.dumps(opt)), f, sort_keys=False)
     return path
@@ -288,154 +218,72 @@ def train(opt, out, env, path=None):
     returns (seconds, checkpoint)."""
     shutil.rmtree(os.path.join(out, 'experiments', opt['name']), ignore_errors=True)  # a rerun starts afresh
     path = path or write_options(opt, os.path.join(out, 'options'))
-    seconds = run_basicsr('train', path, out, os.path.join(out, 'logs', f'train_{opt["name"]}.log'), env)
+    seconds = run_logged('train', path, out, os.path.join(out, 'logs', f'train_{opt["name"]}.log'), env)
     return seconds, os.path.join(out, 'experiments', opt['name'], 'models', 'net_g_latest.pth')
 
 
-def fmt(pair):
-    return f'{pair[0]:.2f} / {pair[1]:.4f}'
-
-
-def best_baseline(baselines, label):
-    """``(name, scores)`` of the classical baseline with the highest PSNR for ``label``."""
-    return max(baselines[label].items(), key=lambda item: item[1][0])
-
-
 def results_table(results):
-    """Markdown tables of a results dict (see :func:`main`): scores, gains, routing, gate weights, timing."""
-    labels = list(results['input'])
-    rows = [('input', results['input'])]
-    rows += [(name, {lb: results['baselines'][lb][name]}) for lb in labels for name in results['baselines'][lb]]
-    rows += [(v['title'], v['scores']) for v in results['variants'].values()]
-    lines = [
-        'PSNR (dB) / SSIM on the held-out images (RGB, whole image), per degradation:',
-        '',
-        '| method | ' + ' | '.join(labels) + ' | routing accuracy |',
-        '|---' * (len(labels) + 2) + '|',
-    ]
-    for name, by_label in rows:
-        cells = [fmt(by_label[lb]) if lb in by_label else '' for lb in labels]
-        routing = next((v['routing_accuracy'] for v in results['variants'].values() if v['title'] == name), None)
-        cells.append('' if routing is None else f'{routing:.0%}')
-        lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
-    best = {lb: best_baseline(results['baselines'], lb) for lb in labels}
-    lines += [
-        '',
-        'PSNR gain in dB over the input / over the best classical baseline ('
-        + ', '.join(f'{lb}: {name}' for lb, (name, _) in best.items())
-        + '):',
-        '',
-        '| method | ' + ' | '.join(labels) + ' |',
-        '|---' * (len(labels) + 1) + '|',
-    ]
-    for v in results['variants'].values():
-        cells = [
-            f'{v["scores"][lb][0] - results["input"][lb][0]:+.2f} / {v["scores"][lb][0] - best[lb][1][0]:+.2f}'
-            for lb in labels
-        ]
-        lines.append(f'| {v["title"]} | ' + ' | '.join(cells) + ' |')
-    gated = [v for v in results['variants'].values() if v.get('gates')]
-    if gated:
-        experts = list(next(iter(gated[-1]['gates'].values())))
-        lines += [
-            '',
-            'Mean gate weight of each expert (over blocks and images), per degradation:',
-            '',
-            '| method | degradation | ' + ' | '.join(experts) + ' |',
-            '|---' * (len(experts) + 2) + '|',
-        ]
-        for v in gated:
-            for lb, weights in v['gates'].items():
-                cells = [f'{weights[e]:.3f}' if e in weights else '' for e in experts]
-                lines.append(f'| {v["title"]} | {lb} | ' + ' | '.join(cells) + ' |')
+    """The Markdown of the results (:func:`gmmoe_arch.evaluation.markdown`) and, with ``--bench``, the timing."""
+    text = ev.markdown(results, targets=False)
     timing = results.get('timing')
-    if timing:
-        lines += [
-            '',
-            f'Inference at {timing["size"][1]}x{timing["size"][0]} on one held-out image per degradation '
-            f'({timing["threads"]} thread(s), median of {timing["repeats"]} interleaved runs, mean over the '
-            f'degradations): dense (b) {timing["dense_s"] * 1000:.0f} ms, top-1 (c) {timing["top1_s"] * 1000:.0f} '
-            f'ms, ratio (c)/(b) {timing["ratio"]:.2f} ('
-            + ', '.join(f'{lb} {r:.2f}' for lb, r in timing.get('ratio_per_label', {}).items())
-            + ')'
-            + (
-                f'; (f), trained with top-1, {timing["trained_top1_s"] * 1000:.0f} ms, ratio (f)/(b) '
-                f'{timing["trained_ratio"]:.2f}'
-                if 'trained_ratio' in timing
-                else ''
-            )
-            + '. PSNR of (c) minus (b): '
-            + ', '.join(f'{lb} {timing["psnr_change"][lb]:+.2f} dB' for lb in labels)
-            + '.',
-        ]
-    return '\n'.join(lines)
-
-
-def verdict(results, supervised_key, candidates, dense_key=None):
-    """``(met, text)`` against the issue's targets: every degradation above its input and 3 dB above its
-    best classical baseline in one of the ``candidates`` variants; routing accuracy >= 90% for
-    ``supervised_key``; with ``dense_key``, that variant's gate gives ``RainExpert`` more weight on rain
-    images, and ``HazeExpert`` on hazy ones, than on the other degradations."""
-    problems = []
-    for lb in results['input']:
-        best = best_baseline(results['baselines'], lb)[1][0]
-        top = max(results['variants'][key]['scores'][lb][0] for key in candidates)
-        if top <= results['input'][lb][0] or top < best + TARGET_OVER_BASELINE_DB:
-            problems.append(f'{lb}: best {top:.2f} dB vs input {results["input"][lb][0]:.2f}, baseline {best:.2f}')
-    routing = results['variants'][supervised_key]['routing_accuracy']
-    if routing is None or routing < TARGET_ROUTING:
-        shown = 'n/a' if routing is None else f'{routing:.0%}'
-        problems.append(f'routing accuracy {shown} < {TARGET_ROUTING:.0%}')
-    if dense_key is not None:
-        gates = results['variants'][dense_key]['gates']
-        for lb in ('rain', 'haze'):
-            own, others = gates[lb][MAPPING[lb]], [gates[o][MAPPING[lb]] for o in gates if o != lb]
-            if not all(own > other for other in others):
-                problems.append(f'{results["variants"][dense_key]["title"]}: {MAPPING[lb]} not preferred by {lb}')
-    if problems:
-        return False, 'TARGETS MISSED: ' + '; '.join(problems)
+    if not timing:
+        return text
     return (
-        True,
-        f'targets met (each degradation >= {TARGET_OVER_BASELINE_DB:.0f} dB over its best baseline, '
-        f'routing >= {TARGET_ROUTING:.0%})',
+        f'{text}\n\nInference at {timing["size"][1]}x{timing["size"][0]} on one held-out image per degradation '
+        f'({timing["threads"]} thread(s), median of {timing["repeats"]} interleaved runs, mean over the '
+        f'degradations): dense (b) {timing["dense_s"] * 1000:.0f} ms, top-1 (c) {timing["top1_s"] * 1000:.0f} '
+        f'ms, ratio (c)/(b) {timing["ratio"]:.2f} ('
+        + ', '.join(f'{lb} {r:.2f}' for lb, r in timing.get('ratio_per_label', {}).items())
+        + ')'
+        + (
+            f'; (f), trained with top-1, {timing["trained_top1_s"] * 1000:.0f} ms, ratio (f)/(b) '
+            f'{timing["trained_ratio"]:.2f}'
+            if 'trained_ratio' in timing
+            else ''
+        )
+        + '. PSNR of (c) minus (b): '
+        + ', '.join(f'{lb} {change:+.2f} dB' for lb, change in timing['psnr_change'].items())
+        + '.'
     )
 
 
+def targets(results, supervised_key, candidates, dense_key=None):
+    """The issue's targets as data (:mod:`gmmoe_arch.evaluation.targets`): every degradation above its input and
+    3 dB above its best classical baseline in one of the ``candidates`` networks; routing accuracy >= 90% for
+    ``supervised_key``; with ``dense_key``, that network's gate gives ``RainExpert`` more weight on rain images,
+    and ``HazeExpert`` on hazy ones, than on the other degradations."""
+    checks = ev.gain_over_input(results, candidates, 0.0, strict=True)
+    checks += ev.gain_over_best_baseline(results, candidates, TARGET_OVER_BASELINE_DB)
+    checks += ev.routing_at_least(results, supervised_key, TARGET_ROUTING)
+    if dense_key is not None:
+        for label in ('rain', 'haze'):
+            checks += ev.expert_preferred(results, dense_key, label, MAPPING[label])
+    return checks
+
+
 def save_outputs(out, stem, results, text):
-    with open(os.path.join(out, f'{stem}.json'), 'w', encoding='utf-8') as f:
-        json.dump(results, f, indent=1)
-    with open(os.path.join(out, f'{stem}_table.md'), 'w', encoding='utf-8') as f:
-        f.write(text + '\n')
+    ev.write_json(results, os.path.join(out, f'{stem}.json'))
+    ev.write_markdown(text, os.path.join(out, f'{stem}_table.md'))
 
 
 def run_demo(args, out, env, test_sets, results):
-    """Train the demo's option file (shortened by ``--iters``) and evaluate it into ``results['variants']``."""
+    """Train the demo's option file (shortened by ``--iters``) and evaluate it into ``results['networks']``."""
     base = load_options(DEMO_OPT)
     opt = run_options(base, args.iters, args.seed)
     print('[2/3] training', flush=True)
     seconds, checkpoint = train(opt, out, env, DEMO_OPT if opt is base else None)
     print(f'  trained in {seconds:.0f} s', flush=True)
     print('[3/3] evaluation', flush=True)
-    net = load_net(opt['network_g'], checkpoint)
-    names = expert_names(net)
-    measured, stats, _ = evaluate_net(net, test_sets)
-    gates, routing = gate_summary(stats, names)
-    save_gate_figure(stats, os.path.join(out, 'allinone_gates.png'), names)
-    results['variants'] = {
-        'demo': {
-            'title': 'GM-MoE (all-in-one)',
-            'scores': measured,
-            'routing_accuracy': routing,
-            'gates': gates,
-            'train_seconds': seconds,
-        }
-    }
+    net = load_net(opt, checkpoint, os.path.join(out, 'options'))
+    result = ev.add_network(results, 'demo', 'GM-MoE (all-in-one)', net, test_sets, MAPPING)
+    results['networks']['demo']['train_seconds'] = seconds
+    save_gate_figure(result.stats, os.path.join(out, 'allinone_gates.png'), result.experts)
 
 
 def run_bench(args, out, env, test_sets, results):
-    """Train (a), (b), (d), evaluate (a)-(d) into ``results['variants']`` and time (c) against (b)."""
+    """Train (a), (b), (d), (f), evaluate (a)-(f) into ``results['networks']`` and time (c) and (f) against (b)."""
     base = load_options(DEMO_OPT)
-    trained, results['variants'] = {}, {}
+    trained = {}
 
     def train_variant(key):
         opt = variant_options(base, key, args.iters, args.seed)
@@ -458,23 +306,19 @@ def run_bench(args, out, env, test_sets, results):
     nets = {}
     for key, (title, overrides, _, source) in VARIANTS.items():
         opt, checkpoint, seconds = trained[source or key]
-        network_opt = dict(opt['network_g'], **overrides)
-        nets[key] = load_net(network_opt, checkpoint)
-        names = expert_names(nets[key])
-        measured, stats, _ = evaluate_net(nets[key], test_sets)
-        gates, routing = gate_summary(stats, names)
-        results['variants'][key] = {
-            'title': title,
-            'scores': measured,
-            'routing_accuracy': routing,
-            'gates': gates if key in GATE_VARIANTS else None,
-            'train_seconds': seconds if source is None else None,
-        }
+        name = opt['name'] if source is None else f'{opt["name"]}_{key}'
+        evaluated = dict(copy.deepcopy(opt), name=name, network_g=dict(opt['network_g'], **overrides))
+        nets[key] = load_net(evaluated, checkpoint, os.path.join(out, 'options'))
+        result = ev.add_network(results, key, title, nets[key], test_sets, MAPPING)
+        entry = results['networks'][key]
+        entry['train_seconds'] = seconds if source is None else None
         if key in GATE_VARIANTS:
-            save_gate_figure(stats, os.path.join(out, f'allinone_gates_{key}.png'), names)
+            save_gate_figure(result.stats, os.path.join(out, f'allinone_gates_{key}.png'), result.experts)
+        else:
+            entry['gates'] = {}  # tabled and drawn for GATE_VARIANTS only
     timed = {key: nets[key] for key in ('b', 'c', 'f')}
     times = median_times(timed, timing_inputs(test_sets), repeats=args.repeats)
-    variants = results['variants']
+    scores = {key: results['networks'][key]['scores'] for key in ('b', 'c')}
     dense, top1 = sum(times['b'].values()), sum(times['c'].values())
     results['timing'] = {
         'size': list(TIMING_SIZE),
@@ -486,7 +330,7 @@ def run_bench(args, out, env, test_sets, results):
         'ratio_per_label': {lb: times['c'][lb] / times['b'][lb] for lb in times['b']},
         'trained_top1_s': sum(times['f'].values()) / len(times['f']),
         'trained_ratio': sum(times['f'].values()) / dense,
-        'psnr_change': {lb: variants['c']['scores'][lb][0] - variants['b']['scores'][lb][0] for lb in test_sets},
+        'psnr_change': {lb: scores['c'][lb]['psnr'] - scores['b'][lb]['psnr'] for lb in scores['b']},
     }
 
 
@@ -542,14 +386,16 @@ def main(argv=None):
     if args.make_data:
         return 0
     test_sets = load_test_sets(data_dir)
-    inputs, baselines = reference_scores(test_sets)
-    results = {'data': record, 'input': inputs, 'baselines': baselines, 'seed': args.seed}
+    results = ev.reference_report(test_sets)
+    results['data'].update(record)
+    results['seed'] = args.seed
     if args.bench:
         run_bench(args, out, env, test_sets, results)
-        stem, (met, summary) = 'allinone_bench', verdict(results, 'd', ('b', 'd'), dense_key='b')
+        stem, checks = 'allinone_bench', targets(results, 'd', ('b', 'd'), dense_key='b')
     else:
         run_demo(args, out, env, test_sets, results)
-        stem, (met, summary) = 'allinone', verdict(results, 'demo', ('demo',))
+        stem, checks = 'allinone', targets(results, 'demo', ('demo',))
+    met, summary = ev.verdict(ev.set_targets(results, checks))
     results['verdict'] = summary
     results['total_seconds'] = time.monotonic() - start
     text = results_table(results)

@@ -6,9 +6,11 @@
    (``datasets_lmdb.demo``; skipped when already built) in ``<out>/datasets/demo``;
 2. trains with ``basicsr train -opt options/train_gmmoe_demo.yml`` and tests with
    ``basicsr test -opt options/test_gmmoe_demo.yml``, both run in ``<out>`` as subprocesses;
-3. prints PSNR/SSIM on the validation images for the input, two classic baselines (gamma correction
-   to mid-grey mean brightness, CLAHE on the L channel of Lab) and GM-MoE, writes the table to
-   ``<out>/demo_table.md`` and a before/after grid to ``<out>/demo_grid.png``.
+3. scores the trained checkpoint on the validation images with :mod:`gmmoe_arch.evaluation` (what
+   ``gmmoe evaluate --weights <checkpoint> --opt options/test_gmmoe_demo.yml --data <out>/datasets/demo/eval15
+   --label lowlight`` prints): PSNR/SSIM, ours and the released protocol, for the input, two classic baselines
+   (gamma correction to mid-grey mean brightness, CLAHE on the L channel of Lab) and GM-MoE; writes the table to
+   ``<out>/demo_table.md``, the report to ``<out>/demo.json`` and a before/after grid to ``<out>/demo_grid.png``.
 
 Exits with 1 when GM-MoE misses the demo's targets (>= 8 dB over the input, above both baselines).
 """
@@ -16,106 +18,59 @@ Exits with 1 when GM-MoE misses the demo's targets (>= 8 dB over the input, abov
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import time
 
 import cv2
-import numpy as np
+import torch
+
+import gmmoe_arch  # noqa: F401,I001  (applies the basicsr compat patches before basicsr is used)
+from datasets_lmdb import demo as demo_data
+from gmmoe_arch import evaluation as ev
+from gmmoe_arch.cli import run_logged
+from gmmoe_arch.enhance import load_network
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-import gmmoe_arch  # noqa: E402,F401,I001  (applies the basicsr compat patches before basicsr is used)
-from basicsr.metrics import calculate_psnr, calculate_ssim  # noqa: E402
-
-from gmmoe_arch.baselines import clahe, gamma_correction  # noqa: E402
-
-from datasets_lmdb import demo as demo_data  # noqa: E402
-
 TRAIN_OPT = os.path.join(REPO, 'options', 'train_gmmoe_demo.yml')
 TEST_OPT = os.path.join(REPO, 'options', 'test_gmmoe_demo.yml')
 TRAIN_NAME, TEST_NAME, VAL_NAME = 'GMMoE_demo', 'test_GMMoE_demo', 'demo_val'
 TARGET_GAIN_DB = 8.0
-SHOWN = ('] [eta', 'Validation', '# psnr', '# ssim', 'Gate weights', 'all blocks', 'Error', 'error:')
+GRID_LABELS = ('input', 'gamma', 'CLAHE', 'GM-MoE', 'ground truth')
 
 
-def on_bgr(baseline, img):
-    """Apply an RGB baseline of ``gmmoe_arch.baselines`` to a BGR image as OpenCV reads it."""
-    return cv2.cvtColor(baseline(cv2.cvtColor(img, cv2.COLOR_BGR2RGB)), cv2.COLOR_RGB2BGR)
-
-
-def run_basicsr(phase, opt_file, cwd, log_path, env):
-    """Run ``basicsr <phase> -opt <opt_file>`` in ``cwd``; echo its progress lines, keep the full log."""
-    cmd = [sys.executable, '-m', 'gmmoe_arch.cli', phase, '-opt', opt_file]
-    print(f'$ basicsr {phase} -opt {os.path.relpath(opt_file)}  (in {cwd}; full log {log_path})', flush=True)
-    start = time.monotonic()
-    with open(log_path, 'w', encoding='utf-8') as log:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for line in proc.stdout:
-            log.write(line)
-            if any(key in line for key in SHOWN):
-                print('  ' + line.rstrip()[-150:], flush=True)
-        code = proc.wait()
-    if code != 0:
-        raise SystemExit(f'basicsr {phase} failed (exit code {code}); see {log_path}')
-    return time.monotonic() - start
-
-
-def evaluate(data_dir, results_dir):
-    """Per-method mean PSNR/SSIM over the validation images, and the images for the grid."""
-    names = sorted(os.listdir(os.path.join(data_dir, 'eval15', 'low')))
-    methods = ('input', 'gamma correction', 'CLAHE', 'GM-MoE')
-    scores = {m: [] for m in methods}
-    rows = []
-    for name in names:
-        low = cv2.imread(os.path.join(data_dir, 'eval15', 'low', name))
-        high = cv2.imread(os.path.join(data_dir, 'eval15', 'high', name))
-        stem = os.path.splitext(name)[0]
-        ours_path = os.path.join(results_dir, f'{stem}_{TEST_NAME}.png')
-        ours = cv2.imread(ours_path)
-        if ours is None:
-            raise SystemExit(f'basicsr test wrote no result for {name} (expected {ours_path})')
-        images = dict(zip(methods, (low, on_bgr(gamma_correction, low), on_bgr(clahe, low), ours)))
-        for method, img in images.items():
-            scores[method].append((calculate_psnr(img, high, 0), calculate_ssim(img, high, 0)))
-        rows.append([images[m] for m in methods] + [high])
-    means = {m: tuple(np.mean(v, axis=0)) for m, v in scores.items()}
-    return names, means, rows
-
-
-def table(names, means):
-    lines = [
-        f'Validation images: {", ".join(names)} (RGB, whole image, no offsets)',
-        '',
-        '| method | PSNR (dB) | SSIM |',
-        '|---|---|---|',
+def evaluate(data_dir, checkpoint):
+    """The validation pairs (low light) scored by :mod:`gmmoe_arch.evaluation` for the input, gamma correction,
+    CLAHE and GM-MoE (ours and the released protocol), the targets checked: ``(report, grid rows)``."""
+    pairs = ev.load_pairs(os.path.join(data_dir, 'eval15'), label='lowlight')
+    net = load_network(checkpoint, option_file=TEST_OPT, device='cpu')
+    report, results = ev.evaluate(pairs, {'gmmoe': ('GM-MoE', net)}, metrics=ev.ALL_METRICS)
+    ev.set_targets(
+        report,
+        ev.gain_over_input(report, 'gmmoe', TARGET_GAIN_DB) + ev.gain_over_best_baseline(report, 'gmmoe', strict=True),
+    )
+    baselines = ev.choose_baselines(['lowlight'])['lowlight']
+    rows = [
+        [p.lq, *(fn(p.lq) for fn in baselines.values()), out, p.gt]
+        for p, out in zip(pairs, results['gmmoe'].outputs['lowlight'])
     ]
-    lines += [f'| {m} | {p:.2f} | {s:.4f} |' for m, (p, s) in means.items()]
-    return '\n'.join(lines)
+    return report, [[cv2.cvtColor(img, cv2.COLOR_RGB2BGR) for img in row] for row in rows]
 
 
-def grid(rows, path, height=220, gap=4):
-    """Rows of [input, gamma, CLAHE, GM-MoE, ground truth], labelled, saved as a PNG.
+def table(report):
+    names = ', '.join(report['data']['names']['lowlight'])
+    return f'Validation images: {names} (RGB, whole image; released: its protocol)\n\n' + ev.markdown(
+        report, gates=False, targets=False
+    )
 
-    Every row is as wide as the widest one at ``height``: rows of square photos are made taller instead
-    of being padded, which left a blank block beside them.
-    """
-    labels = ('input', 'gamma', 'CLAHE', 'GM-MoE', 'ground truth')
-    aspects = [sum(img.shape[1] / img.shape[0] for img in row) for row in rows]
-    width = round(height * max(aspects)) + gap * (len(labels) - 1)
-    out_rows = []
-    for row, aspect in zip(rows, aspects):
-        row_height = (width - gap * (len(labels) - 1)) / aspect
-        edges = np.round(np.cumsum([0] + [row_height * img.shape[1] / img.shape[0] for img in row])).astype(int)
-        tiles = []
-        for img, label, left, right in zip(row, labels, edges[:-1], edges[1:]):
-            tile = cv2.resize(img, (int(right - left), round(row_height)), interpolation=cv2.INTER_AREA)
-            cv2.putText(tile, label, (6, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 3, cv2.LINE_AA)
-            cv2.putText(tile, label, (6, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1, cv2.LINE_AA)
-            tiles += [tile, np.full((tile.shape[0], gap, 3), 255, np.uint8)]
-        out_rows += [np.concatenate(tiles[:-1], axis=1), np.full((gap, width, 3), 255, np.uint8)]
-    cv2.imwrite(path, np.concatenate(out_rows[:-1], axis=0))
+
+def verdict(report):
+    """``(met, line)``: the gains over the input and over the best baseline, against the demo's targets."""
+    over_input, over_best = report['targets']
+    met = over_input['met'] and over_best['met']
+    return met, (
+        f'GM-MoE: {over_input["value"]:+.2f} dB over the input (target >= {TARGET_GAIN_DB:.0f}), '
+        f'{over_best["value"]:+.2f} dB over the best baseline: ' + ('targets met' if met else 'TARGETS MISSED')
+    )
 
 
 def main(argv=None):
@@ -150,34 +105,31 @@ def main(argv=None):
     for stale in (os.path.join(out, 'experiments', TRAIN_NAME), os.path.join(out, 'results', TEST_NAME)):
         shutil.rmtree(stale, ignore_errors=True)  # a rerun starts from scratch instead of archiving
     print('[2/4] training', flush=True)
-    t_train = run_basicsr('train', TRAIN_OPT, out, os.path.join(out, 'logs', 'train.log'), env)
+    t_train = run_logged('train', TRAIN_OPT, out, os.path.join(out, 'logs', 'train.log'), env)
     print(f'  trained in {t_train:.0f} s', flush=True)
     print('[3/4] testing', flush=True)
-    t_test = run_basicsr('test', TEST_OPT, out, os.path.join(out, 'logs', 'test.log'), env)
+    t_test = run_logged('test', TEST_OPT, out, os.path.join(out, 'logs', 'test.log'), env)
 
     print('[4/4] evaluation', flush=True)
     results_dir = os.path.join(out, 'results', TEST_NAME, 'visualization', VAL_NAME)
-    names, means, rows = evaluate(data_dir, results_dir)
-    text = table(names, means)
-    gain = means['GM-MoE'][0] - means['input'][0]
-    best_baseline = max(means['gamma correction'][0], means['CLAHE'][0])
-    met = gain >= TARGET_GAIN_DB and means['GM-MoE'][0] > best_baseline
-    verdict = (
-        f'GM-MoE: +{gain:.2f} dB over the input (target >= {TARGET_GAIN_DB:.0f}), '
-        f'{means["GM-MoE"][0] - best_baseline:+.2f} dB over the best baseline: '
-        + ('targets met' if met else 'TARGETS MISSED')
-    )
+    checkpoint = os.path.join(out, 'experiments', TRAIN_NAME, 'models', 'net_g_latest.pth')
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report, rows = evaluate(data_dir, checkpoint)
+    text = table(report)
+    met, verdict_line = verdict(report)
     grid_path, table_path = os.path.join(out, 'demo_grid.png'), os.path.join(out, 'demo_table.md')
-    grid(rows, grid_path)
+    ev.save_grid(rows, GRID_LABELS, grid_path)
+    ev.write_json(report, os.path.join(out, 'demo.json'))
     total = time.monotonic() - start
     with open(table_path, 'w', encoding='utf-8') as f:
-        f.write(f'{text}\n\n{verdict}\n\nTraining {t_train:.0f} s, testing {t_test:.0f} s, total {total:.0f} s.\n')
-    print(f'\n{text}\n\n{verdict}\n')
+        f.write(f'{text}\n\n{verdict_line}\n\nTraining {t_train:.0f} s, testing {t_test:.0f} s, total {total:.0f} s.\n')
+    print(f'\n{text}\n\n{verdict_line}\n')
     print(f'total {total:.0f} s (training {t_train:.0f} s, testing {t_test:.0f} s)')
     print(
         f'table:        {table_path}\ngrid:         {grid_path}\n'
         f'data:         {data_dir} (LMDB in {os.path.join(data_dir, "lmdb")})\n'
-        f'model:        {os.path.join(out, "experiments", TRAIN_NAME, "models", "net_g_latest.pth")}\n'
+        f'model:        {checkpoint}\nJSON:         {os.path.join(out, "demo.json")}\n'
         f'enhanced:     {results_dir}\nlogs:         {os.path.join(out, "logs")}, '
         f'{os.path.join(out, "experiments", TRAIN_NAME)}'
     )

@@ -1,5 +1,6 @@
-"""scripts/allinone.py's cheap pieces: the data it builds (tiny sizes), evaluation of a tiny network, the
-derived option files of the bench variants, the tables and the verdict."""
+"""scripts/allinone.py's own pieces (the evaluation is gmmoe_arch.evaluation's, tests/test_evaluation.py): the
+data it builds (tiny sizes), the held-out pairs, the derived option files of the bench variants and how they are
+loaded, the timing paragraph of the table and the targets it checks."""
 
 import importlib.util
 import json
@@ -12,6 +13,7 @@ import torch
 import gmmoe_arch  # noqa: F401,I001  (first: applies the basicsr compat patches, fills the registries)
 from gmmoe_arch import GMMoE
 from gmmoe_arch.data.pairing import read_lmdb_labels
+from gmmoe_arch.evaluation import Pair
 
 from helpers import REPO
 
@@ -57,21 +59,27 @@ def test_data_are_reused_when_the_settings_match(script, tiny_data):
     assert os.stat(lq).st_mtime_ns == before
 
 
-def test_evaluation_of_a_tiny_network(script, tiny_data):
+def test_held_out_pairs_per_degradation(script, tiny_data):
     data_dir, _, _ = tiny_data
-    test_sets = script.load_test_sets(data_dir)
-    assert {label: len(items) for label, items in test_sets.items()} == {'lowlight': 3, 'rain': 3, 'haze': 3}
-    inputs, baselines = script.reference_scores(test_sets)
-    assert set(baselines['haze']) == {'dark channel prior'} and inputs['rain'][0] > 0
+    pairs = script.load_test_sets(data_dir)
+    assert [p.label for p in pairs] == ['lowlight'] * 3 + ['rain'] * 3 + ['haze'] * 3
+    assert pairs[0].lq.dtype == np.uint8 and pairs[0].lq.shape == pairs[0].gt.shape
+    assert script.MAPPING == {'lowlight': 'ColourExpert', 'rain': 'RainExpert', 'haze': 'HazeExpert'}
+
+
+def test_a_variant_is_evaluated_with_its_own_network_options(script, tmp_path):
+    """``load_net`` writes the evaluated options (here (c): (b) with ``gate_top_k: 1``) and loads the checkpoint
+    through the package's ``load_network``, which prefers ``params_ema``."""
+    base = script.load_options(script.DEMO_OPT)
+    opt = dict(script.variant_options(base, 'b', iters=7), name='GMMoE_allinone_b_c')
+    opt['network_g'] = dict(opt['network_g'], width=4, enc_blk_nums=[1], dec_blk_nums=[1], gate_top_k=1)
     torch.manual_seed(0)
-    experts = ['ColourExpert', 'DetailExpert', 'FeatureExpert', 'RainExpert', 'HazeExpert']
-    net = GMMoE(width=4, enc_blk_nums=[1], middle_blk_num=1, dec_blk_nums=[1], experts=experts).eval()
-    measured, stats, outputs = script.evaluate_net(net, test_sets)
-    assert outputs['haze'][0].shape == test_sets['haze'][0][1].shape and outputs['haze'][0].dtype == np.uint8
-    gates, routing = script.gate_summary(stats, experts)
-    assert set(gates) == {'lowlight', 'rain', 'haze'} and 0 <= routing <= 1
-    assert all(abs(sum(w.values()) - 1) < 1e-6 for w in gates.values())
-    assert script.gate_summary(stats, ['a', 'b', 'c', 'd', 'e'])[1] is None  # no routing without the experts
+    sizes = {k: v for k, v in opt['network_g'].items() if k != 'type'}
+    ema, plain = GMMoE(**sizes), GMMoE(**sizes)
+    torch.save({'params': plain.state_dict(), 'params_ema': ema.state_dict()}, tmp_path / 'net.pth')
+    net = script.load_net(opt, str(tmp_path / 'net.pth'), str(tmp_path / 'options'))
+    assert (tmp_path / 'options' / 'test_GMMoE_allinone_b_c.yml').is_file() and net.gate_top_k == 1
+    assert torch.equal(net.state_dict()['intro.weight'], ema.state_dict()['intro.weight'])
 
 
 def test_bench_variants_differ_only_where_they_should(script):
@@ -102,18 +110,24 @@ def test_a_seed_changes_the_seed_and_the_name_only(script):
 
 def fake_results(gain_over_baseline, routing):
     labels = ('lowlight', 'rain', 'haze')
-    inputs = {lb: (10.0, 0.3) for lb in labels}
-    baselines = {lb: {'weak': (12.0, 0.4), 'strong': (15.0, 0.5)} for lb in labels}
-    variant = {
+    network = {
         'title': '(d) supervised',
-        'scores': {lb: (15.0 + gain_over_baseline, 0.8) for lb in labels},
+        'scores': {lb: {'psnr': 15.0 + gain_over_baseline, 'ssim': 0.8} for lb in labels},
         'routing_accuracy': routing,
         'gates': {lb: {'ColourExpert': 0.5, 'RainExpert': 0.25, 'HazeExpert': 0.25} for lb in labels},
     }
-    return {'input': inputs, 'baselines': baselines, 'variants': {'d': variant}}
+    return {
+        'metrics': ['psnr', 'ssim'],
+        'input': {lb: {'psnr': 10.0, 'ssim': 0.3} for lb in labels},
+        'baselines': {
+            lb: {'weak': {'psnr': 12.0, 'ssim': 0.4}, 'strong': {'psnr': 15.0, 'ssim': 0.5}} for lb in labels
+        },
+        'networks': {'d': network},
+        'targets': [],
+    }
 
 
-def test_table_shows_scores_gains_and_gates(script):
+def test_table_adds_the_timing_to_the_evaluation_tables(script):
     results = fake_results(3.5, 0.9)
     change = {'lowlight': -0.25, 'rain': 0.0, 'haze': -1.5}
     results['timing'] = dict(
@@ -137,20 +151,21 @@ def test_table_shows_scores_gains_and_gates(script):
 @pytest.mark.parametrize(
     'gain,routing,met', [(3.5, 0.9, True), (2.5, 0.95, False), (3.5, 0.8, False), (3.5, None, False)]
 )
-def test_verdict(script, gain, routing, met):
-    assert script.verdict(fake_results(gain, routing), 'd', ('d',))[0] is met
+def test_targets(script, gain, routing, met):
+    assert all(t.met for t in script.targets(fake_results(gain, routing), 'd', ('d',))) is met
 
 
-def test_verdict_wants_the_dense_gate_to_prefer_each_degradations_expert(script):
+def test_targets_want_the_dense_gate_to_prefer_each_degradations_expert(script):
     results = fake_results(3.5, 0.9)
-    assert not script.verdict(results, 'd', ('d',), dense_key='d')[0]  # equal weights for every degradation
-    gates = results['variants']['d']['gates']
+    missed = [t.name for t in script.targets(results, 'd', ('d',), dense_key='d') if not t.met]
+    assert missed == ['(d) supervised: RainExpert preferred by rain', '(d) supervised: HazeExpert preferred by haze']
+    gates = results['networks']['d']['gates']
     gates['rain']['RainExpert'], gates['haze']['HazeExpert'] = 0.3, 0.3
-    assert script.verdict(results, 'd', ('d',), dense_key='d')[0]
+    assert all(t.met for t in script.targets(results, 'd', ('d',), dense_key='d'))
 
 
 def test_timing_inputs_and_median_times_per_degradation(script):
-    sets = {lb: [('a.png', np.full((30, 40, 3), i * 60, np.uint8), None)] for i, lb in enumerate(('x', 'y'))}
+    sets = [Pair('a', lb, np.full((30, 40, 3), i * 60, np.uint8), None) for i, lb in enumerate(('x', 'y'))]
     inputs = script.timing_inputs(sets, size=(16, 24))
     assert {lb: tuple(t.shape) for lb, t in inputs.items()} == {'x': (1, 3, 16, 24), 'y': (1, 3, 16, 24)}
     assert inputs['y'].mean().item() == pytest.approx(60 / 255)

@@ -136,3 +136,14 @@ def test_data_error_from_a_loader_worker_keeps_its_own_message():
         next(iter(loader))
     assert 'Original Traceback' in str(caught.value)
     assert cli.worker_message(caught.value) == 'datasets.train: img0.png is truncated'
+
+
+def test_run_logged_echoes_the_progress_lines_keeps_the_log_and_stops_on_failure(tmp_path, capsys, plugin_env):
+    """``run_logged`` (the demo drivers' way to run ``basicsr``): a failing run keeps its whole log, echoes the
+    lines with ``error:`` and stops with a message naming the log."""
+    log = tmp_path / 'train.log'
+    with pytest.raises(SystemExit, match=f'basicsr train failed \\(exit code 2\\); see {log}'):
+        cli.run_logged('train', str(tmp_path / 'missing.yml'), str(tmp_path), str(log), plugin_env)
+    echoed = capsys.readouterr().out.splitlines()
+    assert echoed[0].startswith('$ basicsr train -opt') and 'missing.yml' in log.read_text()
+    assert echoed[1:] and all('error' in line.lower() for line in echoed[1:])
