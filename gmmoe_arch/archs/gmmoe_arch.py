@@ -18,6 +18,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as checkpoint_fn
 
+from ..options import is_integer
 from . import released_layout
 from .experts import RELEASED_EXPERTS, Gate, build_expert, channel_mean_max
 from .fast_ops import (
@@ -330,7 +331,7 @@ class GMMoE(nn.Module):
         """Route every expert block to each image's ``k`` highest-weighted experts (None: all, dense);
         returns self. The same weights serve any ``k``: a network trained dense runs top-k as it is."""
         n = len(expert_names(self))
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n):
+        if k is not None and (not is_integer(k) or not 1 <= k <= n):
             raise ValueError(f'network_g.gate_top_k must be null or an integer from 1 to {n} (the experts), got {k!r}')
         self.gate_top_k = k
         for module in self.modules():

@@ -6,6 +6,7 @@ import re
 from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 
+from ..options import is_integer
 from .llie_paired_dataset import LLIEPairedDataset
 
 #: keys of the parent options that are not handed down to the sets
@@ -59,7 +60,7 @@ class MixedPairedDataset(data.Dataset):
                 raise ValueError(f'{here}: expected a mapping of dataset options, got {entry!r}')
             entry = dict(entry)
             repeat = entry.pop('repeat', 1)
-            if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
+            if not is_integer(repeat) or repeat < 1:
                 raise ValueError(f'{here}.repeat: expected an integer >= 1, got {repeat!r}')
             kind = entry.pop('type', 'LLIEPairedDataset')
             if kind != 'LLIEPairedDataset':
