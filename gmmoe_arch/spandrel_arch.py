@@ -3,10 +3,11 @@
 Needs ``spandrel`` (``pip install gmmoe[spandrel]``). :func:`register_spandrel` adds GM-MoE's ``ArchSupport`` to
 ``spandrel.MAIN_REGISTRY`` (once; spandrel's own code is untouched); :mod:`gmmoe_arch.spandrel_hook` calls it when
 ``gmmoe_arch`` is imported and spandrel is (or later gets) imported. A checkpoint is recognised as GM-MoE by the
-keys every GM-MoE has (stem, SFEB, the middle block's gate: :data:`~gmmoe_arch.archs.released_layout.REQUIRED_KEYS`,
-the ones ``gmmoe enhance`` requires too) and by :func:`~gmmoe_arch.archs.checkpoint_config.infer_experts` reading its
-experts, so any preset, size or expert list :func:`~gmmoe_arch.archs.checkpoint_config.infer_config` reads loads.
-It is tried before spandrel's NAFNet, whose keys GM-MoE's feature expert also carries.
+keys every GM-MoE has (stem and SFEB: :data:`~gmmoe_arch.archs.released_layout.REQUIRED_KEYS`, the ones
+``gmmoe enhance`` requires too) and by :func:`~gmmoe_arch.archs.checkpoint_config.infer_experts` reading the experts
+of its middle block's gate, so any preset, size or expert list
+:func:`~gmmoe_arch.archs.checkpoint_config.infer_config` reads loads. It is tried before spandrel's NAFNet, whose
+keys GM-MoE's feature expert also carries.
 
 The descriptor is a restoration model at scale 1. It has no size requirements: the network zero-pads to a
 multiple of ``2**levels`` itself (as released), and spandrel's reflect padding would change its output. Its

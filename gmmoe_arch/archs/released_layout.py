@@ -10,9 +10,10 @@ expert block (``encoders.0.0.``, ``middle_blks.3.``, ...) unless said otherwise.
   ``marker``. Every other expert is saved as ``experts.<i>.*``.
 * :data:`GATE`: the gate's ``gate.mlp.*`` is saved as ``GateNetwork.*``.
 * :data:`UNUSED`: ``conv6.*``, weights the released forward never used; loading drops them.
-* :data:`REQUIRED_KEYS`: full keys every GM-MoE checkpoint has (stem, SFEB, the middle block's gate) and
-  NAFNet, whose blocks GM-MoE's feature expert shares, has not. A state dict lacking one is refused by
-  :func:`require_gmmoe` (:func:`refusal`: ``not a GM-MoE checkpoint: it lacks ...``).
+* :data:`REQUIRED_KEYS`: full keys every GM-MoE checkpoint has, of any size and experts (the stem and the
+  SFEB; not a gate: ``middle_blk_num: 0`` is a valid network), and NAFNet, whose blocks GM-MoE's feature
+  expert shares, has not. A state dict lacking one is refused by :func:`require_gmmoe` (:func:`refusal`:
+  ``not a GM-MoE checkpoint: it lacks ...``).
 """
 
 from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence
@@ -49,8 +50,6 @@ REQUIRED_KEYS = (
     'MSFEblock.conv_spatial.weight',
     'MSFEblock.conv_squeeze.weight',
     'MSFEblock.conv.weight',
-    MIDDLE_BLOCK + GATE_IN,
-    MIDDLE_BLOCK + GATE_OUT,
 )
 
 

@@ -15,21 +15,23 @@ from helpers import nafnet_state_dict
 
 SMALL = dict(width=8, enc_blk_nums=[1, 1], middle_blk_num=1, dec_blk_nums=[1, 1])
 NAFNET_LACKS = (
-    'MSFEblock.conv0.weight, MSFEblock.conv_spatial.weight, MSFEblock.conv_squeeze.weight, MSFEblock.conv.weight, '
-    'middle_blks.0.GateNetwork.0.weight, middle_blks.0.GateNetwork.2.weight'
+    'MSFEblock.conv0.weight, MSFEblock.conv_spatial.weight, MSFEblock.conv_squeeze.weight, MSFEblock.conv.weight'
 )
 
 
-def test_every_gmmoe_state_dict_has_the_required_keys(ref):
+def test_every_gmmoe_state_dict_has_the_required_keys_and_infer_config_reads_it(ref):
     released = torch.load(ref['checkpoint'], weights_only=True)['params']
     assert lacks(released) == []
     five = ['ColourExpert', 'DetailExpert', 'FeatureExpert', 'RainExpert', 'HazeExpert']
-    for net in (
-        GMMoE(**SMALL),
-        GMMoE(**SMALL, experts=five),
-        GMMoE(img_channel=1, width=4, enc_blk_nums=[], middle_blk_num=2, dec_blk_nums=[]),
+    for config in (
+        dict(SMALL, img_channel=3),
+        dict(SMALL, img_channel=3, experts=five),
+        dict(img_channel=1, width=4, enc_blk_nums=[], middle_blk_num=2, dec_blk_nums=[]),  # no levels
+        dict(img_channel=3, width=4, enc_blk_nums=[1], middle_blk_num=0, dec_blk_nums=[2]),  # no middle block
     ):
-        assert lacks(net.state_dict()) == []
+        state = GMMoE(**config).state_dict()
+        assert lacks(state) == []
+        assert infer_config(state) == config
 
 
 def test_a_nafnet_state_dict_is_refused_by_infer_config_in_one_line():
