@@ -12,8 +12,8 @@ expert block (``encoders.0.0.``, ``middle_blks.3.``, ...) unless said otherwise.
 * :data:`UNUSED`: ``conv6.*``, weights the released forward never used; loading drops them.
 * :data:`REQUIRED_KEYS`: full keys every GM-MoE checkpoint has, of any size and experts (the stem and the
   SFEB; not a gate: ``middle_blk_num: 0`` is a valid network), and NAFNet, whose blocks GM-MoE's feature
-  expert shares, has not. A state dict lacking one is refused by :func:`require_gmmoe` (:func:`refusal`:
-  ``not a GM-MoE checkpoint: it lacks ...``).
+  expert shares, has not. All are conv kernels: one that is not a 4-D tensor counts as lacking. A state
+  dict lacking one is refused by :func:`require_gmmoe` (:func:`refusal`: ``not a GM-MoE checkpoint: it lacks ...``).
 """
 
 from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence
@@ -85,8 +85,9 @@ def is_unused(key: str) -> bool:
 
 
 def lacks(state_dict: Mapping[str, object]) -> List[str]:
-    """The :data:`REQUIRED_KEYS` ``state_dict`` lacks (none: it is a GM-MoE state dict)."""
-    return [key for key in REQUIRED_KEYS if key not in state_dict]
+    """The :data:`REQUIRED_KEYS` ``state_dict`` lacks or holds as other than a 4-D tensor (none: it is a
+    GM-MoE state dict)."""
+    return [key for key in REQUIRED_KEYS if getattr(state_dict.get(key), 'ndim', None) != 4]
 
 
 def refusal(state_dict: Mapping[str, object]) -> Optional[str]:

@@ -38,6 +38,10 @@ def test_a_nafnet_state_dict_is_refused_by_infer_config_in_one_line():
     with pytest.raises(NotGMMoECheckpoint) as err:
         infer_config(nafnet_state_dict(**SMALL))
     assert str(err.value) == f'not a GM-MoE checkpoint: it lacks {NAFNET_LACKS}'
+    flat = dict(GMMoE(**SMALL).state_dict())
+    flat['intro.weight'] = flat['intro.weight'].reshape(-1)  # no conv kernel: no size to read off it
+    with pytest.raises(NotGMMoECheckpoint, match='^not a GM-MoE checkpoint: it lacks intro.weight$'):
+        infer_config(flat)
 
 
 @pytest.mark.parametrize('extra', [[], ['--preset', 'paper']], ids=['size-read-off-the-checkpoint', 'preset'])
