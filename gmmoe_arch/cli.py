@@ -18,6 +18,7 @@ from gmmoe_arch import compat, option_checks
 from gmmoe_arch.data.image_io import DataError
 from gmmoe_arch.inference.errors import EnhanceError
 from gmmoe_arch.models.gmmoe_model import TrainingDiverged
+from gmmoe_arch.options import is_integer
 from gmmoe_arch.registry import qualified
 
 PLUGIN_GROUP = 'basicsr.plugins'
@@ -64,8 +65,7 @@ GMMOE_TYPES = ('GMMoE', 'OURNet24', qualified('GMMoE'), qualified('OURNet24'))
 
 def _check_integer(path, key, value, minimum):
     """``value`` must be an integer >= ``minimum``; YAML floats such as ``!!float 5e3`` count if integral."""
-    ok = (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, float) and value.is_integer())
-    if not ok or value < minimum:
+    if not is_integer(value, integral_float=True) or value < minimum:
         raise UserError(f'option file {path}: {key} must be an integer >= {minimum}, got {value!r}')
 
 
@@ -121,7 +121,7 @@ def check_option_file(path, phase):
     if num_gpu != 'auto':
         import torch
 
-        if not isinstance(num_gpu, int) or num_gpu < 0:
+        if not is_integer(num_gpu) or num_gpu < 0:
             raise UserError(f'option file {path}: num_gpu must be "auto" or an integer >= 0, got {num_gpu!r}')
         if num_gpu > torch.cuda.device_count():
             raise UserError(

@@ -12,7 +12,8 @@ and the plug-ins, except in the sections whose keys become keyword arguments (sc
 
 import inspect
 import math
-import numbers
+
+from .options import is_integer, is_number
 
 SCHEDULERS = ('MultiStepLR', 'MultiStepRestartLR', 'CosineAnnealingRestartLR')
 DATASET_PHASES = ('train', 'val', 'test')
@@ -23,26 +24,22 @@ class OptionError(ValueError):
     """A wrong option: the message names the key."""
 
 
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_number(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+def _is_finite_number(value):
+    return is_number(value) and math.isfinite(value)
 
 
 def integer(key, value, minimum, maximum=None):
     """``value`` as an int; YAML floats such as ``!!float 5e3`` count when integral."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if not _is_int(value) or value < minimum or (maximum is not None and value > maximum):
+    if not is_integer(value) or value < minimum or (maximum is not None and value > maximum):
         bound = f'>= {minimum}' if maximum is None else f'in [{minimum}, {maximum}]'
         raise OptionError(f'{key} must be an integer {bound}, got {value!r}')
     return value
 
 
 def number(key, value, minimum=None, positive=False, maximum=None):
-    if not _is_number(value):
+    if not _is_finite_number(value):
         raise OptionError(f'{key} must be a finite number, got {value!r}')
     if positive and not value > 0:
         raise OptionError(f'{key} must be > 0, got {value!r}')
@@ -94,7 +91,7 @@ def check_top(opt):
         raise OptionError(f'name is the folder name under experiments/: no /, \\ or NUL, not . or .., got {name!r}')
     _text('model_type', opt['model_type'])
     seed = opt.get('manual_seed')
-    if seed is not None and not (_is_int(seed) and 0 <= seed < 2**32):  # numpy's seed takes no float
+    if seed is not None and not (is_integer(seed) and 0 <= seed < 2**32):  # numpy's seed takes no float
         raise OptionError(f'manual_seed must be an integer in [0, 4294967295], got {seed!r}')
     if 'scale' in opt:
         integer('scale', opt['scale'], 1)

@@ -2,10 +2,12 @@
 
 Needs ``spandrel`` (``pip install gmmoe[spandrel]``). :func:`register_spandrel` adds GM-MoE's ``ArchSupport`` to
 ``spandrel.MAIN_REGISTRY`` (once; spandrel's own code is untouched); :mod:`gmmoe_arch.spandrel_hook` calls it when
-``gmmoe_arch`` is imported and spandrel is (or later gets) imported. A checkpoint is recognised as GM-MoE by its
-stem, SFEB, down/up-sampling and gate keys, and by :func:`~gmmoe_arch.archs.checkpoint_config.infer_config`
-reading its size and experts, so any preset, size or expert list :func:`infer_config` reads loads. It is tried
-before spandrel's NAFNet, whose keys GM-MoE's feature expert also carries.
+``gmmoe_arch`` is imported and spandrel is (or later gets) imported. A checkpoint is recognised as GM-MoE by the
+keys every GM-MoE has (stem and SFEB: :data:`~gmmoe_arch.archs.released_layout.REQUIRED_KEYS`, the ones
+``gmmoe enhance`` requires too) and by :func:`~gmmoe_arch.archs.checkpoint_config.infer_experts` reading the experts
+of its middle block's gate, so any preset, size or expert list
+:func:`~gmmoe_arch.archs.checkpoint_config.infer_config` reads loads. It is tried before spandrel's NAFNet, whose
+keys GM-MoE's feature expert also carries.
 
 The descriptor is a restoration model at scale 1. It has no size requirements: the network zero-pads to a
 multiple of ``2**levels`` itself (as released), and spandrel's reflect padding would change its output. Its
@@ -30,32 +32,16 @@ from torch import Tensor
 
 from .archs.checkpoint_config import infer_config, infer_experts
 from .archs.gmmoe_arch import GMMoE, expert_names
+from .archs.released_layout import MIDDLE_BLOCK, lacks
 from .inference.runner import RunOptions, enhance_tensor, network_device
 from .inference.tiling import Tiling
 
 ARCH_ID = 'GMMoE'
-# stem, SFEB, first down/up-sampling, the middle block's gate: every GM-MoE has them, NAFNet has no SFEB or gate
-DETECT_KEYS = (
-    'intro.weight',
-    'ending.weight',
-    'MSFEblock.conv0.weight',
-    'MSFEblock.conv_spatial.weight',
-    'MSFEblock.conv_squeeze.weight',
-    'MSFEblock.conv.weight',
-    'downs.0.weight',
-    'ups.0.0.weight',
-    'middle_blks.0.GateNetwork.0.weight',
-    'middle_blks.0.GateNetwork.2.weight',
-)
 
 
 def detect(state_dict: StateDict) -> bool:
-    """True for a GM-MoE state dict whose size and experts :func:`infer_config` reads."""
-    return (
-        all(key in state_dict for key in DETECT_KEYS)
-        and infer_config(state_dict) is not None
-        and infer_experts(state_dict, 'middle_blks.0.') is not None
-    )
+    """True for a GM-MoE state dict (no required key lacking) whose experts :func:`infer_experts` reads."""
+    return not lacks(state_dict) and infer_experts(state_dict, MIDDLE_BLOCK) is not None
 
 
 def run_like_enhance(model: GMMoE, image: Tensor) -> Tensor:

@@ -39,6 +39,21 @@ def reference_net(ref, dtype=None):
     return net.to(dtype or torch.float64).eval()
 
 
+def nafnet_state_dict(**size):
+    """A NAFNet's state dict of ``size`` (``width``, block counts): intro, encoders, downs, middle_blks, ups,
+    decoders, ending, blocks of norm1, conv1-5, sca, beta, gamma. It is a GM-MoE's without the SFEB, the gates,
+    the colour and detail experts and the feature expert's parallel convs (tests/test_spandrel_arch.py checks
+    it against spandrel's NAFNet)."""
+    from gmmoe_arch import GMMoE
+
+    dropped = ('.GateNetwork.', '.Expert1.', '.Expert2.', '.conv11.', '.conv33.', '.conv55.')
+    return {
+        k: v
+        for k, v in GMMoE(**size).state_dict().items()
+        if not k.startswith('MSFEblock.') and not any(part in k for part in dropped)
+    }
+
+
 TINY_PLUGIN = '''
 """A stand-alone BasicSR plug-in used by the tests: one tiny registered network."""
 from basicsr.utils.registry import ARCH_REGISTRY

@@ -13,7 +13,7 @@ import gmmoe_arch  # noqa: F401  (registers GM-MoE with spandrel once spandrel i
 from gmmoe_arch import GMMoE, enhance_image, load_network
 from gmmoe_arch.archs.gmmoe_arch import activate_branches
 
-from helpers import REPO
+from helpers import REPO, nafnet_state_dict
 
 spandrel = pytest.importorskip('spandrel')
 from gmmoe_arch.spandrel_arch import ARCH_ID, register_spandrel  # noqa: E402  (needs spandrel)
@@ -70,6 +70,23 @@ def test_nafnet_is_still_nafnet_and_registration_is_idempotent():
     assert register_spandrel() is first and sum(a.architecture.id == ARCH_ID for a in spandrel.MAIN_REGISTRY) == 1
     order = [a.architecture.id for a in spandrel.MAIN_REGISTRY.architectures('detection')]
     assert order.index(ARCH_ID) < order.index('NAFNet')
+
+
+def test_nafnet_lacks_the_keys_gmmoe_enhance_requires_and_detection_reads_the_same_ones():
+    from spandrel.architectures.NAFNet import NAFNet
+
+    from gmmoe_arch.archs.checkpoint_config import infer_config
+    from gmmoe_arch.archs.released_layout import REQUIRED_KEYS, NotGMMoECheckpoint
+    from gmmoe_arch.spandrel_arch import detect
+
+    nafnet = NAFNet(img_channel=3, **SMALL).state_dict()
+    assert set(nafnet) == set(nafnet_state_dict(**SMALL))  # the NAFNet-shaped state dict of the layout tests
+    with pytest.raises(NotGMMoECheckpoint, match='^not a GM-MoE checkpoint: it lacks MSFEblock.conv0.weight, '):
+        infer_config(nafnet)
+    gmmoe = GMMoE(**SMALL).state_dict()
+    assert detect(gmmoe) and not detect(nafnet)
+    for key in REQUIRED_KEYS:
+        assert not detect({k: v for k, v in gmmoe.items() if k != key}), key
 
 
 @pytest.mark.slow

@@ -3,7 +3,9 @@
 :func:`infer_config` returns the :class:`~gmmoe_arch.archs.gmmoe_arch.GMMoE` arguments that rebuild the
 network a state dict came from (its size and, when they are not the released three, its experts);
 :func:`describe_size` words them for error messages. Both follow the module names of ``gmmoe_arch.py``
-(``intro``, ``downs``, ``encoders``, ``middle_blks``, ``decoders``, an expert block's ``GateNetwork``).
+(``intro``, ``downs``, ``encoders``, ``middle_blks``, ``decoders``) and the released names of
+:mod:`.released_layout` (the gate's ``GateNetwork``, the released experts' prefixes). A state dict without
+the keys every GM-MoE has is refused (:func:`~.released_layout.require_gmmoe`).
 Run-time options are no checkpoint property and are not inferred: ``gate_top_k`` (the same weights run
 dense or top-k), ``fast``, ``checkpoint``; an option file sets them.
 """
@@ -13,6 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional
 import torch
 from torch import Tensor
 
+from . import released_layout
 from .experts import EXPERT_REGISTRY, RELEASED_EXPERTS
 
 
@@ -38,21 +41,22 @@ def infer_experts(state_dict: Mapping[str, Tensor], block: str) -> Optional[List
     default options.
 
     An expert saved as ``experts.<i>.*`` is the registered expert whose default keys and shapes at the
-    block's width are exactly its keys and shapes; the released three at their released positions are
-    recognised by their released names (``Expert1.*``, ``Expert2.*``, the feature expert inline).
+    block's width are exactly its keys and shapes; the released experts at their released positions are
+    recognised by their released names (:data:`.released_layout.EXPERTS`: ``Expert1.*``, ``Expert2.*``,
+    the feature expert inline).
     """
-    gate = state_dict.get(block + 'GateNetwork.2.weight')  # (n_experts, C / 4)
-    first = state_dict.get(block + 'GateNetwork.0.weight')  # (C / 4, C, ...)
+    gate = state_dict.get(block + released_layout.GATE_OUT)  # (n_experts, C / 4)
+    first = state_dict.get(block + released_layout.GATE_IN)  # (C / 4, C, ...)
     if gate is None or first is None or gate.ndim < 1 or first.ndim < 2:  # a damaged gate: loading names it
         return None
     channels = first.shape[1]
-    released = {0: block + 'Expert1.', 1: block + 'Expert2.', 2: block + 'conv11.'}
     names = []
     for i in range(gate.shape[0]):
-        if i in released and any(key.startswith(released[i]) for key in state_dict):
-            names.append(RELEASED_EXPERTS[i])
+        released = released_layout.held_released_expert(state_dict, block, i)
+        if released is not None:
+            names.append(released)
             continue
-        prefix = f'{block}experts.{i}.'
+        prefix = f'{block}{released_layout.OWN_EXPERTS}{i}.'
         held = {k[len(prefix) :]: tuple(v.shape) for k, v in state_dict.items() if k.startswith(prefix)}
         match = [name for name, _ in EXPERT_REGISTRY if held and _expert_shapes(name, channels) == held]
         if not match:
@@ -61,12 +65,15 @@ def infer_experts(state_dict: Mapping[str, Tensor], block: str) -> Optional[List
     return names
 
 
-def infer_config(state_dict: Mapping[str, Tensor]) -> Optional[Dict[str, Any]]:
+def infer_config(state_dict: Mapping[str, Tensor]) -> Dict[str, Any]:
     """GMMoE arguments (``img_channel``, ``width``, block counts per level, and ``experts`` unless they are
-    the released three) of a GM-MoE state dict; None when ``state_dict`` is not one (no 4-D ``intro.weight``)."""
-    intro = state_dict.get('intro.weight')  # (width, img_channel, 3, 3)
-    if intro is None or intro.ndim != 4:
-        return None
+    the released three) of a GM-MoE state dict.
+
+    Raises:
+        NotGMMoECheckpoint: ``state_dict`` lacks a key every GM-MoE has (one line naming them).
+    """
+    released_layout.require_gmmoe(state_dict)
+    intro = state_dict['intro.weight']  # (width, img_channel, 3, 3)
     levels = _count(state_dict, 'downs.')
     config = dict(
         img_channel=intro.shape[1],
@@ -75,7 +82,7 @@ def infer_config(state_dict: Mapping[str, Tensor]) -> Optional[Dict[str, Any]]:
         middle_blk_num=_count(state_dict, 'middle_blks.'),
         dec_blk_nums=[_count(state_dict, f'decoders.{i}.') for i in range(levels)],
     )
-    experts = infer_experts(state_dict, 'middle_blks.0.')
+    experts = infer_experts(state_dict, released_layout.MIDDLE_BLOCK)
     if experts is not None and experts != list(RELEASED_EXPERTS):
         config['experts'] = experts
     return config

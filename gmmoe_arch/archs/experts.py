@@ -11,8 +11,8 @@ Register your own (e.g. for deraining) from any package::
 
 and name it in the option YAML: ``network_g: {type: GMMoE, experts: [ColourExpert, RainExpert]}``.
 
-Class attribute ``released_name`` is the state-dict prefix the released network used for an expert
-at its released position (see :class:`gmmoe_arch.archs.gmmoe_arch.ExpertBlock`).
+The state-dict names the released network used for the experts at their released positions are in
+:mod:`.released_layout`, which :data:`RELEASED_EXPERTS` (the default experts, in order) is read from.
 """
 
 import torch
@@ -33,10 +33,11 @@ from .fast_ops import (
 )
 from .fast_path import FastPath
 from .pooling import GlobalMean, global_mean
+from .released_layout import EXPERTS as RELEASED_LAYOUT
 
 EXPERT_REGISTRY = Registry('expert')
 
-RELEASED_EXPERTS = ('ColourExpert', 'DetailExpert', 'FeatureExpert')
+RELEASED_EXPERTS = tuple(e.expert for e in sorted(RELEASED_LAYOUT))  # ColourExpert, DetailExpert, FeatureExpert
 
 
 class LayerNorm2d(nn.Module):
@@ -89,8 +90,6 @@ class ColourExpert(FastPath, nn.Module):
     to the sizes the layers need, so the pool takes the map's global maximum. Maps of 15 px or more
     are untouched, so this only changes sizes where the released network fails.
     """
-
-    released_name = 'Expert1'
 
     def __init__(self, channels):
         super().__init__()
@@ -158,8 +157,6 @@ class DetailExpert(FastPath, nn.Module):
     A small dense conv stack gives ``z`` with 2C channels; channel and spatial attention on ``z``
     are summed, projected back by a 1x1 conv and added to the input.
     """
-
-    released_name = 'Expert2'
 
     def __init__(self, channels):
         super().__init__()
@@ -230,8 +227,6 @@ class FeatureExpert(FastPath, nn.Module):
     LayerNorm/1x1/simple-gate/1x1 feed-forward with residual scaled by ``gamma``. ``beta`` and
     ``gamma`` start at zero, so a fresh expert is the identity.
     """
-
-    released_name = ''
 
     def __init__(self, channels):
         super().__init__()

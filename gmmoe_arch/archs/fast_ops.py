@@ -23,6 +23,7 @@ No function here writes into a tensor it was given: without grad, the in-place p
 import torch
 import torch.nn.functional as F
 
+from .cpu_kernels import cpu_kernels_apply
 from .torch_private import onednn_conv, onednn_conv_add
 
 
@@ -32,7 +33,7 @@ def layer_norm_nchw(x, norm):
     Returns ``(B, C, H, W)`` of ``x``'s dtype in channels-last memory (an NCHW input is copied once).
     """
     nhwc = x.permute(0, 2, 3, 1)
-    if nhwc.dtype in (torch.bfloat16, torch.float16) and not torch.is_grad_enabled() and x.device.type == 'cpu':
+    if nhwc.dtype in (torch.bfloat16, torch.float16) and cpu_kernels_apply(x, channels_last=False):
         # CPU's half-precision LayerNorm is slower than a float32 one plus two casts
         y = F.layer_norm(nhwc.float(), (x.shape[1],), norm.weight.float(), norm.bias.float(), norm.eps).to(x.dtype)
     else:
@@ -52,24 +53,13 @@ def merge_parallel_convs(*convs):
     return weight, bias
 
 
-def _plain_reduction(x):
-    """Whether ``x`` is outside the fast path's own CPU kernels: with grad (they have no backward),
-    under ``torch.compile`` (which fuses on its own), off the CPU, or not channels-last."""
-    return (
-        torch.is_grad_enabled()
-        or torch.compiler.is_compiling()
-        or x.device.type != 'cpu'
-        or not x.is_contiguous(memory_format=torch.channels_last)
-    )
-
-
 def _onednn_dtype(x, weight):
     """The dtype a fused oneDNN conv of ``x`` would run in, or None where it does not apply.
 
-    It applies on CPU without grad (its kernel has no backward) outside ``torch.compile`` (which fuses
-    on its own), to channels-last fp32 inputs or to bf16 under autocast, as ``F.conv2d`` would run.
+    It applies where the CPU inference kernels do (:func:`.cpu_kernels.cpu_kernels_apply`: channels-last
+    on CPU, no grad, not compiling), to fp32 inputs or to bf16 under autocast, as ``F.conv2d`` would run.
     """
-    if _plain_reduction(x):
+    if not cpu_kernels_apply(x):
         return None
     dtype = compute_dtype(x) or x.dtype
     if dtype not in (torch.float32, torch.bfloat16) or weight.dtype not in (torch.float32, torch.bfloat16):
@@ -167,7 +157,7 @@ def channel_max(x):
     """
     if torch.is_grad_enabled() and x.requires_grad:
         return torch.max(x, 1, keepdim=True)[0]
-    if not _plain_reduction(x) and x.dtype in (torch.bfloat16, torch.float16):
+    if x.dtype in (torch.bfloat16, torch.float16) and cpu_kernels_apply(x):
         while x.shape[1] % 2 == 0 and x.shape[1] > 8:
             h = x.shape[1] // 2
             x = torch.maximum(x[:, :h], x[:, h:])

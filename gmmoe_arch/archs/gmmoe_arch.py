@@ -18,7 +18,9 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as checkpoint_fn
 
+from ..options import is_integer
 from ..registry import register
+from . import released_layout
 from .experts import RELEASED_EXPERTS, Gate, build_expert, channel_mean_max
 from .fast_ops import (
     channel_max,
@@ -120,10 +122,10 @@ class ExpertBlock(PathSwitch, nn.Module):
     the gate's dense weights by :meth:`route` (the gate itself, and so :func:`record_gates`, stays
     dense), and the other experts are not computed for it (see :meth:`forward`).
 
-    State-dict names follow the released checkpoints: an expert at its released position (colour 0,
-    detail 1, feature 2) is saved as ``Expert1.*`` / ``Expert2.*`` / directly under the block, the
-    gate as ``GateNetwork.*``; other experts keep ``experts.<i>.*``. Loading also accepts (and
-    drops) the released ``conv6`` weights, which the released forward never used.
+    State-dict names follow the released checkpoints (the table in :mod:`.released_layout`): an expert
+    at its released position (colour 0, detail 1, feature 2) is saved as ``Expert1.*`` / ``Expert2.*`` /
+    directly under the block, the gate as ``GateNetwork.*``; other experts keep ``experts.<i>.*``.
+    Loading also accepts (and drops) the released ``conv6`` weights, which the released forward never used.
     """
 
     def __init__(self, channels, experts=RELEASED_EXPERTS, gate_temperature=3.0, checkpoint_experts=False, top_k=None):
@@ -132,9 +134,7 @@ class ExpertBlock(PathSwitch, nn.Module):
             raise ValueError('network_g.experts: at least one expert is needed')
         self.experts = nn.ModuleList(build_expert(spec, channels) for spec in experts)
         self.gate = Gate(channels, len(self.experts), gate_temperature)
-        self._released = {f'experts.{i}.': self._released_prefix(i, e) for i, e in enumerate(self.experts)}
-        self._released['gate.mlp.'] = 'GateNetwork.'
-        self._released = {k: v for k, v in self._released.items() if v is not None}
+        self._released = released_layout.saved_prefixes([type(e).__name__ for e in self.experts])
         self.register_state_dict_post_hook(ExpertBlock._to_released_names)
         self.register_load_state_dict_pre_hook(ExpertBlock._from_released_names)
         self.checkpoint_experts = checkpoint_experts  # GMMoE's ``checkpoint: expert``
@@ -143,13 +143,6 @@ class ExpertBlock(PathSwitch, nn.Module):
     def expert(self, i, u):
         """Expert ``i`` on ``u``, checkpointed on its own under ``checkpoint: expert``."""
         return maybe_checkpoint(self.experts[i], u, self.checkpoint_experts)
-
-    @staticmethod
-    def _released_prefix(index, expert):
-        name = type(expert).__name__
-        if index < len(RELEASED_EXPERTS) and name == RELEASED_EXPERTS[index]:
-            return expert.released_name + '.' if expert.released_name else ''
-        return None
 
     def forward(self, u):
         """``(B, C, H, W) -> (B, C, H, W)``: the gate, then the experts one after another (only the sum
@@ -219,10 +212,10 @@ class ExpertBlock(PathSwitch, nn.Module):
         inline = [ours for ours, theirs in self._released.items() if theirs == '']
         for key in [k for k in state_dict if k.startswith(prefix)]:
             rest = key[len(prefix) :]
-            if rest.startswith('conv6.'):
+            if rest.startswith(released_layout.UNUSED):
                 del state_dict[key]
                 continue
-            if rest.startswith(('experts.', 'gate.')):
+            if rest.startswith((released_layout.OWN_EXPERTS, released_layout.OWN_GATE)):
                 continue
             for ours, theirs in self._released.items():
                 if theirs and rest.startswith(theirs):
@@ -339,7 +332,7 @@ class GMMoE(nn.Module):
         """Route every expert block to each image's ``k`` highest-weighted experts (None: all, dense);
         returns self. The same weights serve any ``k``: a network trained dense runs top-k as it is."""
         n = len(expert_names(self))
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n):
+        if k is not None and (not is_integer(k) or not 1 <= k <= n):
             raise ValueError(f'network_g.gate_top_k must be null or an integer from 1 to {n} (the experts), got {k!r}')
         self.gate_top_k = k
         for module in self.modules():

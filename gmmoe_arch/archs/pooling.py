@@ -21,32 +21,23 @@ from typing import Callable, Iterator, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from .cpu_kernels import cpu_kernels_apply
+
 PoolingHook = Callable[[Tensor, Tensor], Optional[Tensor]]
 
 _HOOKS: ContextVar[Tuple[PoolingHook, ...]] = ContextVar('gmmoe_pooling_hooks', default=())
 
 
-def _ones_gemm_applies(x: Tensor) -> bool:
-    """Whether the mean of ``x`` is computed as a GEMM with ones: bf16/fp16 channels-last on CPU
-    without grad (no backward needed) outside ``torch.compile`` (which fuses on its own)."""
-    return (
-        x.dtype in (torch.bfloat16, torch.float16)
-        and x.device.type == 'cpu'
-        and not torch.is_grad_enabled()
-        and not torch.compiler.is_compiling()
-        and x.is_contiguous(memory_format=torch.channels_last)
-    )
-
-
 def _mean_over_pixels(x: Tensor) -> Tensor:
     """``(B, C, H, W) -> (B, C, 1, 1)``.
 
-    In bf16/fp16 on CPU (see :func:`_ones_gemm_applies`) a matrix product with ones: the GEMM
+    In bf16/fp16 where the CPU inference kernels apply (:func:`.cpu_kernels.cpu_kernels_apply`:
+    channels-last on CPU, no grad, not compiling) a matrix product with ones: the GEMM
     accumulates in fp32 and is 3x faster than the half-precision reduction. Everywhere else
     ``x.mean((2, 3), keepdim=True)``; in float32 a GEMM would gain ~2 ms per full-resolution map but
     round differently from the reduction.
     """
-    if not _ones_gemm_applies(x):
+    if x.dtype not in (torch.bfloat16, torch.float16) or not cpu_kernels_apply(x):
         return x.mean((2, 3), keepdim=True)
     b, c, h, w = x.shape
     pixels = x.permute(0, 2, 3, 1).reshape(b, h * w, c)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..options import is_integer, is_number
 from .experts import EXPERT_REGISTRY
 from .pooling import global_mean
 
@@ -60,10 +61,6 @@ def local_min(x: Tensor, window: int) -> Tensor:
     return out
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _check(name: str, option: str, ok: bool, value) -> None:
     if not ok:
         raise ValueError(f'network_g.experts: {name} {option} {value!r} is out of range')
@@ -98,16 +95,16 @@ class RainExpert(nn.Module):
     def __init__(self, channels, streak_channels=None, kernel_size=7, angles=(-20.0, 0.0, 20.0), residual_scale=0.1):
         super().__init__()
         s = max(2, channels // 4) if streak_channels is None else streak_channels
-        _check('RainExpert', 'streak_channels', isinstance(s, int) and s >= 1, streak_channels)
+        _check('RainExpert', 'streak_channels', is_integer(s) and s >= 1, streak_channels)
         _check(
             'RainExpert',
             'kernel_size',
-            isinstance(kernel_size, int) and kernel_size >= 3 and kernel_size % 2,
+            is_integer(kernel_size) and kernel_size >= 3 and kernel_size % 2,
             kernel_size,
         )
         _check('RainExpert', 'angles', isinstance(angles, (list, tuple)) and 0 < len(angles), angles)
-        _check('RainExpert', 'angles', all(_is_number(a) and abs(a) <= 90 for a in angles), angles)
-        _check('RainExpert', 'residual_scale', _is_number(residual_scale), residual_scale)
+        _check('RainExpert', 'angles', all(is_number(a) and abs(a) <= 90 for a in angles), angles)
+        _check('RainExpert', 'residual_scale', is_number(residual_scale), residual_scale)
         c, o = channels, len(angles)
         self.reduce = nn.Conv2d(c, s, 1)
         self.oriented = nn.Conv2d(s, s * o, kernel_size, padding=kernel_size // 2, groups=s, padding_mode='replicate')
@@ -157,12 +154,12 @@ class HazeExpert(nn.Module):
 
     def __init__(self, channels, dark_channels=4, window=7, omega=0.95, t0=0.1, sharpness=10.0, residual_scale=0.1):
         super().__init__()
-        _check('HazeExpert', 'dark_channels', isinstance(dark_channels, int) and dark_channels >= 1, dark_channels)
-        _check('HazeExpert', 'window', isinstance(window, int) and window >= 1 and window % 2, window)
-        _check('HazeExpert', 'omega', _is_number(omega) and 0 < omega <= 1, omega)
-        _check('HazeExpert', 't0', _is_number(t0) and 0 < t0 < 1, t0)
-        _check('HazeExpert', 'sharpness', _is_number(sharpness) and sharpness > 0, sharpness)
-        _check('HazeExpert', 'residual_scale', _is_number(residual_scale), residual_scale)
+        _check('HazeExpert', 'dark_channels', is_integer(dark_channels) and dark_channels >= 1, dark_channels)
+        _check('HazeExpert', 'window', is_integer(window) and window >= 1 and window % 2, window)
+        _check('HazeExpert', 'omega', is_number(omega) and 0 < omega <= 1, omega)
+        _check('HazeExpert', 't0', is_number(t0) and 0 < t0 < 1, t0)
+        _check('HazeExpert', 'sharpness', is_number(sharpness) and sharpness > 0, sharpness)
+        _check('HazeExpert', 'residual_scale', is_number(residual_scale), residual_scale)
         self.project = nn.Conv2d(channels, dark_channels, 1)
         self.fuse = nn.Conv2d(dark_channels, channels, 1)
         self.residual_scale = nn.Parameter(torch.full((1, channels, 1, 1), float(residual_scale)))

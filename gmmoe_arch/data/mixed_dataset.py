@@ -6,6 +6,7 @@ import re
 from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 
+from ..options import is_integer
 from ..registry import qualified, register
 from .llie_paired_dataset import LLIEPairedDataset
 
@@ -60,7 +61,7 @@ class MixedPairedDataset(data.Dataset):
                 raise ValueError(f'{here}: expected a mapping of dataset options, got {entry!r}')
             entry = dict(entry)
             repeat = entry.pop('repeat', 1)
-            if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
+            if not is_integer(repeat) or repeat < 1:
                 raise ValueError(f'{here}.repeat: expected an integer >= 1, got {repeat!r}')
             kind = entry.pop('type', 'LLIEPairedDataset')
             if kind not in ('LLIEPairedDataset', qualified('LLIEPairedDataset')):

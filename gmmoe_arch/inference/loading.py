@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..archs.checkpoint_config import describe_size, infer_config
+from ..archs.released_layout import is_unused, lacks, refusal
 from ..checkpoint_trust import UntrustedCheckpointError, load_checkpoint
 from ..registry import qualified
 from .errors import EnhanceError
@@ -111,6 +112,8 @@ def _network_options(
         if not isinstance(opt, dict) or not isinstance(opt.get('network_g'), dict) or 'type' not in opt['network_g']:
             raise EnhanceError(f'option file {option_file}: needs a "network_g" mapping with a "type"')
         return dict(opt['network_g']), f'network_g of {option_file}'
+    if state_dict is not None and (refused := refusal(state_dict)):
+        raise EnhanceError(f'checkpoint {weights}: {refused}')
     if preset is not None:
         return dict(type=NETWORK_TYPE, preset=preset), f'preset {preset}'
     config = infer_config(state_dict) if state_dict is not None else None
@@ -127,7 +130,7 @@ def _network_options(
 def _mismatch_report(net: nn.Module, state_dict: Dict[str, Tensor], limit: int = 5) -> str:
     """The first missing, unexpected and reshaped keys (the released checkpoints' unused ``conv6`` left out)."""
     expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    given = {k: tuple(v.shape) for k, v in state_dict.items() if not k.split('.')[-2:-1] == ['conv6']}
+    given = {k: tuple(v.shape) for k, v in state_dict.items() if not is_unused(k)}
     missing = [k for k in expected if k not in given]
     unexpected = [k for k in given if k not in expected]
     shapes = [f'{k} {given[k]} vs {expected[k]}' for k in expected if k in given and given[k] != expected[k]]
@@ -147,7 +150,7 @@ def _size_mismatch(
     weights: str, state_dict: Dict[str, Tensor], net: nn.Module, preset: Optional[str], option_file: Optional[str]
 ) -> Optional[str]:
     """The message for a checkpoint of another network size than the one built, else None."""
-    held, built = infer_config(state_dict), infer_config(net.state_dict())
+    held, built = (None if lacks(sd) else infer_config(sd) for sd in (state_dict, net.state_dict()))
     if held is None or built is None or held == built:
         return None
     chosen, flag = (f'--preset {preset}', '--preset') if preset is not None else (f'--opt {option_file}', '--opt')

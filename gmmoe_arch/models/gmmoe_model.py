@@ -53,6 +53,7 @@ from basicsr.utils.registry import LOSS_REGISTRY, MODEL_REGISTRY
 
 from ..archs.gmmoe_arch import expert_names, record_gates
 from ..losses.gate_losses import EXPERTS_OPTION, GateBalanceLoss, GateRoutingLoss
+from ..options import is_number
 from ..registry import qualified, register
 from .gate_stats import GateStats, save_gate_figure, save_gate_json
 from .resume_options import resume_with_options
@@ -81,7 +82,7 @@ def parse_grad_clip(value):
     """``train.grad_clip`` -> ``{'max_norm': float, 'norm_type': float}`` or None when unset."""
     if value is None or value is False:
         return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if is_number(value):
         value = {'max_norm': value}
     if not isinstance(value, dict) or 'max_norm' not in value:
         raise ValueError(f'train.grad_clip: expected a number or {{max_norm: ..., norm_type: 2}}, got {value!r}')

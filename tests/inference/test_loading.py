@@ -20,13 +20,15 @@ def test_released_checkpoint_loads_strictly_with_inferred_config(ref_ckpt, ref_n
     )
 
 
-def test_inferred_config_rebuilds_other_sizes_and_is_none_for_other_networks():
+def test_inferred_config_rebuilds_other_sizes_and_refuses_other_networks():
     from gmmoe_arch import GMMoE
+    from gmmoe_arch.archs.released_layout import NotGMMoECheckpoint
 
     config = dict(img_channel=1, width=4, enc_blk_nums=[2, 1], middle_blk_num=3, dec_blk_nums=[1, 2])
     assert infer_config(GMMoE(**config).state_dict()) == config
     assert describe_size(config) == 'width-4 network (enc [2, 1], middle 3, dec [1, 2], 1 channels)'
-    assert infer_config({'conv.weight': torch.zeros(1)}) is None
+    with pytest.raises(NotGMMoECheckpoint, match='^not a GM-MoE checkpoint: it lacks intro.weight, '):
+        infer_config({'conv.weight': torch.zeros(1)})
 
 
 def test_option_file_network_and_params_ema_preferred(ref_ckpt, tmp_path):
