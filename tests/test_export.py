@@ -13,6 +13,7 @@ import torch
 
 from gmmoe_arch import GMMoE
 from gmmoe_arch.archs import experts
+from gmmoe_arch.enhance_cli import add_network_arguments
 from gmmoe_arch.export import (
     FP32_TOLERANCE,
     MIN_OPSET,
@@ -39,12 +40,10 @@ def small_net():
 
 
 def export_parser():
-    """The network options ``gmmoe`` adds for ``enhance`` and ``export``, plus the export options."""
+    """The network options ``gmmoe`` adds for ``enhance`` and ``export`` (the command's own), plus the export
+    options."""
     parser = argparse.ArgumentParser(prog='gmmoe export')
-    parser.add_argument('--weights')
-    parser.add_argument('--preset', choices=['paper', 'released'])
-    parser.add_argument('--opt')
-    parser.add_argument('--random-weights', action='store_true')
+    add_network_arguments(parser)
     return add_export_arguments(parser)
 
 
