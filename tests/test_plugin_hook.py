@@ -29,7 +29,7 @@ GMMOE_NAMES = {  # every name GM-MoE registers, by BasicSR registry
     'ARCH_REGISTRY': ['GMMoE', 'OURNet24'],
     'DATASET_REGISTRY': ['LLIEPairedDataset', 'MixedPairedDataset'],
     'LOSS_REGISTRY': ['PSNRLoss', 'GateRoutingLoss', 'GateBalanceLoss'],
-    'METRIC_REGISTRY': ['calculate_psnr_gt_mean'],
+    'METRIC_REGISTRY': ['calculate_psnr_gt_mean', 'calculate_psnr_released', 'calculate_ssim_released'],
     'MODEL_REGISTRY': ['GMMoEModel'],
 }
 

@@ -5,11 +5,11 @@ error (which the ground truth alone determines) and keeps the structural and col
 """
 
 import numpy as np
-from basicsr.metrics.metric_util import reorder_image
 from basicsr.metrics.psnr_ssim import calculate_psnr
 from basicsr.utils.registry import METRIC_REGISTRY
 
 from ..registry import register
+from .pairs import checked_crop
 
 
 def rescale_to_mean(img, ref, max_value=255.0):
@@ -39,14 +39,7 @@ def calculate_psnr_gt_mean(img, img2, crop_border, input_order='HWC', test_y_cha
     Returns:
         float: the PSNR in dB (no offsets).
     """
-    if img.shape != img2.shape:
-        raise ValueError(f'calculate_psnr_gt_mean: image shapes differ: {img.shape}, {img2.shape}')
-    if input_order not in ('HWC', 'CHW'):
-        raise ValueError(f'calculate_psnr_gt_mean: input_order must be "HWC" or "CHW", got {input_order!r}')
-    img, img2 = reorder_image(img, input_order=input_order), reorder_image(img2, input_order=input_order)
-    if crop_border:
-        img = img[crop_border:-crop_border, crop_border:-crop_border, ...]
-        img2 = img2[crop_border:-crop_border, crop_border:-crop_border, ...]
+    img, img2 = checked_crop(img, img2, crop_border, input_order, 'calculate_psnr_gt_mean')
     return calculate_psnr(
         rescale_to_mean(img, img2), img2, crop_border=0, input_order='HWC', test_y_channel=test_y_channel
     )

@@ -21,27 +21,17 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from basicsr.metrics.metric_util import reorder_image
 from basicsr.metrics.psnr_ssim import calculate_psnr
 from basicsr.utils.registry import METRIC_REGISTRY
+
+from ..registry import register
+from .pairs import checked_crop
 
 RELEASED_CROP_BORDER = 4
 RELEASED_PSNR_OFFSET_DB = 0.125
 
 
-def _crop(img, img2, crop_border, input_order, name):
-    if img.shape != img2.shape:
-        raise ValueError(f'{name}: image shapes differ: {img.shape}, {img2.shape}')
-    if input_order not in ('HWC', 'CHW'):
-        raise ValueError(f'{name}: input_order must be "HWC" or "CHW", got {input_order!r}')
-    img, img2 = reorder_image(img, input_order=input_order), reorder_image(img2, input_order=input_order)
-    if crop_border:
-        img = img[crop_border:-crop_border, crop_border:-crop_border, ...]
-        img2 = img2[crop_border:-crop_border, crop_border:-crop_border, ...]
-    return img.astype(np.float64), img2.astype(np.float64)
-
-
-@METRIC_REGISTRY.register()
+@register(METRIC_REGISTRY)
 def calculate_psnr_released(
     img,
     img2,
@@ -56,7 +46,7 @@ def calculate_psnr_released(
     The defaults are the released test code's protocol (crop 4, +0.125 dB); ``offset_db: 0`` gives
     BasicSR's ``calculate_psnr`` with that crop. Images in [0, 255], ``(H, W, C)`` or per ``input_order``.
     """
-    img, img2 = _crop(img, img2, crop_border, input_order, 'calculate_psnr_released')
+    img, img2 = checked_crop(img, img2, crop_border, input_order, 'calculate_psnr_released')
     return calculate_psnr(img, img2, crop_border=0, input_order='HWC', test_y_channel=test_y_channel) + offset_db
 
 
@@ -73,7 +63,7 @@ def _window_mean(volume, window):
     return F.conv3d(x, window[None, None])[0, 0]
 
 
-@METRIC_REGISTRY.register()
+@register(METRIC_REGISTRY)
 def calculate_ssim_released(img, img2, crop_border=RELEASED_CROP_BORDER, input_order='HWC', max_value=255.0, **kwargs):
     """SSIM over the whole ``H x W x C`` volume with a 3-D Gaussian window, as the released test code computes it.
 
@@ -85,7 +75,7 @@ def calculate_ssim_released(img, img2, crop_border=RELEASED_CROP_BORDER, input_o
     Returns:
         float: the mean of the SSIM map (float32 arithmetic, as released).
     """
-    img, img2 = _crop(img, img2, crop_border, input_order, 'calculate_ssim_released')
+    img, img2 = checked_crop(img, img2, crop_border, input_order, 'calculate_ssim_released')
     if img.ndim == 2:
         img, img2 = img[..., None], img2[..., None]
     c1, c2 = (0.01 * max_value) ** 2, (0.03 * max_value) ** 2
