@@ -240,6 +240,7 @@ def after_basicsr(module):
                 f'import basicsr: registry misses will not load the {PLUGIN_GROUP} entry points '
                 f'({type(exc).__name__}: {exc})',
                 RuntimeWarning,
+                stacklevel=2,
             )
     if f'{PLUGIN_PACKAGE}.compat' in sys.modules:
         return
@@ -250,6 +251,7 @@ def after_basicsr(module):
             f'import basicsr: the gmmoe compatibility patches are not applied, loading {PLUGIN_PACKAGE}.compat '
             f'failed ({type(exc).__name__}: {exc}); basicsr itself works. GMMOE_BASICSR_HOOK=0 skips this step.',
             RuntimeWarning,
+            stacklevel=2,
         )
 
 

@@ -19,7 +19,8 @@ file's ``path.pretrain_network_*`` through BasicSR's ``load_network``) goes thro
 import os
 import pickle
 import re
-from typing import Iterable, List, Optional
+from collections.abc import Iterable
+from typing import Optional
 
 import torch
 
@@ -53,7 +54,7 @@ def harmless_globals() -> list:
     return entries
 
 
-def trusted_paths(extra: Iterable[str] = ()) -> List[str]:
+def trusted_paths(extra: Iterable[str] = ()) -> list[str]:
     """The files and folders trusted: ``GMMOE_TRUSTED_CHECKPOINTS`` (``os.pathsep``-separated) and ``extra``."""
     listed = [p for p in os.environ.get(TRUST_ENV, '').split(os.pathsep) if p.strip()]
     return listed + [str(p) for p in extra if str(p).strip()]

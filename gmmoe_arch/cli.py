@@ -17,7 +17,7 @@ import sys
 from gmmoe_arch import compat, option_checks
 from gmmoe_arch.data.image_io import DataError
 from gmmoe_arch.inference.errors import EnhanceError
-from gmmoe_arch.models.gmmoe_model import TrainingDiverged
+from gmmoe_arch.models.gmmoe_model import TrainingDivergedError
 from gmmoe_arch.options import is_integer
 from gmmoe_arch.registry import qualified
 
@@ -243,7 +243,7 @@ def main(argv=None):
     except UserError as exc:
         print(f'basicsr {args.phase}: error: {exc}', file=sys.stderr)
         return 2
-    except TrainingDiverged as exc:
+    except TrainingDivergedError as exc:
         print(f'basicsr {args.phase}: stopped: {exc}', file=sys.stderr)
         return 3
     except compat.CheckpointWriteError as exc:

@@ -208,7 +208,7 @@ def enhance_command(args):
     summary = enhance.enhance_jobs(
         jobs, net, tiling, options, args.max_image_pixels, record=bool(args.gates), progress=not args.no_progress
     )
-    for name, message in summary.failed:
+    for _, message in summary.failed:
         print(f'{PROG} enhance: failed: {message}', file=sys.stderr)
     gates_lost = False
     if args.gates:

@@ -58,7 +58,7 @@ def parse_size(text):
     try:
         w, h = (int(v) for v in text.lower().split('x'))
     except ValueError:
-        raise argparse.ArgumentTypeError(f'size must look like 600x400 (width x height), got "{text}"')
+        raise argparse.ArgumentTypeError(f'size must look like 600x400 (width x height), got "{text}"') from None
     if w < 1 or h < 1:
         raise argparse.ArgumentTypeError(f'size must be positive, got "{text}"')
     return h, w
@@ -280,22 +280,30 @@ def grad_agreement(nets, lq, gt):
     return out
 
 
+def compiled_trainer(preset, args, device, lq, gt, configs, nets):
+    """Add the compiled straightforward net to ``configs``/``nets`` as ``inductor`` once its first forward and
+    backward (the compilation) ran; returns ``(compile seconds, None)``, or ``(None, error)`` where inductor
+    fails (an inductor bug on this torch: reported as a row, the eager rows still run)."""
+    compiled = torch.compile(make_net(preset, args.seed, fast=False).to(device).train(), dynamic=False)
+    try:
+        _, compile_s, _ = timed(lambda: psnr_loss(compiled(lq), gt).backward(), device)
+    except Exception as exc:
+        error = f'{type(exc).__name__}: {str(exc).splitlines()[0][:300]}'
+        print(f'    inductor       training step failed to compile or run: {error}', flush=True)
+        return None, error
+    configs['inductor'] = (dict(fast=False), True)
+    nets['inductor'] = compiled
+    print(f'    inductor       forward + backward compiled in {compile_s:.1f} s (first call)', flush=True)
+    return compile_s, None
+
+
 def bench_train(preset, args, device):
     configs = train_configs(device)
     nets = {name: make_net(preset, args.seed, **kw).to(device).train() for name, (kw, _) in configs.items()}
     lq, gt = make_batch(args, device)
-    compile_s = compile_error = None
-    if args.compile:
-        compiled = torch.compile(make_net(preset, args.seed, fast=False).to(device).train(), dynamic=False)
-        try:
-            _, compile_s, _ = timed(lambda: psnr_loss(compiled(lq), gt).backward(), device)
-        except Exception as exc:  # an inductor bug on this torch: reported as a row, the eager rows still run
-            compile_error = f'{type(exc).__name__}: {str(exc).splitlines()[0][:300]}'
-            print(f'    inductor       training step failed to compile or run: {compile_error}', flush=True)
-        else:
-            configs['inductor'] = (dict(fast=False), True)
-            nets['inductor'] = compiled
-            print(f'    inductor       forward + backward compiled in {compile_s:.1f} s (first call)', flush=True)
+    compile_s, compile_error = (
+        compiled_trainer(preset, args, device, lq, gt, configs, nets) if args.compile else (None, None)
+    )
     opts = {name: torch.optim.AdamW(net.parameters(), lr=1e-4, betas=(0.9, 0.9)) for name, net in nets.items()}
     print(
         f'\n[training] preset {preset}, batch {args.train_batch} x {args.train_crop}^2, AdamW + PSNR loss, '

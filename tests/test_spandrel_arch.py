@@ -76,12 +76,12 @@ def test_nafnet_lacks_the_keys_gmmoe_enhance_requires_and_detection_reads_the_sa
     from spandrel.architectures.NAFNet import NAFNet
 
     from gmmoe_arch.archs.checkpoint_config import infer_config
-    from gmmoe_arch.archs.released_layout import REQUIRED_KEYS, NotGMMoECheckpoint
+    from gmmoe_arch.archs.released_layout import REQUIRED_KEYS, NotGMMoECheckpointError
     from gmmoe_arch.spandrel_arch import detect
 
     nafnet = NAFNet(img_channel=3, **SMALL).state_dict()
     assert set(nafnet) == set(nafnet_state_dict(**SMALL))  # the NAFNet-shaped state dict of the layout tests
-    with pytest.raises(NotGMMoECheckpoint, match='^not a GM-MoE checkpoint: it lacks MSFEblock.conv0.weight, '):
+    with pytest.raises(NotGMMoECheckpointError, match='^not a GM-MoE checkpoint: it lacks MSFEblock.conv0.weight, '):
         infer_config(nafnet)
     gmmoe = GMMoE(**SMALL).state_dict()
     assert detect(gmmoe) and not detect(nafnet)

@@ -10,7 +10,8 @@ Run-time options are no checkpoint property and are not inferred: ``gate_top_k``
 dense or top-k), ``fast``, ``checkpoint``; an option file sets them.
 """
 
-from typing import Any, Dict, List, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -24,7 +25,7 @@ def _count(state_dict: Mapping[str, Tensor], prefix: str) -> int:
     return len({key[len(prefix) :].split('.')[0] for key in state_dict if key.startswith(prefix)})
 
 
-def _expert_shapes(name: str, channels: int) -> Optional[Dict[str, tuple]]:
+def _expert_shapes(name: str, channels: int) -> Optional[dict[str, tuple]]:
     """``{key: shape}`` of expert ``name`` built with its defaults at ``channels`` (on the meta device);
     None if it cannot be built that way."""
     try:
@@ -35,7 +36,7 @@ def _expert_shapes(name: str, channels: int) -> Optional[Dict[str, tuple]]:
     return {k: tuple(v.shape) for k, v in expert.state_dict().items()}
 
 
-def infer_experts(state_dict: Mapping[str, Tensor], block: str) -> Optional[List[str]]:
+def infer_experts(state_dict: Mapping[str, Tensor], block: str) -> Optional[list[str]]:
     """Names of the experts of the expert block whose keys start with ``block`` (e.g. ``'encoders.0.0.'``),
     in order; None where the block has no gate or an expert matches no registered expert built with its
     default options.
@@ -65,12 +66,12 @@ def infer_experts(state_dict: Mapping[str, Tensor], block: str) -> Optional[List
     return names
 
 
-def infer_config(state_dict: Mapping[str, Tensor]) -> Dict[str, Any]:
+def infer_config(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
     """GMMoE arguments (``img_channel``, ``width``, block counts per level, and ``experts`` unless they are
     the released three) of a GM-MoE state dict.
 
     Raises:
-        NotGMMoECheckpoint: ``state_dict`` lacks a key every GM-MoE has (one line naming them).
+        NotGMMoECheckpointError: ``state_dict`` lacks a key every GM-MoE has (one line naming them).
     """
     released_layout.require_gmmoe(state_dict)
     intro = state_dict['intro.weight']  # (width, img_channel, 3, 3)

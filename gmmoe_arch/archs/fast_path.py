@@ -19,7 +19,8 @@ counter, so after those call ``net.eval()`` or ``net.fuse()`` again (BasicSR's E
 do call ``eval()``).
 """
 
-from typing import Dict, Iterator, Optional, Tuple
+from collections.abc import Iterator
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -27,7 +28,7 @@ from torch import Tensor, nn
 from .fast_ops import contiguous_grad
 from .torch_private import version_counter
 
-WeightBias = Tuple[Tensor, Optional[Tensor]]
+WeightBias = tuple[Tensor, Optional[Tensor]]
 
 
 def uses_fast_path(fast, device) -> bool:
@@ -53,7 +54,7 @@ class FastWeights:
     :meth:`FastPath.fused_params` derives under ``name``.
     """
 
-    def __init__(self, owner: str, convs: Dict[nn.Conv2d, WeightBias], derived: Dict[str, WeightBias]):
+    def __init__(self, owner: str, convs: dict[nn.Conv2d, WeightBias], derived: dict[str, WeightBias]):
         self._owner = owner
         self._convs = convs
         self._derived = derived
@@ -106,7 +107,7 @@ class FastPath(PathSwitch):
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_fast(x) if self.takes_fast_path(x) else self.forward_plain(x)
 
-    def fused_params(self) -> Dict[str, WeightBias]:
+    def fused_params(self) -> dict[str, WeightBias]:
         return {}
 
     def fused(self, dtype: Optional[torch.dtype] = None) -> FastWeights:

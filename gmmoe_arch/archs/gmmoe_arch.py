@@ -9,8 +9,9 @@ The network computes what the released GM-MoE computes and loads its checkpoints
   files' configuration: 690,110,505 parameters (690,851,505 with ``conv6``).
 """
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Dict, Iterator, Optional, Sequence, Union
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -430,7 +431,7 @@ def expert_names(net):
 
 
 @contextmanager
-def record_gates(net: nn.Module, keep_grad: bool = False) -> Iterator[Dict[str, Tensor]]:
+def record_gates(net: nn.Module, keep_grad: bool = False) -> Iterator[dict[str, Tensor]]:
     """Record every expert block's gate weights during forward passes.
 
     ``with record_gates(net) as gates: net(x)`` leaves ``gates[path]`` = the ``(B, n_experts)``

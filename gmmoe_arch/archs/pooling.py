@@ -14,9 +14,10 @@ each inner one receives the mean as the hooks outside it left it, so the innermo
 word. Without a hook a call costs one ``ContextVar`` read on top of the mean.
 """
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Callable, Iterator, Optional, Tuple
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -25,7 +26,7 @@ from .cpu_kernels import cpu_kernels_apply
 
 PoolingHook = Callable[[Tensor, Tensor], Optional[Tensor]]
 
-_HOOKS: ContextVar[Tuple[PoolingHook, ...]] = ContextVar('gmmoe_pooling_hooks', default=())
+_HOOKS: ContextVar[tuple[PoolingHook, ...]] = ContextVar('gmmoe_pooling_hooks', default=())
 
 
 def _mean_over_pixels(x: Tensor) -> Tensor:

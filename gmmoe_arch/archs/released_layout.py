@@ -16,7 +16,8 @@ expert block (``encoders.0.0.``, ``middle_blks.3.``, ...) unless said otherwise.
   dict lacking one is refused by :func:`require_gmmoe` (:func:`refusal`: ``not a GM-MoE checkpoint: it lacks ...``).
 """
 
-from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple, Optional
 
 
 class ReleasedExpert(NamedTuple):
@@ -53,11 +54,11 @@ REQUIRED_KEYS = (
 )
 
 
-class NotGMMoECheckpoint(ValueError):
+class NotGMMoECheckpointError(ValueError):
     """A state dict without the keys every GM-MoE checkpoint has; the message names them."""
 
 
-def saved_prefixes(experts: Sequence[str]) -> Dict[str, str]:
+def saved_prefixes(experts: Sequence[str]) -> dict[str, str]:
     """``{our prefix: saved prefix}`` for a block of the experts named ``experts`` (class names, in order):
     each expert at its released position, and the gate. Prefixes not in it are saved as they are."""
     released = {e.position: e for e in EXPERTS}
@@ -84,7 +85,7 @@ def is_unused(key: str) -> bool:
     return key.split('.')[-2:-1] == [UNUSED.rstrip('.')]
 
 
-def lacks(state_dict: Mapping[str, object]) -> List[str]:
+def lacks(state_dict: Mapping[str, object]) -> list[str]:
     """The :data:`REQUIRED_KEYS` ``state_dict`` lacks or holds as other than a 4-D tensor (none: it is a
     GM-MoE state dict)."""
     return [key for key in REQUIRED_KEYS if getattr(state_dict.get(key), 'ndim', None) != 4]
@@ -98,7 +99,7 @@ def refusal(state_dict: Mapping[str, object]) -> Optional[str]:
 
 
 def require_gmmoe(state_dict: Mapping[str, object]) -> None:
-    """Raise :class:`NotGMMoECheckpoint` with the :func:`refusal` of ``state_dict``, if it has one."""
+    """Raise :class:`NotGMMoECheckpointError` with the :func:`refusal` of ``state_dict``, if it has one."""
     message = refusal(state_dict)
     if message:
-        raise NotGMMoECheckpoint(message)
+        raise NotGMMoECheckpointError(message)

@@ -12,7 +12,7 @@ prefer. Pick them in the option YAML::
 """
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

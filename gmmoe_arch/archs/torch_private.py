@@ -16,8 +16,9 @@ in the package calls a private torch API.
 """
 
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +62,7 @@ class CheckedAdapter:
                 f'{self.name} failed its self-check on torch {torch.__version__} ({type(err).__name__}: '
                 f'{err}); using the public fallback instead (same results, slower)',
                 RuntimeWarning,
+                stacklevel=2,
             )
             self._chosen = self.public
         return self._chosen

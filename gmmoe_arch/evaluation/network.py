@@ -6,7 +6,7 @@ each image's gate weights (one vector per expert block) are gathered in a :class
 """
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -24,12 +24,12 @@ class NetworkResult:
     mean weight over blocks and images}}`` (empty for a network without gates), ``routing_accuracy`` (None
     without a mapping whose experts the network has), the :class:`GateStats` and ``{label: [outputs]}``."""
 
-    scores: Dict[str, Dict[str, float]]
-    gates: Dict[str, Dict[str, float]]
+    scores: dict[str, dict[str, float]]
+    gates: dict[str, dict[str, float]]
     routing_accuracy: Optional[float]
     stats: GateStats
-    experts: List[str]
-    outputs: Dict[str, List[np.ndarray]] = field(repr=False)
+    experts: list[str]
+    outputs: dict[str, list[np.ndarray]] = field(repr=False)
 
 
 def gate_summary(stats, names, mapping=None):

@@ -10,9 +10,10 @@ OpenCV decodes, which folder scans pick up. :func:`write_image` encodes by the e
 
 import os
 import secrets
+from collections.abc import Iterator
 from contextlib import contextmanager
 from threading import Lock
-from typing import Iterator, Optional, Tuple
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -46,7 +47,7 @@ def _pillow_bomb_check_off() -> Iterator[None]:
             Image.MAX_IMAGE_PIXELS = saved
 
 
-def read_header(path: str) -> Tuple[Optional[Tuple[int, int]], int, int]:
+def read_header(path: str) -> tuple[Optional[tuple[int, int]], int, int]:
     """``((width, height), orientation, frames)`` from an image file's header, without decoding any pixel.
 
     ``(None, 1, 1)`` when Pillow cannot parse the header (OpenCV may still decode the file); the

@@ -14,8 +14,9 @@ import glob
 import os
 import tempfile
 import time
+from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, Iterator, List, MutableMapping, Optional, Tuple
+from typing import Optional
 
 from torch import nn
 
@@ -86,7 +87,7 @@ def _subfolders(folder: str, hidden: bool = True) -> Iterator[str]:
         stack += [(d, above | {here}) for d in reversed(subs) if os.path.isdir(d)]
 
 
-def _glob(pattern: str) -> List[str]:
+def _glob(pattern: str) -> list[str]:
     """Paths matching a glob ``pattern`` (``*``, ``?``, ``[...]`` within a name, ``**`` any number
     of folders), like ``glob.glob(pattern, recursive=True)`` but safe on symlink loops (see
     :func:`_subfolders`)."""
@@ -96,7 +97,7 @@ def _glob(pattern: str) -> List[str]:
     return sorted(set(_match(root, parts[first:])))
 
 
-def _match(folder: str, parts: List[str]) -> List[str]:
+def _match(folder: str, parts: list[str]) -> list[str]:
     """Paths below ``folder`` matching the pattern components ``parts``."""
     if not parts:
         return [folder]
@@ -114,7 +115,7 @@ def _match(folder: str, parts: List[str]) -> List[str]:
     return [p for n in names for p in _match(_join(folder, n), rest)]
 
 
-def _image_files(folder: str, skipped: MutableMapping[str, int]) -> List[Tuple[str, str]]:
+def _image_files(folder: str, skipped: MutableMapping[str, int]) -> list[tuple[str, str]]:
     """Image files in ``folder`` and below (symlinked folders followed, loops not): ``(path, relative path)``.
 
     A file is an image file by its extension (:data:`~.image_files.READABLE_EXTENSIONS`); every other file
@@ -133,7 +134,7 @@ def _image_files(folder: str, skipped: MutableMapping[str, int]) -> List[Tuple[s
     return [(f, os.path.relpath(f, folder)) for f in found]
 
 
-def describe_skipped(skipped: Dict[str, int]) -> str:
+def describe_skipped(skipped: dict[str, int]) -> str:
     """``'3 other file(s) in the folders passed over (2 .txt, 1 without an extension)'``, ``''`` for none."""
     if not skipped:
         return ''
@@ -142,7 +143,7 @@ def describe_skipped(skipped: Dict[str, int]) -> str:
     return f'{sum(skipped.values())} other file(s) in the folders passed over ({named})'
 
 
-def _file_id(path: str) -> Optional[Tuple[int, int]]:
+def _file_id(path: str) -> Optional[tuple[int, int]]:
     """``(device, inode)`` of an existing file (symlinks followed), None if there is none."""
     try:
         st = os.stat(path)
@@ -153,7 +154,7 @@ def _file_id(path: str) -> Optional[Tuple[int, int]]:
 
 def collect_jobs(
     inputs: Iterable[str], out_dir: str, suffix: str = '', skipped: Optional[MutableMapping[str, int]] = None
-) -> List[Job]:
+) -> list[Job]:
     """Expand files, folders (recursively, relative structure kept) and globs into :class:`Job` s.
 
     Folders and ``**`` follow symlinked folders, but never into a folder they are already inside,
@@ -206,10 +207,10 @@ class Summary:
     """What :func:`enhance_jobs` did: written outputs, failures ``(name, message)``, per-image gates; and
     (from :func:`enhance_paths`) the files folder scans passed over, by extension."""
 
-    written: List[str] = field(default_factory=list)
-    failed: List[Tuple[str, str]] = field(default_factory=list)
-    skipped: Dict[str, int] = field(default_factory=dict)
-    gates: Dict[str, Dict[str, List[float]]] = field(default_factory=dict)
+    written: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+    gates: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     tiles: int = 0
     seconds: float = 0.0
 
@@ -247,7 +248,7 @@ def enhance_paths(
 
 
 def enhance_jobs(
-    jobs: List[Job],
+    jobs: list[Job],
     net: nn.Module,
     tiling: Tiling,
     options: RunOptions,

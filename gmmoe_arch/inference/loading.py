@@ -7,7 +7,8 @@ naming the file and what does not fit, raised before any image is touched.
 """
 
 import os
-from typing import Dict, Mapping, Optional, Tuple, Union
+from collections.abc import Mapping
+from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -41,7 +42,7 @@ def resolve_device(device: Device = 'auto') -> torch.device:
     return dev
 
 
-def load_state_dict(path: str, trust: bool = False) -> Dict[str, Tensor]:
+def load_state_dict(path: str, trust: bool = False) -> dict[str, Tensor]:
     """Read a checkpoint with ``weights_only=True``: ``{'params_ema': sd}`` (preferred), ``{'params': sd}``
     or a bare state dict; a ``module.`` prefix (DataParallel) is stripped. ``trust`` (``--trust-checkpoint``)
     lets a file that holds more than tensors load (see :mod:`gmmoe_arch.checkpoint_trust`)."""
@@ -93,8 +94,8 @@ def check_finite_state_dict(state_dict: Mapping[str, object], path: str) -> None
 
 
 def _network_options(
-    preset: Optional[str], option_file: Optional[str], state_dict: Optional[Dict[str, Tensor]], weights: Optional[str]
-) -> Tuple[dict, str]:
+    preset: Optional[str], option_file: Optional[str], state_dict: Optional[dict[str, Tensor]], weights: Optional[str]
+) -> tuple[dict, str]:
     """``(network_g options, where they came from)``: the option file, the preset, else the checkpoint.
 
     The checkpoint gives the size, and the experts' names when they are not the released three; then the
@@ -127,7 +128,7 @@ def _network_options(
     return dict(type=NETWORK_TYPE, **config), 'configuration read from the checkpoint'
 
 
-def _mismatch_report(net: nn.Module, state_dict: Dict[str, Tensor], limit: int = 5) -> str:
+def _mismatch_report(net: nn.Module, state_dict: dict[str, Tensor], limit: int = 5) -> str:
     """The first missing, unexpected and reshaped keys (the released checkpoints' unused ``conv6`` left out)."""
     expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     given = {k: tuple(v.shape) for k, v in state_dict.items() if not is_unused(k)}
@@ -147,7 +148,7 @@ def _mismatch_report(net: nn.Module, state_dict: Dict[str, Tensor], limit: int =
 
 
 def _size_mismatch(
-    weights: str, state_dict: Dict[str, Tensor], net: nn.Module, preset: Optional[str], option_file: Optional[str]
+    weights: str, state_dict: dict[str, Tensor], net: nn.Module, preset: Optional[str], option_file: Optional[str]
 ) -> Optional[str]:
     """The message for a checkpoint of another network size than the one built, else None."""
     held, built = (None if lacks(sd) else infer_config(sd) for sd in (state_dict, net.state_dict()))

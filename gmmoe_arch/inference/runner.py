@@ -9,9 +9,9 @@ estimates of the network's global means (:mod:`.statistics`). Options are checke
 take them (or a plan) and do not check again.
 """
 
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Dict, Optional, Tuple
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 TileInput = Callable[[int, int, int, int], Tensor]
 AddOutput = Callable[[int, int, int, int, Tensor], None]
-Gates = Dict[str, np.ndarray]
+Gates = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class RunOptions:
         if self.stat_passes < 0:
             raise EnhanceError(f'--stat-passes {self.stat_passes}: must be >= 0')
 
-    def autocast(self) -> ContextManager:
+    def autocast(self) -> AbstractContextManager:
         """The autocast context of :attr:`precision` on :attr:`device` (none for fp32)."""
         dtype = PRECISIONS[self.precision]
         return nullcontext() if dtype is None else torch.autocast(device_type=self.device.type, dtype=dtype)
@@ -73,7 +73,7 @@ def _sweep(
     tile_input: TileInput,
     plan: TilePlan,
     device: torch.device,
-    inject: Optional[Dict[int, Tensor]],
+    inject: Optional[dict[int, Tensor]],
     add_output: Optional[AddOutput] = None,
     gates: Optional[Gates] = None,
     record: bool = True,
@@ -139,7 +139,7 @@ def enhance_tensor(
 
 def run_image(
     net: nn.Module, img: np.ndarray, tiling: Tiling, options: RunOptions, gates: Optional[Gates] = None
-) -> Tuple[np.ndarray, int]:
+) -> tuple[np.ndarray, int]:
     """:func:`enhance_image` with options already checked: ``(output, number of tiles)``.
 
     Memory: besides ``img`` and the returned array, only one tile and one band of rows (a tile's
@@ -204,7 +204,7 @@ def enhance_image(
     return run_image(net, img, Tiling(tile, overlap, max_pixels), options, gates)[0]
 
 
-def check_image(img: np.ndarray) -> Tuple[np.ndarray, Optional[float]]:
+def check_image(img: np.ndarray) -> tuple[np.ndarray, Optional[float]]:
     """``(img, scale)``: ``img`` as ``H x W`` or ``H x W x 3|4`` (a single channel squeezed), ``scale`` the
     integer dtype's maximum (None for float); :class:`EnhanceError` for anything else."""
     img = np.asarray(img)

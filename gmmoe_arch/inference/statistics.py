@@ -7,7 +7,7 @@ A tile on its own would average over the tile only. :class:`ImageStatistics` is 
 and injects whole-image means estimated from an earlier pass over the tiles.
 """
 
-from typing import Dict, Optional, Tuple
+from typing import Optional
 
 import numpy as np
 import torch
@@ -29,10 +29,10 @@ class ImageStatistics:
     skipped (a pass whose statistics nobody reads); the injection stays.
     """
 
-    def __init__(self, inject: Optional[Dict[int, Tensor]] = None, record: bool = True):
+    def __init__(self, inject: Optional[dict[int, Tensor]] = None, record: bool = True):
         self.inject = inject or {}
         self.record = record
-        self.sums: Dict[int, Tuple[Tensor, float]] = {}
+        self.sums: dict[int, tuple[Tensor, float]] = {}
         self.share: Optional[Tensor] = None
         self.site = 0
 
@@ -43,7 +43,7 @@ class ImageStatistics:
         self.share = F.pad(t, (0, pw, 0, ph), mode='replicate') if ph or pw else t
         self.site = 0
 
-    def means(self) -> Dict[int, Tensor]:
+    def means(self) -> dict[int, Tensor]:
         """``{site: (C,) float64 mean}`` over everything recorded so far."""
         return {site: num / den for site, (num, den) in self.sums.items()}
 

@@ -8,8 +8,9 @@ no later tile touches it, so no image-sized float32 array is ever held.
 """
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Callable, Optional
 
 import numpy as np
 from torch import Tensor
@@ -21,10 +22,10 @@ DEFAULT_MAX_PIXELS = 512 * 512
 DEFAULT_OVERLAP = 96
 MIN_TILE = 256
 
-Span = Tuple[int, int]
+Span = tuple[int, int]
 
 
-def _spans(length: int, size: int, overlap: int, align: int) -> List[Span]:
+def _spans(length: int, size: int, overlap: int, align: int) -> list[Span]:
     """``(start, stop)`` tiles covering ``[0, length)``: starts are multiples of ``align``, tiles are
     ``size`` long (the last one runs to ``length``, up to ``size + align - 1``) and neighbours
     overlap by at least ``overlap``."""
@@ -43,7 +44,7 @@ def _ramp(n: int) -> np.ndarray:
     return 0.5 - 0.5 * np.cos(np.pi * (np.arange(n) + 0.5) / n)
 
 
-def _window(spans: List[Span], index: int) -> np.ndarray:
+def _window(spans: list[Span], index: int) -> np.ndarray:
     """1-D blending weights of tile ``index``: raised-cosine ramps over its overlaps with its neighbours."""
     start, stop = spans[index]
     w = np.ones(stop - start)
@@ -62,13 +63,13 @@ class TilePlan:
 
     h: int
     w: int
-    ys: List[Span]
-    xs: List[Span]
+    ys: list[Span]
+    xs: list[Span]
 
     def __len__(self) -> int:
         return len(self.ys) * len(self.xs)
 
-    def tiles(self) -> Iterator[Tuple[int, int, int, int, np.ndarray]]:
+    def tiles(self) -> Iterator[tuple[int, int, int, int, np.ndarray]]:
         """Yield ``(y0, y1, x0, x1, share)``, a row of tiles after the other: ``share`` (``y1-y0 x x1-x0``
         float32) is the tile's blending weight divided by the summed weights, so the shares of all tiles
         add up to one."""

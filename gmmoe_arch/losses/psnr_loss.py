@@ -26,7 +26,7 @@ class PSNRLoss(nn.Module):
 
     EPS = 1e-8
 
-    def __init__(self, loss_weight=1.0, toY=False, reduction='mean'):
+    def __init__(self, loss_weight=1.0, toY=False, reduction='mean'):  # noqa: N803 (the released option's key)
         super().__init__()
         if reduction != 'mean':
             raise ValueError(

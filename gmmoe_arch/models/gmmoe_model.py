@@ -12,7 +12,7 @@ Options added under ``train`` (everything else is SRModel's: EMA, schedulers, va
 On resume, ``optim_g`` and ``scheduler`` settings of the option file (the lr, milestones, gamma, periods...)
 that differ from the training state's take effect and are logged; see :mod:`.resume_options`.
 
-A NaN or infinite loss stops training with :class:`TrainingDiverged` before the broken step
+A NaN or infinite loss stops training with :class:`TrainingDivergedError` before the broken step
 reaches the weights; a step that leaves non-finite weights stops it right after. Before every save, the
 weights and the network's output on the current batch are checked finite, so no checkpoint of a diverged
 network is written or named good; the checkpoints saved before stay as they were.
@@ -64,7 +64,7 @@ GATE_EXAMPLE = '{type: GateRoutingLoss, loss_weight: 0.1, experts: {rain: RainEx
 BALANCE_EXAMPLE = '{type: GateBalanceLoss, loss_weight: 0.01}, true or false'
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDivergedError(RuntimeError):
     """The training loss became NaN or infinite; training stopped without saving that state."""
 
 
@@ -259,14 +259,14 @@ class GMMoEModel(SRModel):
         return bad.item() > 0
 
     def _diverged(self, what, current_iter, detail):
-        return TrainingDiverged(
+        return TrainingDivergedError(
             f'{what} at iteration {current_iter} ({detail}); nothing of it was saved. {self._last_checkpoint()} '
             'Lower train.optim_g.lr, set train.grad_clip or turn train.use_amp off, then resume with '
             '--auto_resume (or start again)'
         )
 
     def _check_finite(self, l_total, loss_dict, current_iter):
-        """Raise :class:`TrainingDiverged` on every rank when any rank's loss is NaN/Inf."""
+        """Raise :class:`TrainingDivergedError` on every rank when any rank's loss is NaN/Inf."""
         if self._any_rank(~torch.isfinite(l_total.detach())):
             values = ', '.join(f'{k}={v.item():.4g}' for k, v in loss_dict.items())
             raise self._diverged(
@@ -286,7 +286,7 @@ class GMMoEModel(SRModel):
             raise self._diverged('the weights are not finite', current_iter, 'after the optimiser step')
 
     def _check_savable(self, current_iter):
-        """Raise :class:`TrainingDiverged` unless every network to be saved has finite weights and gives a
+        """Raise :class:`TrainingDivergedError` unless every network to be saved has finite weights and gives a
         finite output on (the first image of) the current batch."""
         nets = [self.net_g] + ([self.net_g_ema] if hasattr(self, 'net_g_ema') else [])
         bad = torch.tensor(False, device=self.device)

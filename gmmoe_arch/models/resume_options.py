@@ -8,7 +8,7 @@ advises, was silently ignored: the resumed run took the old lr and diverged agai
 Here every such setting that differs is carried over after loading, one log line each ("train.optim_g.lr
 0.0001 from the option file replaces 0.001 of the state"), and the current lr is recomputed at the resumed
 iteration under the new schedule. What cannot be carried over (another optimiser or scheduler type,
-another number of optimisers, schedulers or param groups) is a :class:`ResumeConflict` saying what to do.
+another number of optimisers, schedulers or param groups) is a :class:`ResumeConflictError` saying what to do.
 """
 
 import inspect
@@ -23,7 +23,7 @@ SCHEDULER_PROGRESS = {'base_lrs', 'last_epoch', '_step_count', '_is_initial', '_
 GROUP_PROGRESS = {'params', 'param_names', 'lr', 'initial_lr'}
 
 
-class ResumeConflict(ValueError):
+class ResumeConflictError(ValueError):
     """The option file asks for a change that a resumed optimiser or scheduler state cannot take."""
 
 
@@ -48,7 +48,7 @@ def _restart_advice(state_path):
 def _group_changes(option_groups, saved_groups, state_path):
     """(key, new, old) per optim_g setting of the option file that differs from the saved param groups."""
     if len(option_groups) != len(saved_groups):
-        raise ResumeConflict(
+        raise ResumeConflictError(
             f'train.optim_g: the option file gives {len(option_groups)} param group(s), the state '
             f'{len(saved_groups)}; {_restart_advice(state_path)}'
         )
@@ -56,7 +56,7 @@ def _group_changes(option_groups, saved_groups, state_path):
     for new, old in zip(option_groups, saved_groups):
         foreign = sorted(set(old) - set(new) - GROUP_PROGRESS)
         if foreign:
-            raise ResumeConflict(
+            raise ResumeConflictError(
                 f'train.optim_g.type: the state was saved with another optimiser (its settings '
                 f'{", ".join(foreign)} are not settings of this one); {_restart_advice(state_path)}'
             )
@@ -72,7 +72,7 @@ def _scheduler_changes(scheduler, option_state, saved_state, state_path):
     """(key, new, old) per constructor setting of ``scheduler`` that the option file changes."""
     settings = set(option_state) - SCHEDULER_PROGRESS
     if settings != set(saved_state) - SCHEDULER_PROGRESS:
-        raise ResumeConflict(
+        raise ResumeConflictError(
             f'train.scheduler.type: the state was saved with another scheduler than {type(scheduler).__name__} '
             f'(its settings: {", ".join(sorted(set(saved_state) - SCHEDULER_PROGRESS))}); {_restart_advice(state_path)}'
         )
@@ -89,7 +89,7 @@ def scheduled_lr(scheduler, initial_lr, epoch):
     if isinstance(scheduler, CosineAnnealingRestartLR):
         idx = get_position_from_periods(epoch, scheduler.cumulative_period)
         if idx is None:
-            raise ResumeConflict(
+            raise ResumeConflictError(
                 f'train.scheduler.periods: the resumed iteration {epoch} is past their sum '
                 f'{scheduler.cumulative_period[-1]}; lengthen the periods to cover train.total_iter'
             )
@@ -105,17 +105,17 @@ def scheduled_lr(scheduler, initial_lr, epoch):
             else:
                 lr *= scheduler.gamma ** scheduler.milestones[e]
         return lr
-    raise ResumeConflict(f'train.scheduler.type: {type(scheduler).__name__} cannot take new settings on resume')
+    raise ResumeConflictError(f'train.scheduler.type: {type(scheduler).__name__} cannot take new settings on resume')
 
 
 def resume_with_options(model, resume_state, log):
     """Load ``resume_state`` into ``model``'s optimisers and schedulers, then put back what the option file
-    changed, calling ``log`` with one line per change. Raises :class:`ResumeConflict` before loading
+    changed, calling ``log`` with one line per change. Raises :class:`ResumeConflictError` before loading
     anything when a change cannot be carried over."""
     state_path = model.opt['path'].get('resume_state') or 'being resumed'
     saved_optims, saved_scheds = resume_state['optimizers'], resume_state['schedulers']
     if len(saved_optims) != len(model.optimizers) or len(saved_scheds) != len(model.schedulers):
-        raise ResumeConflict(
+        raise ResumeConflictError(
             f'train: the state {state_path} has {len(saved_optims)} optimiser(s) and {len(saved_scheds)} '
             f'scheduler(s), the option file {len(model.optimizers)} and {len(model.schedulers)}; '
             f'{_restart_advice(state_path)}'

@@ -72,7 +72,7 @@ def test_a_missing_derived_weight_or_a_foreign_conv_is_named():
         w = feature.fused()
     assert w.conv135[0].shape[-1] == 5
     with pytest.raises(AttributeError, match=r'FeatureExpert.fused_params\(\) derives no weight "conv7".*conv135'):
-        w.conv7
+        _ = w.conv7
     with pytest.raises(KeyError, match='not one of its own nn.Conv2d layers'):
         w[net.intro]
 

@@ -8,7 +8,7 @@ import gmmoe_arch  # noqa: F401  (registers the experts)
 from gmmoe_arch import GMMoE
 from gmmoe_arch.archs import released_layout
 from gmmoe_arch.archs.checkpoint_config import infer_config
-from gmmoe_arch.archs.released_layout import NotGMMoECheckpoint, ReleasedExpert, lacks
+from gmmoe_arch.archs.released_layout import NotGMMoECheckpointError, ReleasedExpert, lacks
 from gmmoe_arch.enhance_cli import main
 
 from helpers import nafnet_state_dict
@@ -35,12 +35,12 @@ def test_every_gmmoe_state_dict_has_the_required_keys_and_infer_config_reads_it(
 
 
 def test_a_nafnet_state_dict_is_refused_by_infer_config_in_one_line():
-    with pytest.raises(NotGMMoECheckpoint) as err:
+    with pytest.raises(NotGMMoECheckpointError) as err:
         infer_config(nafnet_state_dict(**SMALL))
     assert str(err.value) == f'not a GM-MoE checkpoint: it lacks {NAFNET_LACKS}'
     flat = dict(GMMoE(**SMALL).state_dict())
     flat['intro.weight'] = flat['intro.weight'].reshape(-1)  # no conv kernel: no size to read off it
-    with pytest.raises(NotGMMoECheckpoint, match='^not a GM-MoE checkpoint: it lacks intro.weight$'):
+    with pytest.raises(NotGMMoECheckpointError, match='^not a GM-MoE checkpoint: it lacks intro.weight$'):
         infer_config(flat)
 
 

@@ -22,12 +22,12 @@ def test_released_checkpoint_loads_strictly_with_inferred_config(ref_ckpt, ref_n
 
 def test_inferred_config_rebuilds_other_sizes_and_refuses_other_networks():
     from gmmoe_arch import GMMoE
-    from gmmoe_arch.archs.released_layout import NotGMMoECheckpoint
+    from gmmoe_arch.archs.released_layout import NotGMMoECheckpointError
 
     config = dict(img_channel=1, width=4, enc_blk_nums=[2, 1], middle_blk_num=3, dec_blk_nums=[1, 2])
     assert infer_config(GMMoE(**config).state_dict()) == config
     assert describe_size(config) == 'width-4 network (enc [2, 1], middle 3, dec [1, 2], 1 channels)'
-    with pytest.raises(NotGMMoECheckpoint, match='^not a GM-MoE checkpoint: it lacks intro.weight, '):
+    with pytest.raises(NotGMMoECheckpointError, match='^not a GM-MoE checkpoint: it lacks intro.weight, '):
         infer_config({'conv.weight': torch.zeros(1)})
 
 

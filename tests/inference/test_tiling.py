@@ -20,7 +20,7 @@ def test_tile_plan_covers_aligned_overlapping_and_shares_sum_to_one(h, w, tile, 
     np.testing.assert_allclose(total, 1, atol=1e-5)
     for spans in (plan.ys, plan.xs):
         assert spans[0][0] == 0
-        for (a0, a1), (b0, b1) in zip(spans, spans[1:]):
+        for (_a0, a1), (b0, b1) in zip(spans, spans[1:]):
             assert a1 - b0 >= overlap and b1 > a1
     if tile is None:  # automatic tiles: at least MIN_TILE where the image allows, about max_pixels
         assert min(plan.ys[0][1], plan.xs[0][1]) >= min(h, w, MIN_TILE)

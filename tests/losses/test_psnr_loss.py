@@ -36,7 +36,7 @@ def test_is_minus_psnr():
     assert build_loss({'type': 'PSNRLoss'})(pred, target).item() == pytest.approx(-20.0, abs=1e-4)
 
 
-def test_toY_uses_luma_only():
+def test_to_y_option_uses_luma_only():
     target = torch.rand(2, 3, 6, 6)
     # a shift that cancels in BT.601 luma: 65.481 r + 128.553 g + 24.966 b = 0
     shift = torch.tensor([128.553, -65.481, 0.0]).view(1, 3, 1, 1) * 1e-3

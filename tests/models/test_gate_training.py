@@ -155,7 +155,7 @@ def test_gates_are_recorded_only_with_a_gate_loss(tmp_path, monkeypatch):
 def test_non_finite_gate_loss_stops_training(tmp_path):
     model = build_model(make_opt(tmp_path, gate_opt=dict(GATE_OPT, loss_weight=float('inf'))))
     model.feed_data(labelled_batch(LABELS))
-    with pytest.raises(gmmoe_model.TrainingDiverged, match='l_gate=inf'):
+    with pytest.raises(gmmoe_model.TrainingDivergedError, match='l_gate=inf'):
         model.optimize_parameters(1)
 
 

@@ -7,7 +7,7 @@ import torch
 from basicsr.models import build_model
 
 import gmmoe_arch  # noqa: F401,I001  (first: applies the basicsr compat patches, fills the registries)
-from gmmoe_arch.models.gmmoe_model import TrainingDiverged
+from gmmoe_arch.models.gmmoe_model import TrainingDivergedError
 
 TINY = {'type': 'GMMoE', 'width': 4, 'enc_blk_nums': [1, 1], 'middle_blk_num': 1, 'dec_blk_nums': [1, 1]}
 
@@ -88,7 +88,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
     bad = batch()
     bad['lq'][0, 0, 0, 0] = float('nan')
     model.feed_data(bad)
-    with pytest.raises(TrainingDiverged, match='No checkpoint had been saved yet'):
+    with pytest.raises(TrainingDivergedError, match='No checkpoint had been saved yet'):
         model.optimize_parameters(1)
     model.feed_data(batch())
     model.optimize_parameters(1)
@@ -99,14 +99,16 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
     assert set(saved) == {'net_g_1.pth', '1.state'}
     before = params(model)
     model.feed_data(bad)
-    with pytest.raises(TrainingDiverged, match=r'not finite at iteration 2.*checkpoint is .*net_g_1\.pth.*1\.state'):
+    with pytest.raises(
+        TrainingDivergedError, match=r'not finite at iteration 2.*checkpoint is .*net_g_1\.pth.*1\.state'
+    ):
         model.optimize_parameters(2)
     assert all(torch.equal(before[k], v) for k, v in params(model).items())
     after = {
         f: (tmp_path / d / f).read_bytes() for d in ('models', 'training_states') for f in os.listdir(tmp_path / d)
     }
     assert after == saved
-    assert isinstance(TrainingDiverged('x'), RuntimeError)
+    assert isinstance(TrainingDivergedError('x'), RuntimeError)
 
 
 def test_bf16_autocast_on_cpu(tmp_path):
@@ -212,10 +214,10 @@ def test_exploding_step_at_a_save_iteration_is_not_saved(tmp_path):
     model.optimize_parameters(2)
     assert all(torch.isfinite(p).all() for p in model.net_g.parameters())
     with pytest.raises(
-        TrainingDiverged, match=r'not finite at iteration 2 .*not written.*checkpoint is .*net_g_1\.pth'
+        TrainingDivergedError, match=r'not finite at iteration 2 .*not written.*checkpoint is .*net_g_1\.pth'
     ):
         model.save(0, 2)
-    with pytest.raises(TrainingDiverged):
+    with pytest.raises(TrainingDivergedError):
         model.save(-1, -1)
     assert checkpoint_files(tmp_path) == saved
 
@@ -225,7 +227,7 @@ def test_step_to_non_finite_weights_stops_at_once(tmp_path):
     for group in model.optimizer_g.param_groups:
         group['lr'] = float('inf')
     model.feed_data(batch())
-    with pytest.raises(TrainingDiverged, match='weights are not finite at iteration 1 .after the optimiser step'):
+    with pytest.raises(TrainingDivergedError, match='weights are not finite at iteration 1 .after the optimiser step'):
         model.optimize_parameters(1)
 
 

@@ -9,7 +9,7 @@ from basicsr.models import build_model
 from basicsr.models.lr_scheduler import CosineAnnealingRestartLR, MultiStepRestartLR
 
 import gmmoe_arch  # noqa: F401,I001  (first: applies the basicsr compat patches, fills the registries)
-from gmmoe_arch.models.resume_options import ResumeConflict, resume_with_options, scheduled_lr
+from gmmoe_arch.models.resume_options import ResumeConflictError, resume_with_options, scheduled_lr
 
 TINY = {'type': 'GMMoE', 'width': 4, 'enc_blk_nums': [1], 'middle_blk_num': 1, 'dec_blk_nums': [1]}
 MULTISTEP = {'type': 'MultiStepRestartLR', 'milestones': [3], 'gamma': 0.5}
@@ -111,7 +111,7 @@ def test_changed_cosine_schedule_resumes_where_a_fresh_run_would_be(tmp_path):
     ],
 )
 def test_a_change_that_cannot_be_resumed_is_refused_with_advice(tmp_path, scheduler, optim, match):
-    with pytest.raises(ResumeConflict, match=match) as caught:
+    with pytest.raises(ResumeConflictError, match=match) as caught:
         resumed(tmp_path, saved_state(tmp_path, MULTISTEP), scheduler, optim)
     message = str(caught.value)
     assert '2.state' in message and 'path.pretrain_network_g' in message and '\n' not in message
@@ -135,5 +135,7 @@ def test_scheduled_lr_matches_stepping_the_scheduler(settings):
 
 def test_scheduled_lr_past_the_cosine_periods_is_refused():
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.3)
-    with pytest.raises(ResumeConflict, match='train.scheduler.periods: the resumed iteration 5 is past their sum 4'):
+    with pytest.raises(
+        ResumeConflictError, match='train.scheduler.periods: the resumed iteration 5 is past their sum 4'
+    ):
         scheduled_lr(CosineAnnealingRestartLR(optimizer, [4]), 0.3, 5)
