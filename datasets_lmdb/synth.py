@@ -33,7 +33,6 @@ Degradations (ranges and their sources: ``docs/data.md``):
 import collections
 import contextlib
 import json
-import numbers
 import os
 import shutil
 import tempfile
@@ -44,6 +43,7 @@ from tqdm import tqdm
 
 from gmmoe_arch.data.image_io import DataError, MissingDataError, read_image_file
 from gmmoe_arch.data.pairing import culprits, list_images
+from gmmoe_arch.options import is_integer
 
 from .output import PARTIAL, output_locks, settle_leftovers
 from .pack import FORMS, pack_pairs
@@ -345,21 +345,17 @@ def synthesize_images(
     return record
 
 
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def check_options(degradation, seed, per_image, max_side, rain, form=None):
     """``ValueError`` naming the first bad option, before any image is read or anything written."""
     if degradation not in KINDS:
         raise ValueError(f'--degradation: expected one of {", ".join(KINDS)}, got {degradation!r}')
     if rain not in RAIN_CHOICES:
         raise ValueError(f'--rain: expected one of {", ".join(RAIN_CHOICES)}, got {rain!r}')
-    if not _is_int(seed) or seed < 0:
+    if not is_integer(seed) or seed < 0:
         raise ValueError(f'--seed: expected an integer >= 0, got {seed!r}')
-    if not _is_int(per_image) or per_image < 1:
+    if not is_integer(per_image) or per_image < 1:
         raise ValueError(f'--per-image: expected an integer >= 1, got {per_image!r}')
-    if max_side is not None and (not _is_int(max_side) or max_side < 8):
+    if max_side is not None and (not is_integer(max_side) or max_side < 8):
         raise ValueError(f'--max-side: expected an integer >= 8, got {max_side!r}')
     if form is not None and form not in FORMS:
         raise ValueError(f'--form: expected one of {", ".join(FORMS)}, got {form!r}')

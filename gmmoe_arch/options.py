@@ -5,10 +5,12 @@ YAML's ``true``/``false`` load as Python bools, which are ints: without the bool
 would read as 1. Stdlib only, so any module can import it.
 """
 
+import numbers
+
 
 def is_number(value) -> bool:
-    """Whether ``value`` is an int or a float, not a bool."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """Whether ``value`` is a real number (an int or a float, numpy's too), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def is_integer(value, integral_float: bool = False) -> bool:
@@ -16,4 +18,4 @@ def is_integer(value, integral_float: bool = False) -> bool:
     (YAML reads ``5e3`` and ``!!float 5000`` as floats)."""
     if isinstance(value, bool):
         return False
-    return isinstance(value, int) or (integral_float and isinstance(value, float) and value.is_integer())
+    return isinstance(value, numbers.Integral) or (integral_float and isinstance(value, float) and value.is_integer())

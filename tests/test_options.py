@@ -23,3 +23,11 @@ def test_numbers_and_integers_leave_bools_out(value, number, integer, integral):
     assert is_number(value) is number
     assert is_integer(value) is integer
     assert is_integer(value, integral_float=True) is integral
+
+
+def test_numpy_numbers_count_as_numbers():
+    """A value computed with numpy (a seed from a generator, a size from an array) is a number too."""
+    import numpy as np
+
+    assert is_integer(np.int64(3)) and is_number(np.int64(3)) and is_number(np.float32(0.5))
+    assert not is_integer(np.float32(0.5)) and not is_number(np.bool_(True))
