@@ -16,10 +16,12 @@ import argparse
 import os
 import sys
 
+from gmmoe_arch.data.degradations import TABLE
+
 from .output import PackError, output_locks, settle_leftovers
 from .pack import DEFAULT_FORM, FORMS, pack_pairs
 from .presets import PRESETS, pack_preset, preset_tree
-from .synth import KINDS, RAIN_CHOICES, synthesize
+from .synth import RAIN_CHOICES, kinds, synthesize
 from .verify import find_leftovers, verify
 
 
@@ -61,7 +63,10 @@ def _parser():
     restore.add_argument('out', help='the --out folder of the interrupted pack')
     sub.add_parser('presets', help='print the folder trees the presets expect')
     synth = sub.add_parser('synth', help='degrade a folder of clean images into a labelled paired set (docs/data.md)')
-    synth.add_argument('--degradation', required=True, choices=KINDS, help='mixed: one of the three per pair')
+    described = ', '.join(f'{name}: {entry.title}' for name, entry in TABLE.items())
+    synth.add_argument(
+        '--degradation', required=True, choices=kinds(), help=f'{described}; mixed: each of them in turn, per pair'
+    )
     synth.add_argument('--src', required=True, help='folder of clean images')
     synth.add_argument('--out', required=True, help='output folder: <out>/{lq,gt}/*.png, meta_info.txt, synth.json')
     synth.add_argument('--lmdb', action='store_true', help='also pack <out>/lmdb/{lq,gt}.lmdb')

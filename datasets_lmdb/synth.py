@@ -14,20 +14,10 @@ complete, so a failed or killed run never leaves an ``OUT`` that looks complete 
 the partial folder). Each pair draws its parameters and noise from ``numpy.random.default_rng([seed,
 image index, k])``: the same seed gives byte-identical images whatever the order or number of images.
 
-Degradations (ranges and their sources: ``docs/data.md``):
-
-* ``lowlight``: :func:`lowlight_params` / :func:`degrade_lowlight`; linear light (sRGB decoded),
-  exposure 0.04-0.1 with a +-8% white-balance cast, photon shot noise (Poisson, 300-3000 photons
-  for white) and read noise (Gaussian, sigma 0.0005-0.003), display encoding gamma 2.0-2.5, 8 bits.
-* ``rain``: :func:`rain_params` / :func:`add_rain`; streak layers (seed points motion-blurred by
-  a one-pixel line kernel, widened by a Gaussian), screen-blended onto the image. ``light``
-  (Rain100L-like): one layer, one direction; ``heavy`` (Rain100H-like): 2-3 denser, longer, brighter
-  layers whose directions spread +-12 degrees around a common one. Directions are -30..30 degrees
-  from vertical.
-* ``haze``: :func:`haze_params` / :func:`add_haze`; ``I = J t + A (1 - t)``, ``t = exp(-beta d)``
-  with beta 0.6-1.8 and A 0.7-1.0 (RESIDE ITS's ranges), A tinted +-0.03 per channel, and the depth
-  proxy of :func:`depth_proxy`.
-* ``mixed``: pair number ``n`` gets ``DEGRADATIONS[n % 3]``, labelled per pair.
+Degradations: the table of :mod:`gmmoe_arch.data.degradations` (``lowlight``, ``rain``, ``haze`` and any
+registered with ``register_degradation``; their models, ranges and sources there and in ``docs/data.md``),
+whose maths this module re-exports (``degrade_lowlight``, ``add_rain``, ``add_haze``, ...). ``mixed``: pair
+number ``n`` gets the table's ``n % len(table)``-th degradation, labelled per pair.
 """
 
 import collections
@@ -41,6 +31,22 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from gmmoe_arch.data import degradations
+from gmmoe_arch.data.degradations import (  # noqa: F401  (re-exported: this module's interface)
+    HAZE_NEAREST,
+    RAIN,
+    RAIN_ANGLE,
+    RAIN_CHOICES,
+    RAIN_LEVELS,
+    add_haze,
+    add_rain,
+    degrade_lowlight,
+    depth_proxy,
+    haze_params,
+    lowlight_params,
+    rain_params,
+    srgb_to_linear,
+)
 from gmmoe_arch.data.image_io import DataError, MissingDataError, read_image_file
 from gmmoe_arch.data.pairing import culprits, list_images
 from gmmoe_arch.options import is_integer
@@ -48,181 +54,33 @@ from gmmoe_arch.options import is_integer
 from .output import PARTIAL, output_locks, settle_leftovers
 from .pack import FORMS, pack_pairs
 
-DEGRADATIONS = ('lowlight', 'rain', 'haze')
-KINDS = (*DEGRADATIONS, 'mixed')
-RAIN_LEVELS = ('light', 'heavy')
-RAIN_CHOICES = (*RAIN_LEVELS, 'both')
 RECORD = 'synth.json'
 META_INFO = 'meta_info.txt'
 VERSION = 1
-
-#: streak layer settings per rain level: (low, high) ranges; lengths are in pixels of a 400-pixel image
-RAIN = {
-    'light': {
-        'layers': (1, 1),
-        'density': (0.002, 0.005),
-        'length': (10.0, 25.0),
-        'width': (0.8, 1.5),
-        'brightness': (0.45, 0.7),
-        'spread': 0.0,
-    },
-    'heavy': {
-        'layers': (2, 3),
-        'density': (0.003, 0.007),
-        'length': (20.0, 40.0),
-        'width': (1.0, 2.0),
-        'brightness': (0.5, 0.8),
-        'spread': 12.0,
-    },
-}
-RAIN_ANGLE = 30.0  # degrees from vertical, either side
-RAIN_REFERENCE_SIDE = 400
-HAZE_BETA = (0.6, 1.8)
-HAZE_AIRLIGHT = (0.7, 1.0)
-HAZE_TINT = 0.03
-HAZE_MIX = (0.3, 0.7)
-HAZE_NEAREST = 0.2
+DEGRADATIONS = degradations.names()  # the built-in ones, for importers; checks read the table itself
 
 
-def srgb_to_linear(x):
-    """sRGB-encoded values in [0, 1] -> linear light (IEC 61966-2-1)."""
-    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+def kinds():
+    """The ``--degradation`` choices: every degradation of the table, then ``mixed``."""
+    return (*degradations.names(), 'mixed')
 
 
-def lowlight_params(rng):
-    """One image's low-light parameters (see the module docstring)."""
-    gains = 1 + rng.uniform(-0.08, 0.08, 3)
-    return {
-        'exposure': float(np.exp(rng.uniform(np.log(0.04), np.log(0.1)))),
-        'gains_rgb': (gains / gains.mean()).round(4).tolist(),
-        'photons_white': float(np.exp(rng.uniform(np.log(300), np.log(3000)))),
-        'read_noise': float(rng.uniform(0.0005, 0.003)),
-        'gamma': float(rng.uniform(2.0, 2.5)),
-    }
-
-
-def degrade_lowlight(img, params, rng):
-    """Dark, noisy, slightly tinted version of an RGB uint8 ``(H, W, 3)`` image -> uint8 ``(H, W, 3)``."""
-    linear = srgb_to_linear(img.astype(np.float64) / 255.0)
-    signal = linear * params['exposure'] * np.asarray(params['gains_rgb'])
-    q = params['photons_white']
-    noisy = rng.poisson(np.clip(signal, 0, None) * q) / q + rng.normal(0.0, params['read_noise'], signal.shape)
-    encoded = np.clip(noisy, 0.0, 1.0) ** (1.0 / params['gamma'])
-    return np.round(encoded * 255.0).astype(np.uint8)
-
-
-def rain_params(rng, level):
-    """Streak layers for one image at ``level`` (``'light'`` or ``'heavy'``): ``{'level', 'layers': [...]}``."""
-    spec = RAIN[level]
-    angle = rng.uniform(-RAIN_ANGLE, RAIN_ANGLE)
-    layers = []
-    for _ in range(int(rng.integers(spec['layers'][0], spec['layers'][1] + 1))):
-        layers.append(
-            {
-                'angle': round(float(angle + rng.uniform(-spec['spread'], spec['spread'])), 3),
-                **{
-                    key: round(float(rng.uniform(*spec[key])), 4)
-                    for key in ('density', 'length', 'width', 'brightness')
-                },
-            }
-        )
-    return {'level': level, 'layers': layers}
-
-
-def line_kernel(length, angle):
-    """One-pixel line of ``length`` pixels at ``angle`` degrees from vertical: float32 ``(k, k)`` of 0/1, k odd.
-
-    8-connected: ``cv2.line`` anti-aliases 8-bit images only, so ``LINE_AA`` on this float kernel draws a
-    plain line (the Gaussian of the streak's width smooths it afterwards)."""
-    k = int(np.ceil(length)) // 2 * 2 + 1
-    kernel = np.zeros((k, k), np.float32)
-    centre, half, theta = (k - 1) / 2, (length - 1) / 2, np.deg2rad(angle)
-    dx, dy = half * np.sin(theta), half * np.cos(theta)
-    fixed = 16  # cv2.line's sub-pixel coordinates: 4 fractional bits
-    ends = [(round((centre + s * dx) * fixed), round((centre + s * dy) * fixed)) for s in (-1, 1)]
-    cv2.line(kernel, ends[0], ends[1], 1.0, 1, cv2.LINE_AA, 4)
-    return kernel
-
-
-def streak_layer(shape, layer, scale, rng):
-    """One layer of rain streaks, float32 ``(H, W)`` in [0, brightness] for an image of ``shape`` (H, W)."""
-    length = max(3.0, layer['length'] * scale)
-    kernel = line_kernel(length, layer['angle'])
-    pad = kernel.shape[0]
-    h, w = shape[0] + 2 * pad, shape[1] + 2 * pad  # seeds outside the image streak into it too
-    seeds = (rng.random((h, w)) < layer['density']) * rng.uniform(0.6, 1.0, (h, w))
-    streaks = cv2.filter2D(seeds.astype(np.float32), -1, kernel, borderType=cv2.BORDER_CONSTANT)
-    sigma = max(0.3, layer['width'] * scale / 2.355)  # width is the full width at half maximum
-    streaks = cv2.GaussianBlur(streaks, (0, 0), sigma)
-    peak = cv2.GaussianBlur(np.pad(kernel, pad), (0, 0), sigma).max()  # one isolated streak's maximum
-    return np.clip(streaks[pad:-pad, pad:-pad] / peak, 0.0, 1.0) * layer['brightness']
-
-
-def add_rain(img, params, rng):
-    """Screen-blend the streak layers of ``params`` onto an RGB uint8 ``(H, W, 3)`` image -> uint8."""
-    scale = max(img.shape[:2]) / RAIN_REFERENCE_SIDE
-    clear = np.ones(img.shape[:2], np.float32)
-    for layer in params['layers']:
-        clear *= 1.0 - streak_layer(img.shape[:2], layer, scale, rng)
-    out = 1.0 - (1.0 - img.astype(np.float32) / 255.0) * clear[..., None]
-    return np.round(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def haze_params(rng):
-    """One image's haze: scattering ``beta``, tinted airlight ``airlight_rgb`` and the depth proxy's mix."""
-    airlight = rng.uniform(*HAZE_AIRLIGHT) + rng.uniform(-HAZE_TINT, HAZE_TINT, 3)
-    return {
-        'beta': round(float(rng.uniform(*HAZE_BETA)), 4),
-        'airlight_rgb': np.clip(airlight, 0.0, 1.0).round(4).tolist(),
-        'depth_mix': round(float(rng.uniform(*HAZE_MIX)), 4),
-    }
-
-
-def depth_proxy(img, mix):
-    """Relative scene depth of an RGB uint8 ``(H, W, 3)`` image: float64 ``(H, W)`` in [HAZE_NEAREST, 1].
-
-    ``mix`` x a vertical ramp (top of the frame far, bottom near: the ground plane of most photographs
-    recedes towards the horizon) + ``(1 - mix)`` x the image's luminance blurred at 1/16 of its longest
-    side (bright, low-frequency regions are mostly sky and distant surfaces; the blur keeps the
-    transmission smooth instead of following texture), rescaled so the farthest point is 1 and the
-    nearest ``HAZE_NEAREST`` (every pixel carries some haze, as in outdoor scenes).
-    """
-    h, w = img.shape[:2]
-    ramp = np.repeat(np.linspace(1.0, 0.0, h)[:, None], w, axis=1)
-    luminance = img.astype(np.float64) @ np.array([0.2126, 0.7152, 0.0722]) / 255.0
-    smooth = cv2.GaussianBlur(luminance, (0, 0), max(h, w) / 16)
-    depth = mix * ramp + (1.0 - mix) * smooth
-    span = depth.max() - depth.min()
-    depth = (depth - depth.min()) / span if span > 0 else np.ones_like(depth)
-    return HAZE_NEAREST + (1.0 - HAZE_NEAREST) * depth
-
-
-def add_haze(img, params):
-    """Atmospheric scattering ``I = J t + A (1 - t)``, ``t = exp(-beta d)`` on sRGB values in [0, 1] (as RESIDE
-    does) of an RGB uint8 ``(H, W, 3)`` image -> uint8; ``d`` from :func:`depth_proxy`."""
-    t = np.exp(-params['beta'] * depth_proxy(img, params['depth_mix']))[..., None]
-    hazy = img.astype(np.float64) / 255.0 * t + np.asarray(params['airlight_rgb']) * (1.0 - t)
-    return np.round(np.clip(hazy, 0.0, 1.0) * 255.0).astype(np.uint8)
+KINDS = kinds()
 
 
 def degrade(img, degradation, rng, rain='both'):
     """Draw parameters and degrade an RGB uint8 ``(H, W, 3)`` image -> ``(lq uint8 (H, W, 3), params)``."""
-    if degradation == 'lowlight':
-        params = lowlight_params(rng)
-        return degrade_lowlight(img, params, rng), params
-    if degradation == 'rain':
-        level = RAIN_LEVELS[int(rng.integers(2))] if rain == 'both' else rain
-        params = rain_params(rng, level)
-        return add_rain(img, params, rng), params
-    if degradation == 'haze':
-        params = haze_params(rng)
-        return add_haze(img, params), params
-    raise ValueError(f'degradation: expected one of {DEGRADATIONS}, got {degradation!r}')
+    entry = degradations.TABLE.get(degradation)
+    if entry is None:
+        raise ValueError(f'degradation: expected one of {degradations.names()}, got {degradation!r}')
+    params = entry.params(rng, rain=rain)
+    return entry.apply(img, params, rng), params
 
 
 def pair_degradation(degradation, number):
     """The degradation of pair ``number`` (0, 1, ...) of a run of kind ``degradation``."""
-    return DEGRADATIONS[number % len(DEGRADATIONS)] if degradation == 'mixed' else degradation
+    names = degradations.names()
+    return names[number % len(names)] if degradation == 'mixed' else degradation
 
 
 def as_rgb8(img, max_side=None, name='image'):
@@ -347,8 +205,8 @@ def synthesize_images(
 
 def check_options(degradation, seed, per_image, max_side, rain, form=None):
     """``ValueError`` naming the first bad option, before any image is read or anything written."""
-    if degradation not in KINDS:
-        raise ValueError(f'--degradation: expected one of {", ".join(KINDS)}, got {degradation!r}')
+    if degradation not in kinds():
+        raise ValueError(f'--degradation: expected one of {", ".join(kinds())}, got {degradation!r}')
     if rain not in RAIN_CHOICES:
         raise ValueError(f'--rain: expected one of {", ".join(RAIN_CHOICES)}, got {rain!r}')
     if not is_integer(seed) or seed < 0:
@@ -423,7 +281,7 @@ def _write(images, folder, settings, progress):
             pairs.append({'name': stem, 'image': name, 'k': k, 'label': label, 'params': params})
     with open(os.path.join(folder, META_INFO), 'w', encoding='ascii') as f:
         f.writelines(lines)
-    counts = {label: sum(p['label'] == label for p in pairs) for label in DEGRADATIONS}
+    counts = {label: sum(p['label'] == label for p in pairs) for label in degradations.names()}
     return {'settings': settings, 'counts': {k: v for k, v in counts.items() if v}, 'pairs': pairs}
 
 

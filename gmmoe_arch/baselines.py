@@ -2,8 +2,9 @@
 
 Every baseline maps an RGB uint8 image ``(H, W, 3)`` to an RGB uint8 image of the same shape and uses
 fixed parameters (nothing is tuned per image or per data set, except where a docstring says what is
-measured on the image itself). ``BASELINES[label][name]`` lists them by degradation label
-(``'lowlight'``, ``'rain'``, ``'haze'``).
+measured on the image itself). Which baselines belong to which degradation is said once, in the table of
+:mod:`gmmoe_arch.data.degradations`; ``BASELINES[label][name]`` here is that table's view (by degradation
+label: ``'lowlight'``, ``'rain'``, ``'haze'`` and any registered since), rebuilt on each access.
 """
 
 import cv2
@@ -127,9 +128,11 @@ def dark_channel_prior(img, patch=15, omega=0.95, t0=0.1, radius=40, eps=1e-3):
     return _to_uint8((x - airlight) / np.maximum(t, t0)[..., None] + airlight)
 
 
-#: degradation label -> {baseline name: function(RGB uint8) -> RGB uint8}
-BASELINES = {
-    'lowlight': {'gamma correction': gamma_correction, 'CLAHE': clahe},
-    'rain': {'median 5x5': median_filter, 'guided filter': guided_derain},
-    'haze': {'dark channel prior': dark_channel_prior},
-}
+def __getattr__(name):
+    """``BASELINES``: degradation label -> {baseline name: function(RGB uint8) -> RGB uint8}, from the
+    degradations' table (imported here, not at the top: the table refers to this module's functions)."""
+    if name == 'BASELINES':
+        from .data.degradations import baselines_by_label
+
+        return baselines_by_label()
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -14,7 +14,7 @@ Scores are ``{metric: mean over the images}`` dicts of floats, JSON-ready.
 import numpy as np
 from basicsr.metrics import calculate_psnr, calculate_ssim
 
-from ..baselines import BASELINES
+from ..data.degradations import baselines_by_label
 from ..metrics.released_protocol import calculate_psnr_released, calculate_ssim_released
 from .data import by_label
 from .errors import EvaluationError
@@ -50,15 +50,16 @@ def input_scores(pairs, metrics=OURS):
 
 
 def all_baselines():
-    """``{name: function}`` of every classical baseline of :data:`gmmoe_arch.baselines.BASELINES`."""
-    return {name: fn for table in BASELINES.values() for name, fn in table.items()}
+    """``{name: function}`` of every classical baseline of the degradations' table."""
+    return {name: fn for table in baselines_by_label().values() for name, fn in table.items()}
 
 
 def choose_baselines(labels, names=None):
     """``{label: {name: function}}``: by default each label's own baselines (none for a label
-    ``BASELINES`` does not list); with ``names``, those baselines for every label (``[]``: none)."""
+    the degradations' table does not list); with ``names``, those baselines for every label (``[]``: none)."""
     if names is None:
-        return {label: dict(BASELINES.get(label, {})) for label in labels}
+        by_label = baselines_by_label()
+        return {label: by_label.get(label, {}) for label in labels}
     known = all_baselines()
     unknown = [n for n in names if n not in known]
     if unknown:

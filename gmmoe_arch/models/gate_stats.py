@@ -33,9 +33,9 @@ import cv2
 import numpy as np
 import torch
 
+from ..data.degradations import names as degradation_names
 from ..losses.gate_losses import parse_expert_mapping, target_indices
 
-DEGRADATIONS = ('lowlight', 'rain', 'haze')
 ALL = None  # the key of the all-images group (labels are strings)
 
 
@@ -76,9 +76,11 @@ class GateStats:
 
     @property
     def labels(self):
-        """Labels seen: ``lowlight``, ``rain``, ``haze`` first (those seen), then the others sorted."""
+        """Labels seen: the degradations of :data:`gmmoe_arch.data.degradations.TABLE` first (those seen, in
+        table order), then the others sorted."""
         seen = [g for g in self._counts if g is not ALL]
-        return [d for d in DEGRADATIONS if d in seen] + sorted(g for g in seen if g not in DEGRADATIONS)
+        known = degradation_names()
+        return [d for d in known if d in seen] + sorted(g for g in seen if g not in known)
 
     def label_count(self, label=None):
         """Images with ``label`` (all images for None)."""
