@@ -226,6 +226,20 @@ def tiny_gmmoe_options(data, name, total_iter, checkpoint_freq, val_freq=1000):
     }
 
 
+def tiny_test_options(options, name, checkpoint, **val):
+    """``basicsr test`` options for the network of ``options`` (:func:`tiny_gmmoe_options`) loaded from
+    ``checkpoint``, tested on its val set; ``val`` overrides keys of its ``val`` section."""
+    return {
+        'name': name,
+        'model_type': 'GMMoEModel',
+        'num_gpu': 0,
+        'datasets': {'test_1': options['datasets']['val']},
+        'network_g': options['network_g'],
+        'path': {'pretrain_network_g': str(checkpoint), 'strict_load_g': True},
+        'val': dict(options['val'], **val),
+    }
+
+
 def lmdb_value(db, key):
     """The bytes stored under ``key`` in the LMDB folder ``db`` (None when absent)."""
     import lmdb

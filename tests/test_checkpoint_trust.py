@@ -114,21 +114,13 @@ def test_basicsr_load_network_refuses_then_trusts_by_option(weights, tmp_path, m
 def test_basicsr_test_command_names_the_refused_global_and_loads_when_trusted(tmp_path, plugin_env):
     from gmmoe_arch import GMMoE
 
-    from helpers import run_basicsr, tiny_gmmoe_options, write_pairs, write_yaml
+    from helpers import run_basicsr, tiny_gmmoe_options, tiny_test_options, write_pairs, write_yaml
 
     data = write_pairs(tmp_path / 'data', n=2)
     options = tiny_gmmoe_options(data, 'trust', total_iter=1, checkpoint_freq=1)
     net = GMMoE(**{k: v for k, v in options['network_g'].items() if k != 'type'})
     ckpt = save(tmp_path / 'other_project.pth', {'params': net.state_dict(), 'args': argparse.Namespace(lr=1)})
-    test_opt = {
-        'name': 'trust',
-        'model_type': 'GMMoEModel',
-        'num_gpu': 0,
-        'datasets': {'test_1': options['datasets']['val']},
-        'network_g': options['network_g'],
-        'path': {'pretrain_network_g': ckpt, 'strict_load_g': True},
-        'val': options['val'],
-    }
+    test_opt = tiny_test_options(options, 'trust', ckpt)
     env = {k: v for k, v in plugin_env.items() if k != TRUST_ENV}
     done = run_basicsr(['test', '-opt', str(write_yaml(tmp_path / 'refused.yml', test_opt))], tmp_path, env)
     assert done.returncode == 2 and 'Traceback' not in done.stderr

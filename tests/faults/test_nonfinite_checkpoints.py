@@ -11,7 +11,7 @@ from gmmoe_arch.enhance_cli import main
 from gmmoe_arch.inference.errors import EnhanceError
 from gmmoe_arch.inference.loading import check_finite_state_dict
 
-from helpers import run_basicsr, tiny_gmmoe_options, write_pairs, write_yaml
+from helpers import run_basicsr, tiny_gmmoe_options, tiny_test_options, write_pairs, write_yaml
 
 KEY = 'encoders.0.0.gamma'
 
@@ -102,15 +102,7 @@ def test_basicsr_test_refuses_it_in_one_line_and_writes_no_result(tmp_path, plug
     data = write_pairs(tmp_path / 'data', n=2)
     options = tiny_gmmoe_options(data, 'nan', total_iter=1, checkpoint_freq=1)
     ckpt = tiny_checkpoint(options, tmp_path / 'nan.pth', float('inf'))
-    test_opt = {
-        'name': 'nan',
-        'model_type': 'GMMoEModel',
-        'num_gpu': 0,
-        'datasets': {'test_1': options['datasets']['val']},
-        'network_g': options['network_g'],
-        'path': {'pretrain_network_g': str(ckpt), 'strict_load_g': True},
-        'val': dict(options['val'], save_img=True),
-    }
+    test_opt = tiny_test_options(options, 'nan', ckpt, save_img=True)
     done = run_basicsr(['test', '-opt', str(write_yaml(tmp_path / 'test.yml', test_opt))], tmp_path, plugin_env)
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1] == (

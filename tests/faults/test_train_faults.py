@@ -9,7 +9,7 @@ import yaml
 
 from gmmoe_arch import cli, compat
 
-from helpers import run_basicsr, tiny_gmmoe_options, write_pairs, write_yaml
+from helpers import run_basicsr, tiny_gmmoe_options, tiny_test_options, write_pairs, write_yaml
 
 
 def train(tmp_path, env, options, *extra, cwd=None):
@@ -113,15 +113,7 @@ def test_hostile_checkpoint_runs_no_code_even_when_torch_allows_it(tmp_path, plu
     torch.save({'params': Hostile(marker)}, evil)
     data = write_pairs(tmp_path / 'data', n=2)
     options = tiny_gmmoe_options(data, 'hostile', total_iter=1, checkpoint_freq=1)
-    test_opt = {
-        'name': 'hostile',
-        'model_type': 'GMMoEModel',
-        'num_gpu': 0,
-        'datasets': {'test_1': options['datasets']['val']},
-        'network_g': options['network_g'],
-        'path': {'pretrain_network_g': str(evil), 'strict_load_g': True},
-        'val': options['val'],
-    }
+    test_opt = tiny_test_options(options, 'hostile', evil)
     env = dict(plugin_env, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD='1')
     done = run_basicsr(['test', '-opt', str(write_yaml(tmp_path / 'test.yml', test_opt))], tmp_path, env)
     assert done.returncode == 2 and f'cannot load network checkpoint {evil}' in done.stderr
