@@ -189,16 +189,21 @@ def _describe_contents(path):
     )
 
 
-def _restore(partial, previous):
-    """Put ``partial``'s previous databases back; what the interrupted run moved in goes back into ``partial``."""
-    folder = os.path.dirname(partial)
-    for side in previous:
+def _swap_in(partial, folder, sides, aside, incoming):
+    """For each of ``sides``: ``folder/<side>.lmdb`` (if any) moves to ``partial/<aside>``, then
+    ``partial/<incoming>`` moves to ``folder/<side>.lmdb`` (``aside``/``incoming``: formats of the side)."""
+    for side in sides:
         target = os.path.join(folder, f'{side}.lmdb')
         if os.path.lexists(target):
-            os.rename(target, os.path.join(partial, f'{side}.lmdb'))
-    for side in previous:
-        os.rename(os.path.join(partial, f'previous-{side}.lmdb'), os.path.join(folder, f'{side}.lmdb'))
+            os.rename(target, os.path.join(partial, aside.format(side)))
+    for side in sides:
+        os.rename(os.path.join(partial, incoming.format(side)), os.path.join(folder, f'{side}.lmdb'))
     _fsync_dir(folder)
+
+
+def _restore(partial, previous):
+    """Put ``partial``'s previous databases back; what the interrupted run moved in goes back into ``partial``."""
+    _swap_in(partial, os.path.dirname(partial), previous, aside='{}.lmdb', incoming='previous-{}.lmdb')
 
 
 def settle_leftovers(folder):
@@ -231,13 +236,7 @@ def replace_pair(partial, folder):
     Raises ``PackError`` (and keeps ``partial``, which then holds the previous pair) if a rename fails.
     """
     try:
-        for side in SIDES:
-            target = os.path.join(folder, f'{side}.lmdb')
-            if os.path.lexists(target):
-                os.rename(target, os.path.join(partial, f'previous-{side}.lmdb'))
-        for side in SIDES:
-            os.rename(os.path.join(partial, f'{side}.lmdb'), os.path.join(folder, f'{side}.lmdb'))
-        _fsync_dir(folder)
+        _swap_in(partial, folder, SIDES, aside='previous-{}.lmdb', incoming='{}.lmdb')
     except OSError as err:
         raise PackError(
             f'{folder}: moving the new lq.lmdb/gt.lmdb into place failed ({err}); the previous ones are in {partial}'
