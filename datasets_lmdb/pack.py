@@ -40,7 +40,16 @@ from tqdm import tqdm
 
 from gmmoe_arch.data.image_io import DataError, encode_raw, read_image_file, shape3
 from gmmoe_arch.data.pack_info import write_pack_info
-from gmmoe_arch.data.pairing import LABEL_PREFIX, SHOWN, check_labels, check_sizes, culprits, list_images, pair_stems
+from gmmoe_arch.data.pairing import (
+    LABEL_PREFIX,
+    LABELMAP_PREFIX,
+    SHOWN,
+    check_labels,
+    check_sizes,
+    culprits,
+    list_images,
+    pair_stems,
+)
 
 from .output import PARTIAL, SIDES, PackError, output_locks, replace_pair, settle_leftovers
 
@@ -100,10 +109,10 @@ class _Writer:
         self.lines = []
         self.written = 0
 
-    def put(self, key, buf, shape, ext, tag, label=None):
+    def put(self, key, buf, shape, ext, tag, label=None, label_map=None):
         self.txn.put(key.encode('ascii'), buf)
         self.written += len(buf)
-        suffix = f' {LABEL_PREFIX}{label}' if label else ''
+        suffix = (f' {LABEL_PREFIX}{label}' if label else '') + (f' {LABELMAP_PREFIX}{label_map}' if label_map else '')
         self.lines.append(f'{key}.{ext} ({shape[0]},{shape[1]},{shape[2]}) {tag}{suffix}\n')
         if len(self.lines) % COMMIT_EVERY == 0:
             self.txn.commit()
@@ -127,6 +136,21 @@ class _Writer:
             except lmdb.Error:  # a transaction whose commit failed is already gone
                 pass
         self.env.close()
+
+
+def write_lmdb(path, images, form=None, side='images'):
+    """Write ``images`` (``[(key, OpenCV array)]``) into a new LMDB at ``path`` in ``form``, with its
+    ``meta_info.txt`` and a pack marker of ``side``; for a caller that owns the folder above ``path``
+    (``datasets_lmdb synth`` writes its label maps so, inside its partial output)."""
+    form = _check_form(form)
+    writer = _Writer(path, sum(img.nbytes for _, img in images) * 2 + (64 << 20))
+    try:
+        for key, img in images:
+            buf, ext, tag = encode(img, form)
+            writer.put(key, buf, shape3(img), ext, tag)
+        writer.finish(uuid.uuid4().hex, side, form)
+    finally:
+        writer.close()
 
 
 def _results(jobs, workers):
@@ -158,6 +182,7 @@ def pack_pairs(
     overwrite=False,
     skip_unpaired=False,
     labels=None,
+    label_maps=None,
 ):
     """Pack paired folders into ``out_dir/lq.lmdb`` and ``out_dir/gt.lmdb``; returns the number of pairs.
 
@@ -173,12 +198,15 @@ def pack_pairs(
         skip_unpaired (bool): pack the pairs found and ignore files without a partner.
         labels (dict | None): ``{key: label}`` (key: the lq stem) for every pair: each ``meta_info.txt``
             line then ends with ``label=<label>`` (see ``gmmoe_arch.data.pairing``).
+        label_maps (dict | None): ``{key: REF}`` for the pairs with a per-pixel label map: their lines then
+            end with ``labelmap=<REF>`` (REF relative to the database folder, e.g. ``../labelmap.lmdb``,
+            written by the caller with :func:`write_lmdb`).
     """
     form = _check_form(form)
     pairs, sizes = plan_pack(lq_dir, gt_dir, out_dir, pair_rule, overwrite, skip_unpaired)
     if labels is not None:
         check_labels(labels, [key for key, _, _ in pairs], 'labels')
-    return write_pairs(pairs, sizes, out_dir, form, workers, progress, overwrite, labels)
+    return write_pairs(pairs, sizes, out_dir, form, workers, progress, overwrite, labels, label_maps)
 
 
 def _check_form(form):
@@ -195,13 +223,17 @@ def plan_pack(lq_dir, gt_dir, out_dir, pair_rule='identical', overwrite=False, s
     return pairs, check_sizes([(lq, gt) for _, lq, gt in pairs])
 
 
-def write_pairs(pairs, sizes, out_dir, form=None, workers=None, progress=True, overwrite=False, labels=None):
+def write_pairs(
+    pairs, sizes, out_dir, form=None, workers=None, progress=True, overwrite=False, labels=None, label_maps=None
+):
     """Write planned ``pairs`` (from :func:`plan_pack`) into ``out_dir/{lq,gt}.lmdb``, holding its lock."""
     with output_locks([out_dir]):
-        return write_pairs_locked(pairs, sizes, out_dir, form, workers, progress, overwrite, labels)
+        return write_pairs_locked(pairs, sizes, out_dir, form, workers, progress, overwrite, labels, label_maps)
 
 
-def write_pairs_locked(pairs, sizes, out_dir, form=None, workers=None, progress=True, overwrite=False, labels=None):
+def write_pairs_locked(
+    pairs, sizes, out_dir, form=None, workers=None, progress=True, overwrite=False, labels=None, label_maps=None
+):
     """:func:`write_pairs` for a caller that holds ``out_dir``'s lock (see :func:`~.output.output_locks`)."""
     form = _check_form(form)
     settle_leftovers(out_dir)  # first: it may restore a previous pair that only a leftover holds
@@ -214,7 +246,7 @@ def write_pairs_locked(pairs, sizes, out_dir, form=None, workers=None, progress=
     try:
         writers = [_Writer(os.path.join(tmp, f'{side}.lmdb'), map_size) for side in SIDES]
         try:
-            _store(pairs, writers, out_dir, form, workers, progress, labels or {})
+            _store(pairs, writers, out_dir, form, workers, progress, labels or {}, label_maps or {})
         except (lmdb.Error, OSError) as err:
             raise PackError(_write_failure(out_dir, err, writers)) from None
         finally:
@@ -231,7 +263,7 @@ def write_pairs_locked(pairs, sizes, out_dir, form=None, workers=None, progress=
     return len(pairs)
 
 
-def _store(pairs, writers, out_dir, form, workers, progress, labels):
+def _store(pairs, writers, out_dir, form, workers, progress, labels, label_maps):
     """Read, encode and store every pair; finish both databases only when all succeeded."""
     jobs = [(key, lq, gt, form) for key, lq, gt in pairs]
     results = _results(jobs, workers)
@@ -250,7 +282,7 @@ def _store(pairs, writers, out_dir, form, workers, progress, labels):
                     break
                 continue
             for writer, entry in zip(writers, entries):
-                writer.put(key, *entry, labels.get(key))
+                writer.put(key, *entry, labels.get(key), label_maps.get(key))
     finally:
         results.close()
     if errors:

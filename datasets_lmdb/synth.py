@@ -1,12 +1,15 @@
 """Paired degradation synthesis: low light, rain and haze made from clean images, each pair labelled.
 
-``datasets_lmdb synth --degradation lowlight|rain|haze|mixed --src CLEAN_DIR --out OUT`` (or
+``datasets_lmdb synth --degradation lowlight|rain|haze|...|mixed|regions --src CLEAN_DIR --out OUT`` (or
 :func:`synthesize` / :func:`synthesize_images`) writes::
 
     OUT/lq/<stem>.png        degraded inputs
     OUT/gt/<stem>.png        the clean images (same stems)
-    OUT/meta_info.txt        one line per pair: ``<stem>.png (h,w,3) label=<degradation>``
+    OUT/labelmap/<stem>.png  regions only: per-pixel degradation index (uint8, the table's label order)
+    OUT/meta_info.txt        one line per pair: ``<stem>.png (h,w,3) label=<degradation>``, regions
+                             ``... label=<largest region's> labelmap=labelmap/<stem>.png``
     OUT/lmdb/{lq,gt}.lmdb    with ``--lmdb``: the same packed by ``datasets_lmdb``, labels in meta_info.txt
+                             (regions: ``labelmap=../labelmap.lmdb``, the maps in ``OUT/lmdb/labelmap.lmdb``)
     OUT/synth.json           settings and every pair's drawn parameters, written last
 
 Everything is written into a ``.partial-*`` folder beside ``OUT`` and renamed to ``OUT`` only when
@@ -17,7 +20,10 @@ image index, k])``: the same seed gives byte-identical images whatever the order
 Degradations: the table of :mod:`gmmoe_arch.data.degradations` (``lowlight``, ``rain``, ``haze`` and any
 registered with ``register_degradation``; their models, ranges and sources there and in ``docs/data.md``),
 whose maths this module re-exports (``degrade_lowlight``, ``add_rain``, ``add_haze``, ...). ``mixed``: pair
-number ``n`` gets the table's ``n % len(table)``-th degradation, labelled per pair.
+number ``n`` gets the ``n % len(names())``-th degradation of those ``mixed`` draws (``names()``: variants
+kept for comparison, such as ``haze_bright``, are left out), labelled per pair. ``regions``: several of those
+in regions of one image (:mod:`gmmoe_arch.data.regions`), with the label map; ``settings.label_indices``
+in ``synth.json`` gives the label of each map value.
 """
 
 import collections
@@ -31,7 +37,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from gmmoe_arch.data import degradations
+from gmmoe_arch.data import degradations, regions
 from gmmoe_arch.data.degradations import (  # noqa: F401  (re-exported: this module's interface)
     HAZE_NEAREST,
     RAIN,
@@ -39,12 +45,15 @@ from gmmoe_arch.data.degradations import (  # noqa: F401  (re-exported: this mod
     RAIN_CHOICES,
     RAIN_LEVELS,
     add_haze,
+    add_haze_bright,
     add_rain,
     degrade_lowlight,
     depth_proxy,
+    haze_bright_params,
     haze_params,
     lowlight_params,
     rain_params,
+    scene_depth,
     srgb_to_linear,
 )
 from gmmoe_arch.data.image_io import DataError, MissingDataError, read_image_file
@@ -52,17 +61,19 @@ from gmmoe_arch.data.pairing import culprits, list_images
 from gmmoe_arch.options import is_integer
 
 from .output import PARTIAL, output_locks, settle_leftovers
-from .pack import FORMS, pack_pairs
+from .pack import FORMS, pack_pairs, write_lmdb
 
 RECORD = 'synth.json'
 META_INFO = 'meta_info.txt'
+LABEL_MAPS = 'labelmap'
+LABEL_MAP_LMDB = 'labelmap.lmdb'
 VERSION = 1
 DEGRADATIONS = degradations.names()  # the built-in ones, for importers; checks read the table itself
 
 
 def kinds():
-    """The ``--degradation`` choices: every degradation of the table, then ``mixed``."""
-    return (*degradations.names(), 'mixed')
+    """The ``--degradation`` choices: every degradation of the table, then ``mixed`` and ``regions``."""
+    return (*degradations.all_names(), 'mixed', 'regions')
 
 
 KINDS = kinds()
@@ -72,7 +83,7 @@ def degrade(img, degradation, rng, rain='both'):
     """Draw parameters and degrade an RGB uint8 ``(H, W, 3)`` image -> ``(lq uint8 (H, W, 3), params)``."""
     entry = degradations.TABLE.get(degradation)
     if entry is None:
-        raise ValueError(f'degradation: expected one of {degradations.names()}, got {degradation!r}')
+        raise ValueError(f'degradation: expected one of {degradations.all_names()}, got {degradation!r}')
     params = entry.params(rng, rain=rain)
     return entry.apply(img, params, rng), params
 
@@ -81,6 +92,17 @@ def pair_degradation(degradation, number):
     """The degradation of pair ``number`` (0, 1, ...) of a run of kind ``degradation``."""
     names = degradations.names()
     return names[number % len(names)] if degradation == 'mixed' else degradation
+
+
+def make_pair(clean, kind, number, rng, rain='both'):
+    """Pair ``number`` of a run of ``kind`` from the RGB uint8 image ``clean`` -> ``(label, lq, params, label
+    map uint8 (H, W) or None)``; ``regions`` pairs carry the label of their largest region and a label map."""
+    if kind == 'regions':
+        lq, params, label_map = regions.compose(clean, rng, rain=rain)
+        return params['dominant'], lq, params, label_map
+    label = pair_degradation(kind, number)
+    lq, params = degrade(clean, label, rng, rain)
+    return label, lq, params, None
 
 
 def as_rgb8(img, max_side=None, name='image'):
@@ -161,7 +183,8 @@ def synthesize_images(
             an image file's path.
         out (str): output folder; refused when it holds a complete set unless ``overwrite``, and
             refused always when it is a non-empty folder that is not a synth output.
-        degradation (str): ``'lowlight'``, ``'rain'``, ``'haze'`` or ``'mixed'``.
+        degradation (str): a degradation of the table (``'lowlight'``, ``'rain'``, ``'haze'``, ...), ``'mixed'``
+            or ``'regions'``.
         seed (int): the pair with image index ``i`` and variant ``k`` draws from ``default_rng([seed, i, k])``.
         per_image (int): degraded variants per image; stems are ``<name>_<k>`` when above 1.
         lmdb (bool): also pack ``out/lmdb/{lq,gt}.lmdb`` (labels in their ``meta_info.txt``).
@@ -186,21 +209,32 @@ def synthesize_images(
         try:
             record = _write(images, tmp, settings, progress)
             if lmdb:
-                labels = {pair['name']: pair['label'] for pair in record['pairs']}
-                pack_pairs(
-                    os.path.join(tmp, 'lq'),
-                    os.path.join(tmp, 'gt'),
-                    os.path.join(tmp, 'lmdb'),
-                    form=form,
-                    workers=1,
-                    progress=progress,
-                    labels=labels,
-                )
+                _pack(tmp, record, form, progress)
             _write_json(os.path.join(tmp, RECORD), record)
             _replace(tmp, out, parent)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return record
+
+
+def _pack(folder, record, form, progress):
+    """``folder/lmdb/{lq,gt}.lmdb`` of the pairs in ``folder`` (labels in meta_info.txt) and, when the pairs
+    have label maps, ``folder/lmdb/labelmap.lmdb`` under the same keys (named by ``labelmap=`` fields)."""
+    out = os.path.join(folder, 'lmdb')
+    maps = [pair['name'] for pair in record['pairs'] if 'labelmap' in pair]
+    pack_pairs(
+        os.path.join(folder, 'lq'),
+        os.path.join(folder, 'gt'),
+        out,
+        form=form,
+        workers=1,
+        progress=progress,
+        labels={pair['name']: pair['label'] for pair in record['pairs']},
+        label_maps={name: f'../{LABEL_MAP_LMDB}' for name in maps},
+    )
+    if maps:
+        images = [(name, read_image_file(os.path.join(folder, LABEL_MAPS, f'{name}.png'))) for name in maps]
+        write_lmdb(os.path.join(out, LABEL_MAP_LMDB), images, form, 'labelmap')
 
 
 def check_options(degradation, seed, per_image, max_side, rain, form=None):
@@ -233,7 +267,7 @@ def _check(images, out, degradation, seed, per_image, max_side, rain, overwrite)
     if twice:
         raise DataError(f'image names must be unique: {culprits(map(repr, twice))}')
     _check_out(os.path.abspath(out), overwrite)
-    return {
+    settings = {
         'version': VERSION,
         'degradation': degradation,
         'seed': int(seed),
@@ -241,6 +275,9 @@ def _check(images, out, degradation, seed, per_image, max_side, rain, overwrite)
         'rain': rain,
         'max_side': max_side,
     }
+    if degradation == 'regions':
+        settings['label_indices'] = degradations.label_indices()
+    return settings
 
 
 def _check_out(out, overwrite):
@@ -258,31 +295,59 @@ def _check_out(out, overwrite):
         )
 
 
+def synthesized_pairs(images, kind, seed=0, per_image=1, rain='both', max_side=None, progress=False):
+    """Yield every pair of a run over ``images`` (see :func:`synthesize_images`), in order, as dicts: ``name``
+    (the stem), ``image``, ``k``, ``label``, ``params``, ``lq`` and ``gt`` (RGB uint8), ``label_map`` (uint8 or
+    None). Pair ``k`` of image ``index`` draws from ``default_rng([seed, index, k])``: what is written to disk
+    and what is scored in memory (:mod:`datasets_lmdb.baseline_check`) are the same pairs."""
+    for index, (name, source) in enumerate(tqdm(images, unit='image', disable=not progress, desc=f'synth {kind}')):
+        clean = as_rgb8(_load(source), max_side, f'image {name!r}')
+        for k in range(per_image):
+            rng = np.random.default_rng([seed, index, k])
+            label, lq, params, label_map = make_pair(clean, kind, index * per_image + k, rng, rain)
+            stem = f'{name}_{k}' if per_image > 1 else name
+            yield {
+                'name': stem,
+                'image': name,
+                'k': k,
+                'label': label,
+                'params': params,
+                'lq': lq,
+                'gt': clean,
+                'label_map': label_map,
+            }
+
+
 def _write(images, folder, settings, progress):
-    """Degrade and write every pair into ``folder/{lq,gt}`` and ``meta_info.txt``; returns the record."""
-    for side in ('lq', 'gt'):
+    """Degrade and write every pair into ``folder/{lq,gt}`` (and ``labelmap``) and ``meta_info.txt``; returns
+    the record."""
+    kind = settings['degradation']
+    for side in ('lq', 'gt', LABEL_MAPS) if kind == 'regions' else ('lq', 'gt'):
         os.makedirs(os.path.join(folder, side))
     pairs, lines = [], []
-    per_image = settings['per_image']
-    desc = f'synth {settings["degradation"]}'
-    for index, (name, source) in enumerate(tqdm(images, unit='image', disable=not progress, desc=desc)):
-        clean = as_rgb8(_load(source), settings['max_side'], f'image {name!r}')
-        for k in range(per_image):
-            label = pair_degradation(settings['degradation'], index * per_image + k)
-            rng = np.random.default_rng([settings['seed'], index, k])
-            lq, params = degrade(clean, label, rng, settings['rain'])
-            stem = f'{name}_{k}' if per_image > 1 else name
-            for side, img in (('lq', lq), ('gt', clean)):
-                path = os.path.join(folder, side, f'{stem}.png')
-                if not cv2.imwrite(path, cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
-                    raise OSError(f'{path}: could not be written')
-            h, w = clean.shape[:2]
-            lines.append(f'{stem}.png ({h},{w},3) label={label}\n')
-            pairs.append({'name': stem, 'image': name, 'k': k, 'label': label, 'params': params})
+    options = {key: settings[key] for key in ('seed', 'per_image', 'rain', 'max_side')}
+    for made in synthesized_pairs(images, kind, progress=progress, **options):
+        stem, label, label_map = made['name'], made['label'], made['label_map']
+        pair = {key: made[key] for key in ('name', 'image', 'k', 'label', 'params')}
+        for side in ('lq', 'gt'):
+            _write_png(os.path.join(folder, side, f'{stem}.png'), cv2.cvtColor(made[side], cv2.COLOR_RGB2BGR))
+        h, w = made['gt'].shape[:2]
+        line = f'{stem}.png ({h},{w},3) label={label}'
+        if label_map is not None:
+            pair['labelmap'] = f'{LABEL_MAPS}/{stem}.png'
+            _write_png(os.path.join(folder, pair['labelmap']), label_map)
+            line += f' labelmap={pair["labelmap"]}'
+        lines.append(line + '\n')
+        pairs.append(pair)
     with open(os.path.join(folder, META_INFO), 'w', encoding='ascii') as f:
         f.writelines(lines)
-    counts = {label: sum(p['label'] == label for p in pairs) for label in degradations.names()}
+    counts = {label: sum(p['label'] == label for p in pairs) for label in degradations.all_names()}
     return {'settings': settings, 'counts': {k: v for k, v in counts.items() if v}, 'pairs': pairs}
+
+
+def _write_png(path, img):
+    if not cv2.imwrite(path, img):
+        raise OSError(f'{path}: could not be written')
 
 
 def _write_json(path, record):

@@ -22,7 +22,7 @@ def to_uint8(x):
 
 
 def test_every_degradation_has_a_baseline():
-    assert set(BASELINES) == {'lowlight', 'rain', 'haze'}
+    assert set(BASELINES) == {'lowlight', 'rain', 'haze', 'haze_bright'}
     assert all(BASELINES[label] for label in BASELINES)
 
 

@@ -301,3 +301,17 @@ def lmdb_env(path, **kwargs):
     env = open_lmdb(path, **kwargs)
     _ENVS[real] = ident, env
     return env
+
+
+def read_lmdb_entry(root, key, verify_checksum=False, **kwargs):
+    """:func:`decode` the entry ``key`` of the LMDB at ``root`` (``kwargs`` go to :func:`lmdb_env`); a missing
+    entry or a damaged database is a ``DataError`` naming both."""
+    try:
+        with lmdb_env(root, **kwargs).begin(write=False) as txn:
+            buf = txn.get(key.encode('ascii'))
+    except lmdb.Error as err:
+        raise DataError(
+            f'{root}: key {key}: damaged database ({type(err).__name__}: {err}); re-pack with '
+            '`datasets_lmdb pack --overwrite`'
+        ) from None
+    return decode(buf, f'{root}: key {key}', verify_checksum)

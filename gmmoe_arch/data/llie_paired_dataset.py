@@ -3,6 +3,8 @@
 import os
 
 import lmdb
+import numpy as np
+import torch
 from basicsr.data.transforms import augment, paired_random_crop
 from basicsr.utils import img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
@@ -10,7 +12,8 @@ from torch.utils import data
 from torchvision.transforms.functional import normalize
 
 from ..registry import register
-from .image_io import DataError, decode, lmdb_env, read_image_file, to_float_bgr
+from . import label_maps
+from .image_io import DataError, lmdb_env, read_image_file, read_lmdb_entry, to_float_bgr
 from .pack_info import check_same_pack
 from .pairing import (
     check_label,
@@ -19,6 +22,7 @@ from .pairing import (
     culprits,
     list_images,
     pair_stems,
+    read_lmdb_label_maps,
     read_lmdb_labels,
     read_lmdb_meta,
     read_pair_list,
@@ -40,6 +44,10 @@ class LLIEPairedDataset(data.Dataset):
             (and labelling them).
         label (str, optional): the degradation label of every pair (e.g. ``rain`` for Rain100L); it
             takes precedence over labels in ``meta_info_file`` or the LMDB's ``meta_info.txt``.
+        label_maps (bool, optional): return per-pixel label maps (``label_map``). Default: when any pair
+            has one (``labelmap=REF`` in ``meta_info_file`` or the lq LMDB's ``meta_info.txt``); ``true``
+            also for a set without any, ``false`` never. Pairs without a map get theirs filled with the
+            index of their label, which must be one of the degradation table's.
         pair_rule: 'identical' (default), 'lol_v2_real' (lowN <-> normalN) or
             ``{lq: REGEX, gt: TEMPLATE}`` on file stems / LMDB keys (see ``gmmoe_arch.data.pairing``).
         skip_unpaired (bool): use the pairs found and ignore files without a partner (default false).
@@ -51,11 +59,13 @@ class LLIEPairedDataset(data.Dataset):
     of ``datasets_lmdb`` (including LMDBs packed by BasicSR's scripts). Grayscale becomes 3 channels,
     alpha is dropped, 16-bit is scaled by 65535.
 
-    Returns per index ``{'lq': (3, H, W), 'gt': (3, H, W), 'lq_path', 'gt_path'[, 'label']}``: float32
+    Returns per index ``{'lq': (3, H, W), 'gt': (3, H, W), 'lq_path', 'gt_path'[, 'label'][, 'label_map']}``: float32
     RGB tensors in [0, 1] (before mean/std), file paths (disk) or LMDB keys (lmdb), and the pair's
     degradation label (str) when the dataset is labelled: by the ``label`` option, else by
     ``label=NAME`` fields in ``meta_info_file``, else (lmdb) in the lq LMDB's ``meta_info.txt``. Labels
-    come for every pair or for none (a list labelling only some pairs is a ``DataError``).
+    come for every pair or for none (a list labelling only some pairs is a ``DataError``). ``label_map``
+    (see ``label_maps``): int64 ``(H, W)``, each pixel's degradation index
+    (:func:`gmmoe_arch.data.degradations.label_indices`), cropped, flipped and rotated with the pair.
 
     Every problem with the data (missing or empty folder, unpaired files, unreadable, truncated or
     oversized image, lq/gt size mismatch, missing, damaged, truncated or incomplete LMDB, keys listed
@@ -89,6 +99,8 @@ class LLIEPairedDataset(data.Dataset):
             self.pairs, sizes = self._lmdb_pairs() if self.backend == 'lmdb' else self._disk_pairs()
             self._check_crop(sizes)
             self.labels = self._labels()
+            self.sizes = sizes
+            self.label_maps = self._label_maps()
         except (ValueError, FileNotFoundError) as err:
             raise type(err)(f'{self.where}{err}') from None
 
@@ -107,9 +119,9 @@ class LLIEPairedDataset(data.Dataset):
         """The label of each pair (a list aligned with ``self.pairs``), or ``None`` for an unlabelled dataset."""
         if self.opt.get('label') is not None:
             return [check_label(self.opt['label'], 'label')] * len(self.pairs)
-        keys = [lq if self.backend == 'lmdb' else stem(lq) for lq, _ in self.pairs]
-        if self.listed is not None and any(label for *_, label in self.listed):
-            labels, where = {lq: label for lq, _, label in self.listed if label}, self.opt['meta_info_file']
+        keys = self._keys()
+        if self.listed is not None and any(label for _, _, label, _ in self.listed):
+            labels, where = {lq: label for lq, _, label, _ in self.listed if label}, self.opt['meta_info_file']
         elif self.backend == 'lmdb':
             labels, where = read_lmdb_labels(self.roots[0], 'dataroot_lq'), f'{self.roots[0]}/meta_info.txt'
         else:
@@ -118,6 +130,52 @@ class LLIEPairedDataset(data.Dataset):
             return None
         check_labels(labels, keys, where)
         return [labels[key] for key in keys]
+
+    def _keys(self):
+        """Each pair's key: its LMDB key, or its lq file's stem."""
+        return [lq if self.backend == 'lmdb' else stem(lq) for lq, _ in self.pairs]
+
+    def _label_maps(self):
+        """Each pair's label map reference (``None``: filled from its label), or ``None`` for no label maps."""
+        wanted = self.opt.get('label_maps')
+        if wanted not in (None, True, False):
+            raise ValueError(f'label_maps: expected true or false, got {wanted!r}')
+        if wanted is False:
+            return None
+        if self.listed is not None:
+            refs = {lq: ref for lq, _, _, ref in self.listed if ref}
+        else:
+            refs = read_lmdb_label_maps(self.roots[0], 'dataroot_lq') if self.backend == 'lmdb' else {}
+        if not refs and not wanted:
+            return None
+        keys = self._keys()
+        found = [refs.get(key) for key in keys]
+        label_maps.check_refs(found, keys, self.sizes)
+        self.fill_label_maps(found)
+        return found
+
+    def fill_label_maps(self, refs=None):
+        """Return label maps from now on, filled from their labels for the pairs without one (``refs``: the
+        pairs' references, default those found); ``DataError`` when such a pair's label has no index."""
+        refs = refs or self.label_maps or [None] * len(self.pairs)
+        missing = [key for key, ref in zip(self._keys(), refs) if ref is None]
+        if missing and self.labels is None:
+            raise DataError(
+                f'{len(missing)} pair(s) with neither a label map (labelmap=) nor a label to fill one from: '
+                f'{culprits(missing)}'
+            )
+        self.fill_values = {
+            label: label_maps.fill_value(label, 'label') for label, ref in zip(self.labels or [], refs) if ref is None
+        }
+        self.label_maps = refs
+
+    def _load_label_map(self, index, size):
+        """``(H, W, 1)`` uint8 label map of pair ``index``, read or filled."""
+        ref, lq_ref = self.label_maps[index], self.pairs[index][0]
+        if ref is None:
+            return label_maps.filled((*size, 1), self.fill_values[self.labels[index]])
+        key = lq_ref if self.backend == 'lmdb' else stem(lq_ref)
+        return label_maps.load(ref, key, size, self.verify_checksum, **self.io_opt)[:, :, None].copy()
 
     def _disk_pairs(self):
         lq_dir, gt_dir = self.roots
@@ -165,16 +223,7 @@ class LLIEPairedDataset(data.Dataset):
         """``(h, w[, c])`` uint8/uint16 image: a file (disk) or an entry of the lq/gt LMDB."""
         if self.backend != 'lmdb':
             return read_image_file(ref)
-        root = self.roots[side == 'gt']
-        try:
-            with lmdb_env(root, **self.io_opt).begin(write=False) as txn:
-                buf = txn.get(ref.encode('ascii'))
-        except lmdb.Error as err:
-            raise DataError(
-                f'{root}: key {ref}: damaged database ({type(err).__name__}: {err}); re-pack with '
-                '`datasets_lmdb pack --overwrite`'
-            ) from None
-        return decode(buf, f'{root}: key {ref}', self.verify_checksum)
+        return read_lmdb_entry(self.roots[side == 'gt'], ref, self.verify_checksum, **self.io_opt)
 
     def __getitem__(self, index):
         lq_ref, gt_ref = self.pairs[index]
@@ -184,11 +233,19 @@ class LLIEPairedDataset(data.Dataset):
             raise type(err)(f'{self.where}{err}') from None
         if lq.shape[:2] != gt.shape[:2]:
             raise DataError(f'{self.where}{lq_ref} {lq.shape[:2]} and {gt_ref} {gt.shape[:2]} differ in size')
-        if self.train and self.gt_size:
-            gt, lq = paired_random_crop(gt, lq, self.gt_size, 1, gt_ref)
+        extra = []
+        if self.label_maps is not None:
+            try:
+                extra = [self._load_label_map(index, lq.shape[:2])]
+            except DataError as err:
+                raise type(err)(f'{self.where}{err}') from None
+        if self.train and self.gt_size:  # the label map is cropped as a second gt image: at the same place
+            gts, lq = paired_random_crop([gt, *extra], lq, self.gt_size, 1, gt_ref)
+            gt, *extra = gts if extra else [gts]  # one image comes back bare, not in a list
+            extra = [np.ascontiguousarray(m) for m in extra]
         lq, gt = to_float_bgr(lq), to_float_bgr(gt)
         if self.train and (self.use_hflip or self.use_rot):
-            lq, gt = augment([lq, gt], self.use_hflip, self.use_rot)
+            lq, gt, *extra = augment([lq, gt, *extra], self.use_hflip, self.use_rot)
         lq, gt = img2tensor([lq, gt], bgr2rgb=True, float32=True)
         if self.mean is not None:
             normalize(lq, self.mean, self.std, inplace=True)
@@ -196,6 +253,8 @@ class LLIEPairedDataset(data.Dataset):
         sample = {'lq': lq, 'gt': gt, 'lq_path': lq_ref, 'gt_path': gt_ref}
         if self.labels is not None:
             sample['label'] = self.labels[index]
+        if extra:
+            sample['label_map'] = torch.from_numpy(np.ascontiguousarray(extra[0][:, :, 0])).long()
         return sample
 
     def __len__(self):

@@ -40,7 +40,9 @@ class MixedPairedDataset(data.Dataset):
     option or by ``label=NAME`` fields in its ``meta_info_file`` / LMDB ``meta_info.txt`` (a synthesized
     ``mixed`` set brings several labels). ``repeat: N`` (integer >= 1, default 1) lists a set N times, to
     balance small sets against large ones. Samples are those of the sets, in order (set 0 first); crops
-    and flips are each set's own. Errors name ``datasets.<phase>.sets[i].<key>``.
+    and flips are each set's own. When a set brings per-pixel label maps (a ``regions`` synthesis), every set
+    returns ``label_map``: the others filled with their label's index (``LLIEPairedDataset``'s ``label_maps``),
+    so that BasicSR's default collate stacks any batch. Errors name ``datasets.<phase>.sets[i].<key>``.
 
     Attributes: ``datasets`` (the built sets), ``repeats``, ``labels`` (one per index, repeats included).
     """
@@ -79,6 +81,13 @@ class MixedPairedDataset(data.Dataset):
                 )
             self.datasets.append(dataset)
             self.repeats.append(repeat)
+        if any(dataset.label_maps is not None for dataset in self.datasets):  # all or none, so batches collate
+            for i, dataset in enumerate(self.datasets):
+                if dataset.label_maps is None:
+                    try:
+                        dataset.fill_label_maps()
+                    except ValueError as err:
+                        raise type(err)(_at(f'{where}.sets[{i}]', str(err))) from None
         self.ends = []
         total = 0
         for dataset, repeat in zip(self.datasets, self.repeats):

@@ -12,7 +12,9 @@ stem to its gt stem:
 Degradation labels (``'lowlight'``, ``'rain'``, ``'haze'``, ...) ride along as a trailing
 ``label=NAME`` field of a ``meta_info_file`` line (``LQ_NAME [GT_NAME] label=NAME``) or of an LMDB's
 ``meta_info.txt`` line (``KEY.EXT (h,w,c) TAG label=NAME``). BasicSR's own readers take the first
-field (or the part before the first dot) of each line, so they read such files as before.
+field (or the part before the first dot) of each line, so they read such files as before. A per-pixel
+label map (:mod:`.label_maps`) is named by a ``labelmap=REF`` field after the label, ``REF`` relative to the
+folder of the file that names it: a PNG file, or an LMDB folder holding it under the pair's key.
 
 Problems with the data (missing folders, unpaired or unreadable files) raise
 :class:`~gmmoe_arch.data.image_io.DataError` (``MissingDataError``, also a ``FileNotFoundError``, for
@@ -30,8 +32,12 @@ SHOWN = 5
 #: where a user who lacks a data folder is sent
 WHERE_TO_LOOK = '`datasets_lmdb presets` prints the folder trees each dataset needs; see docs/data.md'
 LABEL_PREFIX = 'label='
+LABELMAP_PREFIX = 'labelmap='
 _LABEL = re.compile(r'[A-Za-z0-9_-]+')
-_META_LINE = re.compile(r'^(\S+)\s+\((\d+),\s*(\d+),\s*(\d+)\)(?:\s+(?!label=)(\S+))?(?:\s+label=(\S*))?\s*$')
+_META_LINE = re.compile(
+    r'^(\S+)\s+\((\d+),\s*(\d+),\s*(\d+)\)(?:\s+(?!label=|labelmap=)(\S+))?(?:\s+label=(\S*))?'
+    r'(?:\s+labelmap=(\S+))?\s*$'
+)
 
 
 def culprits(items):
@@ -130,11 +136,12 @@ def check_labels(labels, keys, where):
 
 
 def read_pair_list(path):
-    """Read a ``meta_info_file``: lines ``LQ_NAME [GT_NAME] [label=NAME]``.
+    """Read a ``meta_info_file``: lines ``LQ_NAME [GT_NAME] [label=NAME] [labelmap=REF]``.
 
-    Returns ``[(lq_stem, gt_stem|None, label|None)]``. Names may carry extensions; a second field
-    starting with ``(`` (BasicSR's shape column) is not a gt name, so BasicSR meta_info files (and
-    the ``NAME.png (h,w,c) label=NAME`` lines ``datasets_lmdb synth`` writes) can be used as they are.
+    Returns ``[(lq_stem, gt_stem|None, label|None, label map path|None)]``, the label map's ``REF`` joined to
+    the file's folder. Names may carry extensions; a second field starting with ``(`` (BasicSR's shape
+    column) is not a gt name, so BasicSR meta_info files (and the ``NAME.png (h,w,c) label=NAME`` lines
+    ``datasets_lmdb synth`` writes) can be used as they are.
     """
     if not os.path.isfile(path):
         raise MissingDataError(f'meta_info_file: file not found: {path}')
@@ -144,13 +151,19 @@ def read_pair_list(path):
             fields = line.split()
             if not fields:
                 continue
-            labels = [field[len(LABEL_PREFIX) :] for field in fields[1:] if field.startswith(LABEL_PREFIX)]
-            others = [field for field in fields[1:] if not field.startswith(LABEL_PREFIX)]
-            if len(labels) > 1:
-                raise DataError(f'meta_info_file: {path} line {number} has {len(labels)} label= fields')
+            tagged = {prefix: [] for prefix in (LABEL_PREFIX, LABELMAP_PREFIX)}
+            others = []
+            for field in fields[1:]:
+                prefix = next((p for p in tagged if field.startswith(p)), None)
+                (others if prefix is None else tagged[prefix]).append(field[len(prefix or '') :])
+            for prefix, values in tagged.items():
+                if len(values) > 1:
+                    raise DataError(f'meta_info_file: {path} line {number} has {len(values)} {prefix} fields')
+            labels, label_maps = tagged[LABEL_PREFIX], tagged[LABELMAP_PREFIX]
             label = check_label(labels[0], f'meta_info_file: {path} line {number}') if labels else None
+            label_map = os.path.join(os.path.dirname(path), label_maps[0]) if label_maps else None
             gt = others[0] if others and not others[0].startswith('(') else None
-            pairs.append((stem(fields[0]), stem(gt) if gt else None, label))
+            pairs.append((stem(fields[0]), stem(gt) if gt else None, label, label_map))
     if not pairs:
         raise DataError(f'meta_info_file: no entries in {path}')
     return pairs
@@ -228,16 +241,27 @@ def read_lmdb_meta(lmdb_dir, option):
     Returns ``{key: (h, w, c)}``; the key is NAME without its extension. Raises naming ``option``
     when the folder, its ``data.mdb`` or its ``meta_info.txt`` is missing or a line is malformed.
     """
-    return {key: shape for key, shape, _ in _lmdb_meta_lines(lmdb_dir, option)}
+    return {key: shape for key, shape, *_ in _lmdb_meta_lines(lmdb_dir, option)}
 
 
 def read_lmdb_labels(lmdb_dir, option):
     """``{key: label}`` of the ``meta_info.txt`` lines of ``<lmdb_dir>`` that carry ``label=NAME``."""
-    return {key: label for key, _, label in _lmdb_meta_lines(lmdb_dir, option) if label is not None}
+    return {key: label for key, _, label, _ in _lmdb_meta_lines(lmdb_dir, option) if label is not None}
+
+
+def read_lmdb_label_maps(lmdb_dir, option):
+    """``{key: label map LMDB folder}`` of the ``meta_info.txt`` lines of ``<lmdb_dir>`` that carry
+    ``labelmap=REF`` (``REF`` joined to ``lmdb_dir``; the map is stored there under the same key)."""
+    return {
+        key: os.path.normpath(os.path.join(lmdb_dir, ref))
+        for key, _, _, ref in _lmdb_meta_lines(lmdb_dir, option)
+        if ref is not None
+    }
 
 
 def _lmdb_meta_lines(lmdb_dir, option):
-    """``[(key, (h, w, c), label|None)]`` of ``<lmdb_dir>/meta_info.txt``; see :func:`read_lmdb_meta`."""
+    """``[(key, (h, w, c), label|None, labelmap REF|None)]`` of ``<lmdb_dir>/meta_info.txt``; see
+    :func:`read_lmdb_meta`."""
     if not os.path.isdir(lmdb_dir):
         raise MissingDataError(
             f'{option}: LMDB folder not found: {lmdb_dir}; pack the dataset with '
@@ -258,12 +282,14 @@ def _lmdb_meta_lines(lmdb_dir, option):
             match = _META_LINE.match(line.strip())
             if match is None:
                 raise DataError(
-                    f'{option}: {lmdb_dir}/meta_info.txt line {number} is not "NAME.EXT (h,w,c) TAG": {line.strip()!r}'
+                    f'{option}: {lmdb_dir}/meta_info.txt line {number} is not '
+                    f'"NAME.EXT (h,w,c) TAG [label=NAME] [labelmap=REF]": {line.strip()!r}'
                 )
             name, label = match.group(1), match.group(6)
             if label is not None:
                 check_label(label, f'{option}: {path} line {number}')
-            meta.append((name.rsplit('.', 1)[0], tuple(int(match.group(i)) for i in (2, 3, 4)), label))
+            shape = tuple(int(match.group(i)) for i in (2, 3, 4))
+            meta.append((name.rsplit('.', 1)[0], shape, label, match.group(7)))
     if not meta:
         raise DataError(f'{option}: {lmdb_dir}/meta_info.txt lists no images')
     return meta

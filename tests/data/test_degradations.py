@@ -50,8 +50,10 @@ def photos(n=2):
 
 
 def test_everything_reads_the_table():
-    assert synth.DEGRADATIONS == degradations.names() == ('lowlight', 'rain', 'haze')
-    assert synth.KINDS == (*degradations.names(), 'mixed')
+    assert synth.DEGRADATIONS == degradations.names() == ('lowlight', 'rain', 'haze')  # what mixed sets draw
+    assert degradations.all_names() == (*degradations.names(), 'haze_bright')  # a variant, for comparison
+    assert synth.KINDS == (*degradations.all_names(), 'mixed', 'regions')
+    assert degradations.label_indices() == {'lowlight': 0, 'rain': 1, 'haze': 2, 'haze_bright': 3}
     assert baselines.BASELINES == {name: dict(d.baselines) for name, d in degradations.TABLE.items()}
     assert ev.choose_baselines(['haze', 'snow']) == {'haze': baselines.BASELINES['haze'], 'snow': {}}
 
@@ -91,8 +93,9 @@ def test_a_registered_degradation_is_ordered_evaluated_and_has_its_baseline_row(
 
 
 def test_register_refuses_names_that_cannot_be_labels():
-    with pytest.raises(ValueError, match='register_degradation: "mixed" is the kind'):
-        degradations.register_degradation('mixed', veil_params, add_veil)
+    for kind in ('mixed', 'regions'):
+        with pytest.raises(ValueError, match=f'register_degradation: "{kind}" is a kind that combines'):
+            degradations.register_degradation(kind, veil_params, add_veil)
     for name in ('two words', '', 'a/b', None):
         with pytest.raises(DataError, match=f'register_degradation: bad label {name!r}'):
             degradations.register_degradation(name, veil_params, add_veil)
