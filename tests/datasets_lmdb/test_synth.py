@@ -1,4 +1,5 @@
-"""datasets_lmdb synth: seeded low light, rain, haze and mixed pairs with labels; bad sources and outputs."""
+"""datasets_lmdb synth: seeded low light, rain, haze, mixed and regions pairs with labels (and label maps); bad
+sources and outputs."""
 
 import json
 import os
@@ -7,11 +8,15 @@ import signal
 import cv2
 import numpy as np
 import pytest
+import torch
 
-from datasets_lmdb import synth
+from datasets_lmdb import synth, verify
 from datasets_lmdb.__main__ import main
+from datasets_lmdb.synth import META_INFO as META
 from datasets_lmdb.synth import as_rgb8, synthesize, synthesize_images
+from gmmoe_arch.data import degradations
 from gmmoe_arch.data.image_io import DataError, MissingDataError
+from gmmoe_arch.data.llie_paired_dataset import LLIEPairedDataset
 
 SIZE = (32, 48)
 
@@ -282,3 +287,40 @@ def test_killed_run_leaves_no_output_and_the_next_run_cleans_up(clean, tmp_path)
     run(clean, out, 'rain')
     assert sorted(os.listdir(out)) == ['gt', 'lq', 'meta_info.txt', 'synth.json']
     assert_nothing_complete(tmp_path, tmp_path / 'absent')
+
+
+def test_regions_write_label_maps_into_meta_info_and_the_lmdb(clean, tmp_path, capsys):
+    out = tmp_path / 'out'
+    args = ['synth', '--degradation', 'regions', '--src', str(clean), '--out', str(out), '--seed', '1']
+    assert main(args + ['--per-image', '2', '--lmdb', '--no-progress']) == 0
+    assert '6 pairs (' in capsys.readouterr().out
+    record = json.loads((out / 'synth.json').read_text())
+    indices = degradations.label_indices()
+    assert record['settings']['label_indices'] == indices
+    lines = (out / 'meta_info.txt').read_text().splitlines()
+    maps = {}
+    for pair, line in zip(record['pairs'], lines):
+        assert line == f'{pair["name"]}.png ({SIZE[0]},{SIZE[1]},3) label={pair["label"]} labelmap={pair["labelmap"]}'
+        label_map = cv2.imread(str(out / pair['labelmap']), cv2.IMREAD_UNCHANGED)
+        assert label_map.shape == SIZE and label_map.dtype == np.uint8
+        values = {indices[label] for label in pair['params']['labels']}
+        assert set(np.unique(label_map)) == values and len(values) >= 2
+        assert pair['label'] == pair['params']['dominant']
+        maps[pair['name']] = torch.from_numpy(label_map).long()
+    assert sum(record['counts'].values()) == 6
+    problems = verify(str(out / 'lmdb'), progress=False)
+    assert problems[1] == [] and problems[0][str(out / 'lmdb' / 'labelmap.lmdb')] == 6
+    common = {'name': 'regions', 'type': 'LLIEPairedDataset', 'phase': 'val'}
+    on_disk = {'dataroot_lq': str(out / 'lq'), 'dataroot_gt': str(out / 'gt'), 'meta_info_file': str(out / META)}
+    packed = {'dataroot_lq': str(out / 'lmdb' / 'lq.lmdb'), 'dataroot_gt': str(out / 'lmdb' / 'gt.lmdb')}
+    for opt in (on_disk, dict(packed, io_backend={'type': 'lmdb'})):
+        dataset = LLIEPairedDataset({**common, **opt})
+        for sample, pair in zip(dataset, record['pairs']):
+            assert torch.equal(sample['label_map'], maps[pair['name']]) and sample['label'] == pair['label']
+
+
+def test_regions_pairs_are_seeded(clean, tmp_path):
+    first = run(clean, tmp_path / 'one', 'regions', seed=4)
+    again = run(clean, tmp_path / 'two', 'regions', seed=4)
+    assert first['pairs'] == again['pairs']
+    assert files(tmp_path / 'one' / 'labelmap') == files(tmp_path / 'two' / 'labelmap')
