@@ -111,21 +111,30 @@ def estimate_airlight(x, dark, fraction=0.001):
     return x.reshape(-1, 3)[idx].mean(axis=0)
 
 
-def dark_channel_prior(img, patch=15, omega=0.95, t0=0.1, radius=40, eps=1e-3):
+def dark_channel_prior(img, patch=15, omega=0.95, t0=0.1, radius=40, eps=1e-3, refine=True):
     """Haze: He et al.'s dark channel prior.
 
     In haze-free outdoor patches some channel of some pixel is near zero, so under
     ``I = J t + A (1 - t)`` the dark channel of ``I / A`` estimates ``1 - t``. Steps: dark channel with a
     15x15 minimum filter; airlight from the brightest 0.1% of dark-channel pixels; transmission
     ``t = 1 - 0.95 * dark(I / A)`` (0.95 keeps a little haze for depth), refined by the guided filter on the
-    grey image (radius 40, eps 1e-3); ``J = (I - A) / max(t, 0.1) + A``.
+    grey image (radius 40, eps 1e-3; He et al.'s later replacement for soft matting, with this module's
+    :func:`guided_filter`), unless ``refine`` is false (:func:`dark_channel_prior_coarse`);
+    ``J = (I - A) / max(t, 0.1) + A``.
     """
     x = _to_float(img)
     airlight = np.maximum(estimate_airlight(x, dark_channel(x, patch)), 1e-3)
     t = 1.0 - omega * dark_channel(x / airlight, patch)
-    grey = cv2.cvtColor(x.astype(np.float32), cv2.COLOR_RGB2GRAY).astype(np.float64)
-    t = guided_filter(grey, t, radius, eps)
+    if refine:
+        grey = cv2.cvtColor(x.astype(np.float32), cv2.COLOR_RGB2GRAY).astype(np.float64)
+        t = guided_filter(grey, t, radius, eps)
     return _to_uint8((x - airlight) / np.maximum(t, t0)[..., None] + airlight)
+
+
+def dark_channel_prior_coarse(img):
+    """Haze: :func:`dark_channel_prior` with the coarse transmission (the 15x15 minimum filter's blocks, not
+    refined): its halos at depth edges are what the refinement removes."""
+    return dark_channel_prior(img, refine=False)
 
 
 def __getattr__(name):

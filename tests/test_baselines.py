@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 from basicsr.metrics import calculate_psnr
 
-from gmmoe_arch.baselines import BASELINES, box_mean, clahe, dark_channel_prior, gamma_correction, guided_filter
+from gmmoe_arch.baselines import (
+    BASELINES,
+    box_mean,
+    clahe,
+    dark_channel_prior,
+    dark_channel_prior_coarse,
+    gamma_correction,
+    guided_filter,
+)
 
 ALL = [(label, name, fn) for label, group in BASELINES.items() for name, fn in group.items()]
 
@@ -95,3 +103,20 @@ def test_dark_channel_prior_dehazes_a_known_scattering_model():
     hazy = to_uint8(clean * t[..., None] + airlight * (1 - t[..., None]))
     out, clean = dark_channel_prior(hazy)[12:], to_uint8(clean)[12:]
     assert calculate_psnr(out, clean, 0) > calculate_psnr(hazy[12:], clean, 0) + 10
+
+
+def test_guided_refinement_removes_the_coarse_transmissions_halo_at_a_depth_edge():
+    rng = np.random.default_rng(7)
+    clean = smooth_image(rng)
+    clean = 0.05 + 0.9 * (clean - 0.9 * clean.min(axis=2, keepdims=True))
+    t = np.full(clean.shape[:2], 0.35)
+    t[:, 64:] = 0.8  # a nearer object on the right: a step in depth
+    t[:10] = 0.02
+    airlight = np.array([0.85, 0.88, 0.92])
+    hazy = to_uint8(clean * t[..., None] + airlight * (1 - t[..., None]))
+    target = to_uint8(clean)[10:]
+    coarse, refined = dark_channel_prior_coarse(hazy)[10:], dark_channel_prior(hazy)[10:]
+    assert not np.array_equal(coarse, refined)
+    band = slice(64 - 10, 64 + 10)  # the 15x15 minimum filter spreads the edge's haze estimate over 7 pixels
+    assert calculate_psnr(refined[:, band], target[:, band], 0) > calculate_psnr(coarse[:, band], target[:, band], 0)
+    assert calculate_psnr(coarse, target, 0) > calculate_psnr(hazy[10:], target, 0) + 5
