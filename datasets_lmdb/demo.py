@@ -8,6 +8,9 @@ inside the installed package (nothing is downloaded)::
     <out>/lmdb/{train,val}/{lq,gt}.lmdb the same, packed by datasets_lmdb (preset lol_v1)
     <out>/demo.json                     what was built (photos, degradation parameters per image)
 
+``--regions OUT`` builds instead :func:`build_regions`'s ``OUT/{train,test}`` (several degradations per image,
+with label maps), from the same training and held-out photographs.
+
 The degradation is physically motivated and drawn per image from a seeded generator: the sRGB
 photograph is linearised, its exposure dropped by a factor of 8-33 with a slight white-balance
 cast, photon shot noise (Poisson, at 300-3000 photons for white) and read noise (Gaussian) are added
@@ -131,14 +134,60 @@ def build(out, seed=0, variants=6, train_side=400, val_side=320, progress=False)
     return record
 
 
+def build_regions(out, seed=0, per_image=6, test_per_image=3, train_side=400, test_side=320, progress=False):
+    """``out/train`` and ``out/test``: ``datasets_lmdb synth --degradation regions`` sets (with ``lmdb/``) of the
+    training photographs and of the held-out ones (:data:`VAL_PHOTOS`, which no demo trains on: the split of
+    this demo and of ``scripts/allinone.py``), at the all-in-one demo's sizes; returns the ``regions.json``
+    record (settings, pair counts). Built once per settings, as :func:`build`."""
+    from .synth import synthesize_images
+
+    settings = {
+        'version': VERSION,
+        'seed': seed,
+        'per_image': per_image,
+        'test_per_image': test_per_image,
+        'train_side': train_side,
+        'test_side': test_side,
+        'train_photos': list(TRAIN_PHOTOS),
+        'test_photos': list(VAL_PHOTOS),
+    }
+    record_path = os.path.join(out, 'regions.json')
+    record = reusable_record(record_path, settings)
+    if record is not None:
+        return record
+    counts = {}
+    for split, photos, side, variants in (
+        ('train', TRAIN_PHOTOS, train_side, per_image),
+        ('test', VAL_PHOTOS, test_side, test_per_image),
+    ):
+        images = [(photo, load_photo(photo, side)) for photo in photos]
+        made = synthesize_images(
+            images, os.path.join(out, split), 'regions', seed, variants, lmdb=True, overwrite=True, progress=progress
+        )
+        counts[split] = made['counts']
+    record = {'settings': settings, 'counts': counts}
+    with open(record_path, 'w', encoding='utf-8') as f:
+        json.dump(record, f, indent=1)
+    return record
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog='python -m datasets_lmdb.demo', description=__doc__.split('\n')[0])
     parser.add_argument('--out', default='datasets/demo', help='output folder (default datasets/demo)')
     parser.add_argument('--seed', type=int, default=0, help='seed of the degradations (default 0)')
     parser.add_argument('--variants', type=int, default=6, help='degraded versions per training photo (default 6)')
+    parser.add_argument(
+        '--regions',
+        metavar='OUT',
+        help='instead: build regions sets (several degradations per image, label maps) in OUT/{train,test}',
+    )
     args = parser.parse_args(argv)
     if args.variants < 1:
         parser.error('--variants must be >= 1')
+    if args.regions:
+        record = build_regions(args.regions, seed=args.seed, per_image=args.variants)
+        print(f'regions data: {json.dumps(record["counts"])} -> {args.regions}/{{train,test}}')
+        return 0
     record = build(args.out, seed=args.seed, variants=args.variants)
     print(
         f'demo data: {len(record["train"])} training pairs ({len(TRAIN_PHOTOS)} photos), '
