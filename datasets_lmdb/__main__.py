@@ -10,13 +10,14 @@ Examples::
     datasets_lmdb restore datasets/LOL_lmdb
     datasets_lmdb presets
     datasets_lmdb synth --degradation mixed --src photos --out datasets/allinone --lmdb --seed 0 --per-image 2
+    datasets_lmdb synth --degradation regions --src photos --out datasets/regions --lmdb
 """
 
 import argparse
 import os
 import sys
 
-from gmmoe_arch.data.degradations import TABLE
+from gmmoe_arch.data.degradations import TABLE, names
 
 from .output import PackError, output_locks, settle_leftovers
 from .pack import DEFAULT_FORM, FORMS, pack_pairs
@@ -64,8 +65,13 @@ def _parser():
     sub.add_parser('presets', help='print the folder trees the presets expect')
     synth = sub.add_parser('synth', help='degrade a folder of clean images into a labelled paired set (docs/data.md)')
     described = ', '.join(f'{name}: {entry.title}' for name, entry in TABLE.items())
+    drawn = ', '.join(names())
     synth.add_argument(
-        '--degradation', required=True, choices=kinds(), help=f'{described}; mixed: each of them in turn, per pair'
+        '--degradation',
+        required=True,
+        choices=kinds(),
+        help=f'{described}; mixed: each of {drawn} in turn, per pair; regions: several of them in regions of one '
+        'image, with per-pixel label maps',
     )
     synth.add_argument('--src', required=True, help='folder of clean images')
     synth.add_argument('--out', required=True, help='output folder: <out>/{lq,gt}/*.png, meta_info.txt, synth.json')
