@@ -10,7 +10,7 @@ from basicsr.losses import build_loss
 from basicsr.utils import get_root_logger
 
 import gmmoe_arch  # noqa: F401,I001  (first: applies the basicsr compat patches, fills the registries)
-from gmmoe_arch.archs.experts import Gate
+from gmmoe_arch.archs.gates import Gate
 from gmmoe_arch.losses.gate_losses import GateBalanceLoss, GateRoutingLoss
 
 NAMES = ['ColourExpert', 'DetailExpert', 'FeatureExpert']

@@ -1,0 +1,84 @@
+"""GM-MoE's gates and the registry that YAMLs pick a gate from (``network_g.gate: {type: Name, **options}``).
+
+A gate maps an expert block's input ``(B, C, H, W)`` to mixing weights over its ``n`` experts that are
+non-negative and sum to one over dimension 1, and is built as ``Gate(channels, n_experts, **options)``.
+It declares its :attr:`kind` (see :mod:`.routing`): :data:`~.routing.PER_IMAGE` gates give ``(B, n)``, one
+weight vector per image; :data:`~.routing.PER_PIXEL` gates give ``(B, n, H, W)``, one per pixel. Every
+consumer of gate weights (the block's mixing, top-k, losses, statistics, the tiler, ``--gates``) reads them
+through :mod:`.routing`, so a new gate needs nothing else. Global pooling must go through
+:func:`.pooling.global_mean` (the tiler shares whole-image means through it). docs/experts.md has the contract.
+
+* :class:`Gate` (default, as released): global average pool, Linear C -> C/4 (no bias), ReLU, Linear C/4 -> n
+  (no bias), softmax of the logits / temperature. Saved as the released ``GateNetwork.*``.
+
+The registry is the package's own (like ``EXPERT_REGISTRY``), not one of BasicSR's, so names cannot collide
+with other packages' and :mod:`gmmoe_arch.registry`'s qualified names are not needed.
+"""
+
+import torch
+from basicsr.utils.registry import Registry
+from torch import nn
+
+from .pooling import global_mean
+from .routing import KINDS, PER_IMAGE
+
+GATE_REGISTRY = Registry('gate')
+RELEASED_GATE = 'Gate'
+OPTION = 'network_g.gate'
+
+
+@GATE_REGISTRY.register()
+class Gate(nn.Module):
+    """Per-image softmax gate, as released: ``(B, C, H, W) -> (B, n_experts)`` weights that sum to one.
+
+    Global average pool (:func:`.pooling.global_mean`), Linear C -> C/4, ReLU, Linear C/4 -> n (no
+    biases), softmax of the logits divided by ``temperature`` (released: 3, ``network_g.gate_temperature``).
+    """
+
+    kind = PER_IMAGE
+
+    def __init__(self, channels, n_experts, temperature=3.0):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f'gate_temperature must be > 0, got {temperature}')
+        hidden = max(1, channels // 4)
+        self.mlp = nn.Sequential(
+            nn.Linear(channels, hidden, bias=False), nn.ReLU(inplace=True), nn.Linear(hidden, n_experts, bias=False)
+        )
+        self.temperature = float(temperature)
+
+    def forward(self, u):
+        return torch.softmax(self.mlp(global_mean(u).flatten(1)) / self.temperature, dim=1)
+
+
+def build_gate(spec, channels, n_experts, temperature=3.0):
+    """The gate of an expert block: ``spec`` None (the released :class:`Gate`, at ``temperature``) or a
+    registry name or ``{type: Name, **options}`` (``network_g.gate``). ``temperature`` is
+    ``network_g.gate_temperature``, the released gate's; other gates take their own options.
+
+    Raises ValueError / KeyError naming ``network_g.gate`` for a malformed spec, an unknown name, a gate
+    without a valid ``kind``, or ``gate_temperature`` set beside a gate it does not apply to."""
+    if spec is None:
+        name, options = RELEASED_GATE, {}
+    elif isinstance(spec, str):
+        name, options = spec, {}
+    elif isinstance(spec, dict) and isinstance(spec.get('type'), str):
+        options = dict(spec)
+        name = options.pop('type')
+    else:
+        raise ValueError(f'{OPTION}: expected a gate name or a dict with "type", e.g. {{type: Gate}}; got {spec!r}')
+    if name not in GATE_REGISTRY:
+        known = ', '.join(sorted(n for n, _ in GATE_REGISTRY))
+        raise KeyError(f'{OPTION}: unknown gate "{name}"; registered: {known}')
+    cls = GATE_REGISTRY.get(name)
+    if cls is Gate:
+        options.setdefault('temperature', temperature)
+    elif temperature != 3.0:
+        raise ValueError(
+            f'network_g.gate_temperature applies to the released gate only; {name} takes its own options '
+            f'({OPTION}: {{type: {name}, ...}})'
+        )
+    if getattr(cls, 'kind', None) not in KINDS:
+        kinds = ' or '.join(map(repr, KINDS))
+        raise ValueError(f'{OPTION}: gate {name} declares no kind (class attribute "kind": {kinds})')
+    return cls(channels, n_experts, **options)
