@@ -10,10 +10,14 @@ through :mod:`.routing`, so a new gate needs nothing else. Global pooling must g
 
 * :class:`Gate` (default, as released): global average pool, Linear C -> C/4 (no bias), ReLU, Linear C/4 -> n
   (no bias), softmax of the logits / temperature. Saved as the released ``GateNetwork.*``.
+* :class:`AdaptiveGate`: per-image, from LayerNorm'd channel means and standard deviations, a wider MLP with
+  biases and GELU, a learnable temperature.
 
 The registry is the package's own (like ``EXPERT_REGISTRY``), not one of BasicSR's, so names cannot collide
 with other packages' and :mod:`gmmoe_arch.registry`'s qualified names are not needed.
 """
+
+import math
 
 import torch
 from basicsr.utils.registry import Registry
@@ -25,6 +29,22 @@ from .routing import KINDS, PER_IMAGE
 GATE_REGISTRY = Registry('gate')
 RELEASED_GATE = 'Gate'
 OPTION = 'network_g.gate'
+
+
+def pooled_statistics(u, eps=1e-5):
+    """``(B, C, H, W) -> (B, 2C, 1, 1)``: each channel's mean and standard deviation over all pixels, both
+    through :func:`.pooling.global_mean` (the mean of ``u`` and of ``u * u``: two pooling sites, so tiled
+    inference shares both whole-image moments)."""
+    mean = global_mean(u)
+    square = global_mean(u * u)
+    std = (square - mean * mean).clamp(min=0).add(eps).sqrt()
+    return torch.cat([mean, std], dim=1)
+
+
+def _check_temperature(temperature):
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f'{OPTION}.temperature must be a number > 0, got {temperature!r}')
+    return float(temperature)
 
 
 @GATE_REGISTRY.register()
@@ -51,6 +71,37 @@ class Gate(nn.Module):
         return torch.softmax(self.mlp(global_mean(u).flatten(1)) / self.temperature, dim=1)
 
 
+@GATE_REGISTRY.register()
+class AdaptiveGate(nn.Module):
+    """Per-image gate built to specialise: ``(B, C, H, W) -> (B, n_experts)`` weights that sum to one.
+
+    What it changes against the released :class:`Gate`, and why (docs gate-facts, 2026-12-02: after training
+    the released gate's weights stayed within 0.01 of ``1/n``):
+
+    * Input: each channel's mean **and** standard deviation (:func:`pooled_statistics`), LayerNorm'd. The
+      mean alone misses contrast and noise, and the raw statistics of a block's features are small
+      (the released logits stayed under 0.08); the norm puts them at unit scale whatever the block.
+    * Hidden layer: ``max(min_hidden, C // 2)`` units (``min_hidden`` 16) with biases and GELU. With
+      ``C / 4 = 2`` ReLU units and no bias the released gate's outer blocks had every unit negative, so the
+      logits were exactly zero and no gradient reached the gate; GELU has a gradient everywhere.
+    * Temperature: learnable, as ``log_temperature`` (stays positive, scale-free steps), starting at
+      ``temperature`` (default 1, not the released 3, so the first logits already move the weights).
+    """
+
+    kind = PER_IMAGE
+
+    def __init__(self, channels, n_experts, min_hidden=16, temperature=1.0):
+        super().__init__()
+        hidden = max(int(min_hidden), channels // 2)
+        self.norm = nn.LayerNorm(2 * channels)
+        self.mlp = nn.Sequential(nn.Linear(2 * channels, hidden), nn.GELU(), nn.Linear(hidden, n_experts))
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(_check_temperature(temperature))))
+
+    def forward(self, u):
+        logits = self.mlp(self.norm(pooled_statistics(u).flatten(1)))
+        return torch.softmax(logits / self.log_temperature.exp(), dim=1)
+
+
 def build_gate(spec, channels, n_experts, temperature=3.0):
     """The gate of an expert block: ``spec`` None (the released :class:`Gate`, at ``temperature``) or a
     registry name or ``{type: Name, **options}`` (``network_g.gate``). ``temperature`` is
@@ -66,7 +117,9 @@ def build_gate(spec, channels, n_experts, temperature=3.0):
         options = dict(spec)
         name = options.pop('type')
     else:
-        raise ValueError(f'{OPTION}: expected a gate name or a dict with "type", e.g. {{type: Gate}}; got {spec!r}')
+        raise ValueError(
+            f'{OPTION}: expected a gate name or a dict with "type", e.g. {{type: AdaptiveGate}}; got {spec!r}'
+        )
     if name not in GATE_REGISTRY:
         known = ', '.join(sorted(n for n, _ in GATE_REGISTRY))
         raise KeyError(f'{OPTION}: unknown gate "{name}"; registered: {known}')
