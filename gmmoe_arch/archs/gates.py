@@ -12,6 +12,7 @@ through :mod:`.routing`, so a new gate needs nothing else. Global pooling must g
   (no bias), softmax of the logits / temperature. Saved as the released ``GateNetwork.*``.
 * :class:`AdaptiveGate`: per-image, from LayerNorm'd channel means and standard deviations, a wider MLP with
   biases and GELU, a learnable temperature.
+* :class:`SpatialGate`: per-pixel weights from local features (depthwise 3x3 + 1x1) and global context.
 
 The registry is the package's own (like ``EXPERT_REGISTRY``), not one of BasicSR's, so names cannot collide
 with other packages' and :mod:`gmmoe_arch.registry`'s qualified names are not needed.
@@ -20,11 +21,12 @@ with other packages' and :mod:`gmmoe_arch.registry`'s qualified names are not ne
 import math
 
 import torch
+import torch.nn.functional as F
 from basicsr.utils.registry import Registry
 from torch import nn
 
 from .pooling import global_mean
-from .routing import KINDS, PER_IMAGE
+from .routing import KINDS, PER_IMAGE, PER_PIXEL
 
 GATE_REGISTRY = Registry('gate')
 RELEASED_GATE = 'Gate'
@@ -99,6 +101,41 @@ class AdaptiveGate(nn.Module):
 
     def forward(self, u):
         logits = self.mlp(self.norm(pooled_statistics(u).flatten(1)))
+        return torch.softmax(logits / self.log_temperature.exp(), dim=1)
+
+
+@GATE_REGISTRY.register()
+class SpatialGate(nn.Module):
+    """Per-pixel gate: ``(B, C, H, W) -> (B, n_experts, H, W)`` weights that sum to one at every pixel.
+
+    Local features (3x3 depthwise conv, then 1x1 conv to ``hidden`` channels) plus global context (the
+    LayerNorm'd channel means and standard deviations of :func:`pooled_statistics`, projected to ``hidden``
+    by a 1x1 conv and broadcast over the pixels), GELU, 1x1 conv to ``n`` logits, softmax over the experts
+    of the logits / a learnable temperature (``log_temperature``, as :class:`AdaptiveGate`).
+    ``hidden = max(min_hidden, C // 2)``. The global context pools through :func:`.pooling.global_mean`
+    (two sites), so tiled inference with statistics passes gives each tile the whole image's context.
+
+    Top-k (``gate_top_k``) is per pixel: each pixel mixes its ``k`` largest weights, renormalised
+    (:func:`.routing.top_k`); an expert runs on the images where at least one pixel picked it, and is
+    skipped for an image where no pixel did.
+    """
+
+    kind = PER_PIXEL
+
+    def __init__(self, channels, n_experts, min_hidden=16, temperature=1.0):
+        super().__init__()
+        hidden = max(int(min_hidden), channels // 2)
+        self.local = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1, groups=channels), nn.Conv2d(channels, hidden, 1)
+        )
+        self.norm = nn.LayerNorm(2 * channels)
+        self.context = nn.Linear(2 * channels, hidden)
+        self.out = nn.Conv2d(hidden, n_experts, 1)
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(_check_temperature(temperature))))
+
+    def forward(self, u):
+        context = self.context(self.norm(pooled_statistics(u).flatten(1)))[:, :, None, None]
+        logits = self.out(F.gelu(self.local(u) + context))
         return torch.softmax(logits / self.log_temperature.exp(), dim=1)
 
 

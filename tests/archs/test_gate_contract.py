@@ -32,7 +32,7 @@ def expected_shape(gate, b, n, h, w):
 
 
 def test_the_registry_holds_the_built_in_gates():
-    assert {'Gate', 'AdaptiveGate'} <= set(GATES)
+    assert {'Gate', 'AdaptiveGate', 'SpatialGate'} <= set(GATES)
 
 
 @pytest.mark.parametrize('name', GATES)
@@ -123,7 +123,7 @@ def test_an_adaptive_gate_keeps_its_own_names():
 @pytest.mark.parametrize(
     'spec, temperature, message',
     [
-        ('NoSuchGate', 3.0, 'network_g.gate: unknown gate "NoSuchGate"; registered: AdaptiveGate, Gate'),
+        ('NoSuchGate', 3.0, 'network_g.gate: unknown gate "NoSuchGate"; registered: AdaptiveGate, Gate, SpatialGate'),
         (['Gate'], 3.0, 'network_g.gate: expected a gate name or a dict with "type"'),
         ({'type': 'AdaptiveGate'}, 2.0, 'network_g.gate_temperature applies to the released gate only'),
         ({'type': 'AdaptiveGate', 'temperature': 0}, 3.0, 'network_g.gate.temperature must be a number > 0'),

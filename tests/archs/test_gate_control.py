@@ -22,7 +22,7 @@ def batches(seed=1):
     return [torch.rand(2, 3, 12, 9, generator=g), torch.rand(1, 3, 12, 9, generator=g) * 0.2]
 
 
-@pytest.mark.parametrize('gate', [None, 'AdaptiveGate'])
+@pytest.mark.parametrize('gate', [None, 'AdaptiveGate', 'SpatialGate'])
 def test_mean_gate_weights_average_every_image_once(gate):
     net = small_net(gate)
     means = mean_gate_weights(net, batches())
@@ -40,7 +40,7 @@ def test_mean_gate_weights_average_every_image_once(gate):
         mean_gate_weights(net, [])
 
 
-@pytest.mark.parametrize('gate', [None, 'AdaptiveGate'])
+@pytest.mark.parametrize('gate', [None, 'SpatialGate'])
 def test_frozen_gates_mix_with_the_constants_and_are_removed_on_exit(gate):
     net = small_net(gate)
     x = batches()[0]
