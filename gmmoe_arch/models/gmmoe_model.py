@@ -183,9 +183,9 @@ class GMMoEModel(SRModel):
         name = self.opt.get('datasets', {}).get('train', {}).get('name', 'train')
         return ValueError(
             f'train.gate_opt needs degradation labels, but the training dataset (datasets.train, "{name}") gives '
-            "none: its samples have no 'label'. Label its pairs (datasets.train.label for a one-degradation set, "
-            '"label=NAME" fields in its meta_info, as `datasets_lmdb synth --degradation mixed` writes them) '
-            'or remove train.gate_opt'
+            "none: its samples have no 'label' (nor 'label_map'). Label its pairs (datasets.train.label for a "
+            'one-degradation set, "label=NAME" fields in its meta_info, as `datasets_lmdb synth --degradation mixed` '
+            'writes them) or remove train.gate_opt'
         )
 
     def _setup_amp(self, use_amp, amp_dtype):
