@@ -42,11 +42,8 @@ def parse_args(argv=None):
     )
     p.add_argument('--sizes', default='600x400,1024x1024', help='paper-preset inference sizes, WIDTHxHEIGHT,...')
     p.add_argument('--released-size', type=parse_size, default=(256, 256))
-    p.add_argument('--runs', type=int, default=5)
-    p.add_argument('--warmup', type=int, default=1)
-    p.add_argument('--train-runs', type=int, default=3)
-    p.add_argument('--train-batch', type=int, default=4)
-    p.add_argument('--train-crop', type=int, default=256)
+    for option, default in (('runs', 5), ('warmup', 1), ('train-runs', 3), ('train-batch', 4), ('train-crop', 256)):
+        p.add_argument(f'--{option}', type=int, default=default)
     p.add_argument('--plain-bf16', action='store_true', help='also time the straightforward path under bf16')
     p.add_argument('--no-memory', dest='memory', action='store_false', help='skip the peak-RSS child processes')
     p.add_argument('--compile', action='store_true', help='add torch.compile (inductor) rows: inference and training')

@@ -8,7 +8,7 @@ import torch
 COMPILE_MODES = ('reduce-overhead', 'max-autotune-no-cudagraphs')
 KNOWN_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
 GRAPH_MODES = ('reduce-overhead', 'max-autotune')  # the modes that capture CUDA graphs
-# shares of --budget-s, sized from the H100 run's times (eager parts) and a guess of 40-120 s per compilation
+# shares of --budget-s (how they were sized: docs/performance.md, the GPU check)
 PART_WEIGHTS = {
     'reference': 2,
     'inference': 14,
