@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..cli import comma_list
 from . import inference, loader, profile, reference, training
 from .plan import COMPILE_MODES, DEFAULT_PARTS, DTYPES, KNOWN_MODES, PART_WEIGHTS, dry_plan, gpu_plan
 from .run import Budget, Recorder, State, describe, free_memory
@@ -36,14 +37,14 @@ def parse_args(argv=None):
     p.add_argument('--cpu-dry-run', action='store_true', help='run every code path on the CPU at tiny sizes')
     p.add_argument('--tmp-dir', default=None, help='where the loader part writes its synthetic pairs')
     args = p.parse_args(argv)
-    args.parts = [s.strip() for s in args.parts.split(',') if s.strip()]
+    args.parts = comma_list(args.parts)
     unknown = sorted(set(args.parts) - set(PART_WEIGHTS))
     if unknown:
         p.error(f'--parts: unknown {", ".join(unknown)}; choose from {", ".join(PART_WEIGHTS)}')
-    args.compile_modes = [m.strip() for m in args.compile_modes.split(',') if m.strip()]
+    args.compile_modes = comma_list(args.compile_modes)
     if set(args.compile_modes) - set(KNOWN_MODES):
         p.error(f'--compile-modes: choose from {", ".join(KNOWN_MODES)}, got {", ".join(args.compile_modes)}')
-    args.compile_dtypes = [d.strip() for d in args.compile_dtypes.split(',') if d.strip()]
+    args.compile_dtypes = comma_list(args.compile_dtypes)
     if set(args.compile_dtypes) - set(DTYPES):
         p.error(f'--compile-dtypes: choose from {", ".join(DTYPES)}, got {", ".join(args.compile_dtypes)}')
     if args.tmp_dir is not None and not os.path.isdir(args.tmp_dir):
