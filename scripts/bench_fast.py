@@ -29,17 +29,13 @@ from gmmoe_arch.bench.fast.training import bench_train
 from gmmoe_arch.bench.record import machine, rss_mb, write_json
 
 PARTS = ('infer', 'train', 'released')
+PARTS_HELP = 'comma-separated: infer, train (paper preset), released (released preset, inference at --released-size)'
 COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument(
-        '--parts',
-        default='infer,train,released',
-        help='comma-separated: infer (paper preset), train (paper preset), released (released preset, '
-        'inference at --released-size)',
-    )
+    p.add_argument('--parts', default=','.join(PARTS), help=PARTS_HELP)
     p.add_argument('--sizes', default='600x400,1024x1024', help='paper-preset inference sizes, WIDTHxHEIGHT,...')
     p.add_argument('--released-size', type=parse_size, default=(256, 256))
     for option, default in (('runs', 5), ('warmup', 1), ('train-runs', 3), ('train-batch', 4), ('train-crop', 256)):
