@@ -31,7 +31,7 @@ def args():
     )
 
 
-@pytest.mark.slow  # the paper preset: half a minute on 2 cores
+@pytest.mark.slow  # an end-to-end bench of the paper preset
 def test_inference_rows_rank_every_mode_against_plain(args):
     common.setup_allocator()
     rows = inference.bench_inference('paper', (32, 48), args, torch.device('cpu'))
@@ -41,7 +41,7 @@ def test_inference_rows_rank_every_mode_against_plain(args):
     assert rows['fast fp32']['vs plain fp32']['paired_ratio'] > 0 and rows['fast fp32']['min_s'] > 0
 
 
-@pytest.mark.slow  # five paper-preset models: minutes on 2 busy cores
+@pytest.mark.slow  # an end-to-end bench: five paper-preset models
 def test_training_rows_time_model_steps_and_compare_gradients(args):
     rows = training.bench_train('paper', args, torch.device('cpu'))
     assert set(rows) >= {'plain', 'fast', 'fast+ckpt', 'fast+ckpt:exp'}
