@@ -18,28 +18,13 @@ import os
 import tempfile
 import time
 
-import cv2
-import numpy as np
 import torch
 from basicsr.data import build_dataset
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs
 
 import gmmoe_arch  # noqa: F401  (applies the basicsr compat patches, registers the dataset)
 from datasets_lmdb import pack_pairs
-
-
-def write_pairs(root, n, size=(400, 600), seed=0):
-    """Photo-like pairs: smooth colour fields with texture (gt) and a dark noisy version (lq)."""
-    rng = np.random.default_rng(seed)
-    for side in ('lq', 'gt'):
-        os.makedirs(os.path.join(root, side), exist_ok=True)
-    for i in range(n):
-        coarse = rng.random((size[0] // 16, size[1] // 16, 3)).astype(np.float32)
-        gt = cv2.resize(coarse, size[::-1], interpolation=cv2.INTER_CUBIC) * 200
-        gt = np.clip(gt + rng.normal(0, 6, gt.shape), 0, 255)
-        lq = np.clip(gt * 0.15 + rng.normal(0, 2, gt.shape), 0, 255)
-        cv2.imwrite(os.path.join(root, 'gt', f'{i:04d}.png'), gt.astype(np.uint8))
-        cv2.imwrite(os.path.join(root, 'lq', f'{i:04d}.png'), lq.astype(np.uint8))
+from gmmoe_arch.bench.pairs import write_pairs
 
 
 def pack_basicsr(root, out):

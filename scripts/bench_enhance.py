@@ -7,35 +7,29 @@
 Writes a synthetic dim 8-bit PNG of the given size, then runs the same code path as the command
 (:func:`gmmoe_arch.enhance.enhance_paths`, allocator tuning included) with random weights, which
 cost the same time and memory as trained ones. Peak RSS is the kernel's high-water mark of the
-process (``getrusage``), so it includes Python, torch and the image arrays.
+process (``VmHWM``), so it includes Python, torch and the image arrays.
 """
 
 import argparse
 import os
-import resource
 import sys
 import tempfile
 import time
 
+import cv2
 import numpy as np
+import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from gmmoe_arch import PRESETS, GMMoE, enhance, runtime
+from gmmoe_arch.bench.cli import parse_size
+from gmmoe_arch.bench.record import rss_mb
 
 TARGET_GB = 3.0
 
 
-def peak_rss_gb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # ru_maxrss is in KiB on Linux
-
-
-def current_rss_gb():
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 1024**3
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--size', default='4000x3000', help='WIDTHxHEIGHT of the test photo')
+    parser.add_argument('--size', type=parse_size, default=(3000, 4000), help='WIDTHxHEIGHT of the test photo')
     parser.add_argument('--preset', default='paper', choices=['paper', 'released'])
     parser.add_argument(
         '--width',
@@ -49,14 +43,8 @@ def main():
     parser.add_argument('--overlap', type=int, default=None)
     parser.add_argument('--stat-passes', type=int, default=None)
     args = parser.parse_args()
-
-    from gmmoe_arch import enhance, runtime
-
     runtime.configure_allocator()
-    import cv2
-    import torch
-
-    w, h = (int(v) for v in args.size.lower().split('x'))
+    h, w = args.size
     options = dict(
         max_pixels=args.max_pixels or enhance.DEFAULT_MAX_PIXELS,
         overlap=enhance.DEFAULT_OVERLAP if args.overlap is None else args.overlap,
@@ -68,12 +56,10 @@ def main():
         cv2.imwrite(os.path.join(tmp, 'photo.png'), cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC))
         del small
         if args.width:
-            from gmmoe_arch import PRESETS, GMMoE
-
             net = GMMoE(**dict(PRESETS[args.preset], width=args.width)).eval().requires_grad_(False).to(args.device)
         else:
             net = enhance.load_network(preset=args.preset, device=args.device, random_weights=True)
-        base = current_rss_gb()
+        base = rss_mb('VmRSS') / 1024
         plan = enhance.Tiling(None, options['overlap'], options['max_pixels']).plan(h, w, net.padder_size)
         network = f'preset {args.preset}' + (f' at width {args.width}' if args.width else '')
         print(
@@ -91,7 +77,7 @@ def main():
     if summary.failed:
         print(f'failed: {summary.failed}')
         return 1
-    peak = peak_rss_gb()
+    peak = rss_mb('VmHWM') / 1024
     sweeps = len(plan) * (1 + options['stat_passes'])
     print(f'wall time: {wall:.1f} s ({wall / sweeps:.2f} s per tile forward, {sweeps} forwards)')
     print(f'peak RSS: {peak:.2f} GB = {peak / TARGET_GB:.2f} x the {TARGET_GB:.0f} GB target')

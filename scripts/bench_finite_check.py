@@ -10,24 +10,13 @@ its size on disk. Run: ``.venv/bin/python scripts/bench_finite_check.py [--prese
 
 import argparse
 import os
-import statistics
 import tempfile
-import time
 
 import torch
 
 from gmmoe_arch import GMMoE
+from gmmoe_arch.bench.timing import repeated
 from gmmoe_arch.inference.loading import check_finite_state_dict, load_network
-
-
-def timed(fn, runs):
-    """``(min, median)`` seconds of ``runs`` calls of ``fn``."""
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times), statistics.median(times)
 
 
 def isfinite_all(state_dict):
@@ -44,16 +33,16 @@ def main():
     count = sum(v.numel() for v in state_dict.values())
     print(f'{args.preset}: {count:,} parameters in {len(state_dict)} tensors, {torch.get_num_threads()} threads')
     results = {
-        'check (one sum per tensor)': timed(lambda: check_finite_state_dict(state_dict, 'checkpoint'), args.runs),
-        'torch.isfinite(t).all() per tensor': timed(lambda: isfinite_all(state_dict), args.runs),
+        'check (one sum per tensor)': repeated(lambda: check_finite_state_dict(state_dict, 'checkpoint'), args.runs),
+        'torch.isfinite(t).all() per tensor': repeated(lambda: isfinite_all(state_dict), args.runs),
     }
     loads = max(1, args.runs - 2)
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, 'net_g.pth')
         torch.save({'params': state_dict}, path)
         print(f'checkpoint: {os.path.getsize(path) / 1e9:.2f} GB')
-        results['torch.load'] = timed(lambda: torch.load(path, map_location='cpu', weights_only=True), loads)
-        results['load_network (build, load, check)'] = timed(lambda: load_network(path, device='cpu'), loads)
+        results['torch.load'] = repeated(lambda: torch.load(path, map_location='cpu', weights_only=True), loads)
+        results['load_network (build, load, check)'] = repeated(lambda: load_network(path, device='cpu'), loads)
     for what, (low, mid) in results.items():
         print(f'{what}: min {low:.2f} s, median {mid:.2f} s')
 

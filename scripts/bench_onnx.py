@@ -19,43 +19,34 @@ import argparse
 import os
 import shutil
 import statistics
-import sys
 import tempfile
-import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from gmmoe_arch.runtime import configure_allocator  # noqa: E402
+import numpy as np
+import onnxruntime as ort
+import torch
 
-configure_allocator()
-
-import numpy as np  # noqa: E402
-import onnxruntime as ort  # noqa: E402
-import torch  # noqa: E402
-
-from gmmoe_arch import GMMoE  # noqa: E402
-from gmmoe_arch.archs.gmmoe_arch import activate_branches  # noqa: E402
-from gmmoe_arch.export import export_onnx  # noqa: E402
+from gmmoe_arch import GMMoE
+from gmmoe_arch.archs.gmmoe_arch import activate_branches
+from gmmoe_arch.bench.cli import parse_size
+from gmmoe_arch.bench.timing import interleaved, paired_ratio, timed
+from gmmoe_arch.export import export_onnx
+from gmmoe_arch.runtime import configure_allocator
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--preset', default='paper', choices=['paper', 'released'])
     parser.add_argument('--model', help='where to export the model; reused if it exists (same preset and seed)')
-    parser.add_argument('--size', default='600x400', help='WIDTHxHEIGHT (default: 600x400)')
+    parser.add_argument('--size', type=parse_size, default=(400, 600), help='WIDTHxHEIGHT (default: 600x400)')
     parser.add_argument('--runs', type=int, default=7)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--threads', type=int, help='intra-op threads of torch and onnxruntime')
     return parser.parse_args(argv)
 
 
-def timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
-
-
 def main(argv=None):
     args = parse_args(argv)
+    configure_allocator()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -64,7 +55,7 @@ def main(argv=None):
     try:
         path = args.model or os.path.join(folder, f'{args.preset}.onnx')
         if not os.path.exists(path):
-            seconds, _ = timed(lambda: export_onnx(net, path))
+            seconds = timed(lambda: export_onnx(net, path)).wall_s
             print(f'export: {seconds:.0f} s, {os.path.getsize(path) / 2**20:.1f} MiB')
         benchmark(net, path, args)
     finally:
@@ -73,7 +64,7 @@ def main(argv=None):
 
 def benchmark(net, path, args):
     """Time and compare torch's two paths and onnxruntime on the model at ``path``; print the results."""
-    w, h = (int(v) for v in args.size.lower().split('x'))
+    h, w = args.size
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
@@ -97,11 +88,7 @@ def benchmark(net, path, args):
     reference = outputs['torch plain']
     for name, out in outputs.items():
         print(f'{name:12s} max |diff| vs torch plain: {np.abs(out - reference).max():.2e}')
-    times = {name: [] for name in ways}
-    names = list(ways)
-    for run in range(args.runs):
-        for name in names[run % len(names) :] + names[: run % len(names)]:
-            times[name].append(timed(ways[name])[0])
+    times = interleaved(ways, args.runs).walls
     print(
         f'{args.preset} preset, 1x3x{h}x{w} fp32, {torch.get_num_threads()} threads, {args.runs} runs '
         f'(torch {torch.__version__}, onnxruntime {ort.__version__}):'
@@ -111,7 +98,7 @@ def benchmark(net, path, args):
     for base in ('torch plain', 'torch fast'):
         ratios = [b / o for b, o in zip(times[base], times['onnxruntime'])]
         print(
-            f'  onnxruntime speed-up over {base}: {statistics.median(ratios):.2f}x '
+            f'  onnxruntime speed-up over {base}: {paired_ratio(times[base], times["onnxruntime"]):.2f}x '
             f'(paired, range {min(ratios):.2f}-{max(ratios):.2f}x)'
         )
 

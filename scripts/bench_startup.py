@@ -19,8 +19,10 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
 from pathlib import Path
+from subprocess import DEVNULL
+
+from gmmoe_arch.bench.timing import interleaved
 
 HOOK = 'gmmoe_basicsr_hook'
 STDLIB_PROGRAM = (
@@ -55,13 +57,11 @@ def python_output(python, code):
 
 def time_runs(pythons, args, runs):
     """Wall seconds of ``runs`` runs of ``python *args`` for each python, interleaved; {python: [seconds]}."""
-    times = {python: [] for python in pythons}
-    for _ in range(runs):
-        for python in pythons:
-            start = time.perf_counter()
-            subprocess.run([str(python)] + args, check=True, env=CLEAN_ENV, stdout=subprocess.DEVNULL)
-            times[python].append(time.perf_counter() - start)
-    return times
+    calls = {
+        python: (lambda python=python: subprocess.run([str(python)] + args, check=True, env=CLEAN_ENV, stdout=DEVNULL))
+        for python in pythons
+    }
+    return interleaved(calls, runs).walls
 
 
 def import_times(pythons, module, runs):

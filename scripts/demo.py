@@ -82,8 +82,8 @@ def main(argv=None):
         '--threads',
         type=int,
         default=1,
-        help='CPU threads for training and testing (default 1: the demo network is small, and '
-        'two threads on a busy 2-core machine ran 4-30x slower); 0 leaves it to torch',
+        help='CPU threads for training and testing (default 1: the demo network is small, see docs/training.md); '
+        '0 leaves it to torch',
     )
     args = parser.parse_args(argv)
     out = os.path.abspath(args.out)

@@ -1,5 +1,6 @@
-"""scripts/gpu_check.py: its CPU dry run goes through every part and writes every section of the JSON;
-its budget guard skips what does not fit and still writes the results; without a GPU it refuses in one line."""
+"""scripts/gpu_check.py (gmmoe_arch.bench.gpu): its CPU dry run goes through every part and writes every section of
+the JSON; its budget guard skips what does not fit and still writes the results; without a GPU it refuses in one
+line."""
 
 import json
 import os
@@ -8,6 +9,8 @@ import sys
 
 import pytest
 import torch
+
+from gmmoe_arch.bench.gpu import cli, inference, training
 
 from helpers import REPO
 
@@ -67,7 +70,7 @@ def test_cpu_dry_run_measures_every_part(tmp_path):
     assert compiled['graphs'] >= 1 and compiled['max_abs_diff'] < 1e-4
 
     training = {**results['training'], **results['training_compiled']}
-    assert len(training) == 10
+    assert len(training) == 9
     for name, entry in training.items():
         assert entry['it_s'] > 0 and entry['loss_finite'], name
     assert abs(training['plain fp32 checkpoint block']['first_loss_vs_plain']) < 1e-4
@@ -113,13 +116,10 @@ def test_without_a_gpu_it_refuses_in_one_line(tmp_path):
 
 
 @pytest.fixture
-def gpu_check(monkeypatch):
-    """The script as a module (``main`` runs in this process); restores the thread count its dry run sets."""
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))
-    import gpu_check
-
+def gpu_check():
+    """The command's module (``main`` runs in this process); restores the thread count its dry run sets."""
     threads = torch.get_num_threads()
-    yield gpu_check
+    yield cli
     torch.set_num_threads(threads)
 
 
@@ -127,8 +127,8 @@ def test_a_failing_measurement_or_part_is_recorded_and_the_run_goes_on(gpu_check
     def broken(*args, **kwargs):
         raise FloatingPointError('injected')
 
-    monkeypatch.setattr(gpu_check, 'infer_entry', broken)
-    monkeypatch.setattr(gpu_check, 'part_released', broken)
+    monkeypatch.setattr(inference, 'infer_entry', broken)
+    monkeypatch.setattr(training, 'part_released', broken)
     gpu_check.main(['--cpu-dry-run', '--parts', 'inference,released,reference', '--out', str(tmp_path)])
     results = json.loads((tmp_path / 'gpu_check.json').read_text())
     assert len(results['inference']) == 12
