@@ -11,6 +11,7 @@ compat.apply()
 
 from . import archs, data, losses, metrics, models, spandrel_hook  # noqa: E402,F401  (registration, spandrel support)
 from .archs.experts import EXPERT_REGISTRY  # noqa: E402
+from .archs.gates import GATE_REGISTRY  # noqa: E402
 from .archs.gmmoe_arch import PRESETS, GMMoE, record_gates  # noqa: E402
 from .archs.pooling import global_mean, pooling_hook  # noqa: E402
 from .enhance import EnhanceError, enhance_image, enhance_paths, load_network  # noqa: E402
@@ -19,6 +20,7 @@ __version__ = '0.1.0'
 __all__ = [
     'EXPERT_REGISTRY',
     'EnhanceError',
+    'GATE_REGISTRY',
     'GMMoE',
     'PRESETS',
     'enhance_image',

@@ -30,7 +30,7 @@ from spandrel import (
 )
 from torch import Tensor
 
-from .archs.checkpoint_config import infer_config, infer_experts
+from .archs.checkpoint_config import infer_config, infer_experts, middle_block_channels
 from .archs.gmmoe_arch import GMMoE, expert_names
 from .archs.released_layout import MIDDLE_BLOCK, lacks
 from .inference.runner import RunOptions, enhance_tensor, network_device
@@ -41,7 +41,9 @@ ARCH_ID = 'GMMoE'
 
 def detect(state_dict: StateDict) -> bool:
     """True for a GM-MoE state dict (no required key lacking) whose experts :func:`infer_experts` reads."""
-    return not lacks(state_dict) and infer_experts(state_dict, MIDDLE_BLOCK) is not None
+    if lacks(state_dict):
+        return False
+    return infer_experts(state_dict, MIDDLE_BLOCK, middle_block_channels(state_dict)) is not None
 
 
 def run_like_enhance(model: GMMoE, image: Tensor) -> Tensor:

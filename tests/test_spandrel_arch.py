@@ -61,6 +61,18 @@ def test_five_expert_checkpoint_in_our_format_loads(tmp_path):
     assert np.abs(out - img).max() > 1e-2  # the network did something
 
 
+@pytest.mark.parametrize('gate', ['AdaptiveGate', 'SpatialGate'])
+def test_a_checkpoint_with_another_gate_is_detected_and_loads(tmp_path, gate):
+    torch.manual_seed(4)
+    net = GMMoE(**SMALL, gate=gate).eval()
+    ckpt = tmp_path / 'gate.pth'
+    torch.save({'params': net.state_dict()}, ckpt)
+    descriptor = spandrel.ModelLoader().load_from_file(str(ckpt))  # no --opt: the gate is read off its keys
+    assert descriptor.architecture.id == ARCH_ID
+    img = image(33, 41, seed=2)
+    assert np.abs(through_spandrel(descriptor, img) - enhance_image(net, img)).max() <= 1e-5
+
+
 def test_nafnet_is_still_nafnet_and_registration_is_idempotent():
     from spandrel.architectures.NAFNet import NAFNet
 

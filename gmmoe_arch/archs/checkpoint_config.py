@@ -99,6 +99,11 @@ def infer_experts(state_dict: Mapping[str, Tensor], block: str, channels: Option
     return names
 
 
+def middle_block_channels(state_dict: Mapping[str, Tensor]) -> int:
+    """The width of the middle blocks: ``intro``'s width doubled at each level (``downs.<i>``)."""
+    return state_dict['intro.weight'].shape[0] * 2 ** _count(state_dict, 'downs.')
+
+
 def infer_config(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
     """GMMoE arguments (``img_channel``, ``width``, block counts per level, ``experts`` unless they are the
     released three, ``gate`` unless it is the released one) of a GM-MoE state dict.
@@ -116,7 +121,7 @@ def infer_config(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
         middle_blk_num=_count(state_dict, 'middle_blks.'),
         dec_blk_nums=[_count(state_dict, f'decoders.{i}.') for i in range(levels)],
     )
-    block, channels = released_layout.MIDDLE_BLOCK, intro.shape[0] * 2**levels
+    block, channels = released_layout.MIDDLE_BLOCK, middle_block_channels(state_dict)
     experts = infer_experts(state_dict, block, channels)
     if experts is not None and experts != list(RELEASED_EXPERTS):
         config['experts'] = experts
