@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from ..archs.gmmoe_arch import record_gates
 from ..archs.routing import parse_expert_mapping, per_pixel, target_indices
 from ..data.degradations import names as degradation_names
+from ..inference.image_files import write_file
 from ..inference.runner import network_device
 from .ablation import image_tensor
 
@@ -137,6 +138,7 @@ def render_routing_map(img, weights, expert_names, blocks=None, alpha=0.5):
 
 
 def save_routing_map(path, img, weights, expert_names, blocks=None, alpha=0.5):
-    """Write :func:`render_routing_map`'s picture as a PNG at ``path``."""
-    if not cv2.imwrite(path, render_routing_map(img, weights, expert_names, blocks, alpha)):
-        raise OSError(f'{path}: could not write the routing map')
+    """Write :func:`render_routing_map`'s picture as a PNG at ``path`` (complete or not at all;
+    ``EnhanceError`` naming it on failure)."""
+    ok, png = cv2.imencode('.png', render_routing_map(img, weights, expert_names, blocks, alpha))
+    write_file(path, png.tobytes())
