@@ -31,7 +31,15 @@ from gmmoe_arch.data.llie_paired_dataset import LLIEPairedDataset
 from gmmoe_arch.enhance import load_network
 from gmmoe_arch.evaluation.ablation import gate_ablation, run_scored
 from gmmoe_arch.evaluation.data import dataset_options, to_uint8
-from gmmoe_arch.evaluation.routing_map import full_resolution, mean_map, pixel_accuracy, pixel_weights, save_routing_map
+from gmmoe_arch.evaluation.routing_map import (
+    MEAN_PANEL,
+    full_resolution,
+    mean_map,
+    pixel_accuracy,
+    pixel_weights,
+    save_routing_map,
+    target_map,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAPPING = {'lowlight': 'ColourExpert', 'rain': 'RainExpert', 'haze': 'HazeExpert'}
@@ -115,8 +123,10 @@ def regions(args):
         result['gates'][key] = entry
         print(key, entry['regions']['trained']['all'], entry['routing']['full_resolution_mean'], flush=True)
         if key == 'spatial' and args.figure:
-            img = maps[args.figure_index][0]
-            save_routing_map(args.figure, img, pixel_weights(net, img), expert_names(net))
+            img, label_map = maps[args.figure_index]
+            truth = target_map(label_map, expert_names(net), MAPPING)
+            blocks = [MEAN_PANEL, 'encoders.0.0', 'middle_blks.0', 'decoders.2.0']
+            save_routing_map(args.figure, img, pixel_weights(net, img), expert_names(net), blocks, truth=truth)
             result['figure'] = {'path': args.figure, 'image': pairs[args.figure_index].name}
     return result
 

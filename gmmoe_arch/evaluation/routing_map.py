@@ -91,6 +91,18 @@ def pixel_accuracy(weights, label_map, expert_names, mapping):
     return right / counted if counted else None
 
 
+def target_map(label_map, expert_names, mapping):
+    """``(H, W)`` int: each pixel's target expert (the first of its degradation's, ``mapping`` as in
+    :func:`pixel_accuracy`), -1 where the label map names no degradation of ``mapping``."""
+    targets = target_indices(parse_expert_mapping(mapping, 'mapping'), list(expert_names), 'mapping')
+    labels = np.asarray(label_map)
+    out = np.full(labels.shape, -1, np.int64)
+    for index, label in enumerate(degradation_names()):
+        if label in targets:
+            out[labels == index] = targets[label][0]
+    return out
+
+
 def _legend(width, expert_names):
     rows = []
     row, x = np.full((26, width, 3), 255, np.uint8), 6
@@ -108,20 +120,31 @@ def _legend(width, expert_names):
 def overlay(img, weights, alpha=0.5):
     """BGR uint8: the RGB input ``img`` with each pixel tinted by its winning expert's colour (``alpha``:
     the colour's share) from ``(n, H, W)`` ``weights``."""
-    palette = np.array([COLOURS[i % len(COLOURS)] for i in range(weights.shape[0])], np.float32)
-    colour = palette[np.asarray(weights).argmax(0)]
+    return tint(img, np.asarray(weights).argmax(0), alpha)
+
+
+def tint(img, experts, alpha=0.5):
+    """BGR uint8: the RGB input ``img`` tinted at each pixel by the colour of expert ``experts[y, x]``
+    (an ``(H, W)`` int array; negative: left as it is)."""
+    experts = np.asarray(experts)
+    palette = np.array([COLOURS[i % len(COLOURS)] for i in range(max(int(experts.max()) + 1, 1))], np.float32)
     bgr = cv2.cvtColor(np.ascontiguousarray(img[..., :3]), cv2.COLOR_RGB2BGR).astype(np.float32)
-    return np.clip((1 - alpha) * bgr + alpha * colour, 0, 255).astype(np.uint8)
+    share = np.where(experts >= 0, alpha, 0.0)[..., None]
+    mixed = (1 - share) * bgr + share * palette[np.maximum(experts, 0)]
+    return np.clip(mixed, 0, 255).astype(np.uint8)
 
 
-def render_routing_map(img, weights, expert_names, blocks=None, alpha=0.5):
-    """BGR uint8 picture: the input, then one overlay panel per entry of ``blocks`` (block paths; the
-    default: the mean over the full-resolution blocks, then each of them), titled, with a colour legend
-    of the experts below."""
+def render_routing_map(img, weights, expert_names, blocks=None, alpha=0.5, truth=None):
+    """BGR uint8 picture: the input, with ``truth`` (:func:`target_map`'s ``(H, W)`` target experts) a
+    panel of the experts the label map asks for, then one overlay panel per entry of ``blocks`` (block
+    paths or :data:`MEAN_PANEL`; the default: the mean over the full-resolution blocks, then each of them),
+    titled, with a colour legend of the experts below."""
     h = img.shape[0]
     if blocks is None:
         blocks = [MEAN_PANEL, *full_resolution(weights)]
     panels = [(cv2.cvtColor(np.ascontiguousarray(img[..., :3]), cv2.COLOR_RGB2BGR), 'input')]
+    if truth is not None:
+        panels.append((tint(img, truth, alpha), 'label map (targets)'))
     for block in blocks:
         if block == MEAN_PANEL:
             panels.append((overlay(img, mean_map(weights, full_resolution(weights)), alpha), 'mean, full resolution'))
@@ -137,8 +160,8 @@ def render_routing_map(img, weights, expert_names, blocks=None, alpha=0.5):
     return np.concatenate([body, _legend(body.shape[1], expert_names)], axis=0)
 
 
-def save_routing_map(path, img, weights, expert_names, blocks=None, alpha=0.5):
+def save_routing_map(path, img, weights, expert_names, blocks=None, alpha=0.5, truth=None):
     """Write :func:`render_routing_map`'s picture as a PNG at ``path`` (complete or not at all;
     ``EnhanceError`` naming it on failure)."""
-    ok, png = cv2.imencode('.png', render_routing_map(img, weights, expert_names, blocks, alpha))
+    ok, png = cv2.imencode('.png', render_routing_map(img, weights, expert_names, blocks, alpha, truth))
     write_file(path, png.tobytes())

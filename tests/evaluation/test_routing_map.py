@@ -18,6 +18,8 @@ from gmmoe_arch.evaluation.routing_map import (
     pixel_weights,
     render_routing_map,
     save_routing_map,
+    target_map,
+    tint,
 )
 
 from helpers import activate_branches
@@ -104,3 +106,15 @@ def test_the_picture_has_the_input_a_panel_per_block_and_a_legend(tmp_path):
     path = tmp_path / 'routing.png'
     save_routing_map(str(path), img, weights, EXPERTS)
     assert (cv2.imread(str(path)) == picture).all()
+
+
+def test_the_truth_panel_shows_each_pixels_target_expert():
+    label_map = np.array([[label_index('lowlight'), label_index('rain'), IGNORE]])
+    truth = target_map(label_map, EXPERTS, MAPPING)
+    assert truth.tolist() == [[0, 2, -1]]
+    img = np.full((1, 3, 3), 100, np.uint8)
+    panel = tint(img, truth, alpha=1.0)
+    assert (panel[0, 0] == COLOURS[0]).all() and (panel[0, 1] == COLOURS[2]).all() and (panel[0, 2] == 100).all()
+    weights = np.ones((3, 1, 3)) / 3
+    with_truth = render_routing_map(img, {'b': weights}, EXPERTS, blocks=['b'], truth=truth)
+    assert with_truth.shape[1] == 3 * 3 + 2 * 4
