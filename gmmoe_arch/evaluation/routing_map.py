@@ -17,8 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..archs.gate_control import expert_blocks
 from ..archs.gmmoe_arch import record_gates
-from ..archs.routing import parse_expert_mapping, per_pixel, target_indices
+from ..archs.routing import PER_PIXEL, parse_expert_mapping, per_pixel, target_indices
 from ..data.degradations import names as degradation_names
 from ..inference.image_files import write_file
 from ..inference.runner import network_device
@@ -43,18 +44,40 @@ MEAN_PANEL = 'mean of the full-resolution blocks'
 def pixel_weights(net, img):
     """``{block path: (n_experts, H, W) float32 array}``: each expert block's gate weights for the RGB uint8
     image ``img`` (one whole-image pass, no grad) at the image's size."""
-    h, w = img.shape[:2]
-    m = getattr(net, 'padder_size', 1)
-    size = (h + (-h) % m, w + (-w) % m)
     with torch.no_grad(), record_gates(net) as gates:
         net(image_tensor(img, network_device(net)))
+    return at_image_size(gates, img.shape[:2], getattr(net, 'padder_size', 1))
+
+
+def rgb8(img):
+    """Any image :func:`gmmoe_arch.enhance.read_image` gives (gray, RGB(A); uint8, uint16, float in [0, 1])
+    as RGB uint8, for :func:`pixel_weights` and the picture."""
+    img = np.asarray(img)
+    img = np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img[..., :3]
+    if img.dtype == np.uint16:
+        return np.rint(img / 257.0).astype(np.uint8)
+    if img.dtype != np.uint8:
+        return np.rint(np.clip(img, 0, 1) * 255.0).astype(np.uint8)
+    return img
+
+
+def has_pixel_gates(net):
+    """Whether any expert block of ``net`` has a per-pixel gate (routing maps are for those)."""
+    return any(getattr(block.gate, 'kind', None) == PER_PIXEL for block in expert_blocks(net).values())
+
+
+def at_image_size(gates, size, multiple=1, paths=None):
+    """``{block path: (n_experts, H, W) float32 array}`` of the first image of :func:`record_gates`'s
+    ``gates`` (each block's grid covers the input padded to a multiple of ``multiple``), at the image's
+    ``size = (H, W)``; only ``paths`` when given."""
+    h, w = size
+    padded = (h + (-h) % multiple, w + (-w) % multiple)
     out = {}
     for path, g in gates.items():
-        grid = per_pixel(g.float())[:1]
-        if grid.shape[-2:] == (1, 1):
-            full = grid.expand(-1, -1, *size)
-        else:
-            full = F.interpolate(grid, size=size, mode='nearest')
+        if paths is not None and path not in paths:
+            continue
+        grid = per_pixel(g[:1].float())
+        full = grid.expand(-1, -1, *padded) if grid.shape[-2:] == (1, 1) else F.interpolate(grid, size=padded)
         out[path] = full[0, :, :h, :w].cpu().numpy()
     return out
 
