@@ -375,3 +375,12 @@ def test_validation_writes_routing_maps_for_a_per_pixel_gate_only(tmp_path):
     per_image = build_model(make_opt(tmp_path / 'image', W8))
     per_image.validation(loader, 5, None, save_img=False)
     assert not (tmp_path / 'image' / 'visualization' / 'gates' / 'mix_val_5_routing').exists()
+
+
+def test_unwritable_routing_map_folder_is_reported_and_validation_goes_on(tmp_path):
+    model = build_model(make_opt(tmp_path, dict(W8, gate='SpatialGate')))
+    (tmp_path / 'visualization').write_text('a file where the folder should be')
+    loader = torch.utils.data.DataLoader(LabelledSet(['rain']), batch_size=1)
+    with captured_log() as log:
+        model.validation(loader, 3, None, save_img=False)
+    assert 'Routing maps not written to' in log.getvalue() and 'psnr' in model.metric_results
