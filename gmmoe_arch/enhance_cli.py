@@ -107,7 +107,9 @@ def add_enhance_arguments(p):
         '--gates',
         metavar='FILE.json|FILE.csv',
         help="write each image's per-block expert weights (tiled images: mean over tiles, "
-        'weighted by the output pixels each tile accounts for)',
+        'weighted by the output pixels each tile accounts for); a per-pixel gate (SpatialGate) also gets '
+        "each image's routing map, FILE_routing/<image>.png (one extra whole-image pass; images over "
+        '--max-pixels are skipped)',
     )
     out.add_argument('--no-progress', action='store_true', help='no progress bar')
 
@@ -189,6 +191,34 @@ def check_options(args):
     return tiling, enhance.RunOptions(enhance.resolve_device(args.device), args.precision, args.stat_passes)
 
 
+def write_routing_maps(args, jobs, summary, net, max_pixels):
+    """Each written image's routing map into ``<--gates without extension>_routing/``: True, or False
+    after one line saying what failed."""
+    from gmmoe_arch import enhance
+    from gmmoe_arch.archs.gmmoe_arch import expert_names
+    from gmmoe_arch.evaluation.routing_map import pixel_weights, rgb8, save_routing_map
+
+    folder = os.path.splitext(args.gates)[0] + '_routing'
+    written, skipped = set(summary.written), 0
+    try:
+        for job in jobs:
+            if job.dst not in written:
+                continue
+            img = rgb8(enhance.read_image(job.src, args.max_image_pixels))
+            if img.shape[0] * img.shape[1] > max_pixels:
+                skipped += 1
+                continue
+            path = os.path.join(folder, os.path.splitext(job.name)[0] + '.png')
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            save_routing_map(path, img, pixel_weights(net, img), expert_names(net))
+    except (OSError, enhance.EnhanceError) as exc:
+        print(f'{PROG} enhance: failed: routing maps: {exc}', file=sys.stderr)
+        return False
+    note = f' ({skipped} image(s) over --max-pixels skipped)' if skipped else ''
+    print(f'{PROG} enhance: routing maps in {folder}{note}', file=sys.stderr)
+    return True
+
+
 def enhance_command(args):
     """Run ``gmmoe enhance``; return the exit status. Every check runs once, before the network is loaded."""
     from gmmoe_arch import enhance
@@ -217,6 +247,11 @@ def enhance_command(args):
         except enhance.EnhanceError as exc:
             print(f'{PROG} enhance: failed: gate weights: {exc}', file=sys.stderr)
             gates_lost = True
+    if args.gates and not gates_lost:
+        from gmmoe_arch.evaluation.routing_map import has_pixel_gates
+
+        if has_pixel_gates(net):
+            gates_lost = not write_routing_maps(args, jobs, summary, net, tiling.max_pixels)
     done = len(summary.written)
     per = f', {summary.seconds / done:.2f} s/image' if done else ''
     print(

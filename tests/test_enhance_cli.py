@@ -259,3 +259,25 @@ def test_gates_json_of_a_spatial_gate_network_holds_per_image_mean_weights(photo
     for path, weights in blocks.items():
         assert len(weights) == 3 and abs(sum(weights) - 1) < 1e-6
         np.testing.assert_allclose(weights, recorded[path].mean((2, 3))[0].numpy(), atol=1e-5)
+
+
+def test_gates_of_a_spatial_gate_network_come_with_routing_maps(photos, tmp_path, capsys):
+    """A per-pixel gate: ``--gates g.json`` also writes g_routing/<image>.png (subfolders kept); a per-image
+    gate writes none."""
+    import torch
+
+    from gmmoe_arch import GMMoE
+
+    torch.manual_seed(0)
+    for gate in ('SpatialGate', None):
+        net = GMMoE(width=8, enc_blk_nums=[1, 1], middle_blk_num=1, dec_blk_nums=[1, 1], gate=gate)
+        torch.save({'params': net.state_dict()}, tmp_path / f'{gate}.pth')
+        gates = tmp_path / f'{gate}.json'
+        args = ['enhance', str(photos), '-o', str(tmp_path / f'out{gate}'), '--gates', str(gates), '--no-progress']
+        assert main(args + ['--weights', str(tmp_path / f'{gate}.pth')]) == 0
+    folder = tmp_path / 'SpatialGate_routing'
+    picture = cv2.imread(str(folder / 'a.png'))
+    assert picture is not None and picture.shape[1] > 3 * 53  # input, mean, the full-resolution blocks
+    assert (folder / 'night' / 'b.png').is_file()
+    assert f'routing maps in {folder}' in capsys.readouterr().err
+    assert not (tmp_path / 'None_routing').exists()

@@ -102,3 +102,24 @@ def test_the_scores_are_basicsr_validations(tmp_path, plugin_env):
     assert main(args + ['--metrics', 'psnr', 'ssim', '--json', str(report)]) == 0
     measured = json.loads(report.read_text())['networks']['net']['scores']['all']
     assert measured == pytest.approx(logged, abs=1e-4)  # the log's 4 decimals
+
+
+def test_gate_ablation_and_routing_maps(setup, tmp_path, capsys):
+    maps = tmp_path / 'maps'
+    assert run(setup, '--gate-ablation', '--routing-maps', str(maps), '--json', str(tmp_path / 'e.json')) == 0
+    out = capsys.readouterr().out
+    assert 'Gates frozen to their mean weights over these pairs' in out and 'psnr delta' in out
+    report = json.loads((tmp_path / 'e.json').read_text())
+    ablation = report['gate_ablation']
+    assert set(ablation) >= {'trained', 'frozen_mean', 'delta', 'means', 'spread'}
+    assert ablation['trained']['all']['psnr'] - ablation['frozen_mean']['all']['psnr'] == pytest.approx(
+        ablation['delta']['all']['psnr']
+    )
+    assert len(list(maps.glob('*.png'))) == 6
+
+
+def test_routing_maps_into_a_file_is_one_line(setup, tmp_path, capsys):
+    target = tmp_path / 'file.png'
+    target.write_bytes(b'x')
+    assert run(setup, '--routing-maps', str(target)) == 2
+    assert f'--routing-maps {target}: is a file, not a folder' in capsys.readouterr().err

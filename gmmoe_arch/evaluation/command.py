@@ -1,10 +1,14 @@
 """``gmmoe evaluate``: score a checkpoint per degradation label on a paired folder or LMDB pair.
 
 ``gmmoe evaluate --weights net_g.pth [--opt train.yml] --data DIR [--label L | --labels L...] [--baselines B...]
-[--metrics M...] [--json F] [--markdown F] [--target-* ...]`` prints the Markdown tables of
-:func:`gmmoe_arch.evaluation.markdown`, writes the report as JSON and Markdown when asked, and exits with 0, with
-1 when a ``--target-*`` is missed, and with 2 (one line naming the file or option) for bad input. The routing
+[--metrics M...] [--gate-ablation] [--routing-maps DIR] [--json F] [--markdown F] [--target-* ...]`` prints the
+Markdown tables of :func:`gmmoe_arch.evaluation.markdown`, writes the report as JSON and Markdown when asked,
+and exits with 0, with 1 when a ``--target-*`` is missed, and with 2 (one line naming the file or option) for
+bad input. The routing
 accuracy needs the label -> expert mapping: ``--mapping``, else ``train.gate_opt.experts`` of ``--opt``.
+``--gate-ablation`` adds the network with every gate frozen to its mean weights over the pairs
+(:mod:`.ablation`; the report's ``gate_ablation``); ``--routing-maps DIR`` writes each pair's routing map
+(:mod:`.routing_map`: which expert wins where) as ``DIR/<name>.png``.
 """
 
 import os
@@ -12,10 +16,11 @@ import sys
 
 from . import report as rep
 from . import targets as tg
+from .ablation import ablation_markdown, gate_ablation
 from .data import load_pairs
 from .errors import EvaluationError
 from .network import expert_list
-from .scores import ALL_METRICS, all_baselines, check_metrics, choose_baselines
+from .scores import ALL_METRICS, OURS, all_baselines, check_metrics, choose_baselines
 
 PROG = 'gmmoe evaluate'
 NETWORK_KEY = 'net'
@@ -53,12 +58,22 @@ def add_evaluate_arguments(parser):
         metavar='LABEL=EXPERT',
         help='label -> expert for the routing accuracy (default: train.gate_opt.experts of --opt)',
     )
+    run.add_argument(
+        '--gate-ablation',
+        action='store_true',
+        help="also score the network with each block's gate frozen to its mean weights over the pairs",
+    )
     run.add_argument('--title', default='GM-MoE', help='the network row in the tables (default: GM-MoE)')
     run.add_argument('--device', default='auto', help='auto (CUDA if present), cpu, cuda or cuda:N')
     run.add_argument('--max-pixels', type=int, metavar='N', help='tile images with more pixels (default: whole images)')
     out = parser.add_argument_group('output and targets')
     out.add_argument('--json', metavar='FILE', help='write the report as JSON')
     out.add_argument('--markdown', metavar='FILE', help='write the tables as Markdown')
+    out.add_argument(
+        '--routing-maps',
+        metavar='DIR',
+        help="write each pair's routing map (the winning expert per pixel over the input) as DIR/<name>.png",
+    )
     out.add_argument(
         '--target-over-input', type=float, metavar='DB', help='exit 1 unless PSNR gains this over the input'
     )
@@ -121,6 +136,11 @@ def _check(args):
             if os.path.isdir(path):
                 raise EvaluationError(f'{option} {path}: is a folder, not a file')
             check_writable([os.path.dirname(os.path.abspath(path))], f'{option} {path}: folder')
+    if args.routing_maps is not None:
+        if os.path.exists(args.routing_maps) and not os.path.isdir(args.routing_maps):
+            raise EvaluationError(f'--routing-maps {args.routing_maps}: is a file, not a folder')
+        os.makedirs(args.routing_maps, exist_ok=True)
+        check_writable([args.routing_maps], f'--routing-maps {args.routing_maps}: folder')
     return metrics, names
 
 
@@ -145,6 +165,13 @@ def _run(args):
     rep.add_network(report, NETWORK_KEY, args.title, net, pairs, mapping, args.max_pixels)
     targets = _targets(args, report)
     text = rep.markdown(report)
+    if args.gate_ablation:
+        report['gate_ablation'] = gate_ablation(net, pairs, [m for m in metrics if m in OURS] or OURS)
+        text += '\n\nGates frozen to their mean weights over these pairs:\n\n' + ablation_markdown(
+            report['gate_ablation']
+        )
+    if args.routing_maps:
+        _write_routing_maps(net, pairs, args.routing_maps)
     if args.json:
         rep.write_json(report, args.json)
     if args.markdown:
@@ -154,6 +181,16 @@ def _run(args):
     if targets:
         print(f'\n{line}')
     return 0 if met else 1
+
+
+def _write_routing_maps(net, pairs, folder):
+    from ..archs.gmmoe_arch import expert_names
+    from .routing_map import pixel_weights, save_routing_map
+
+    names = expert_names(net)
+    for pair in pairs:
+        save_routing_map(os.path.join(folder, f'{pair.name}.png'), pair.lq, pixel_weights(net, pair.lq), names)
+    print(f'{PROG}: {len(pairs)} routing map(s) in {folder}', file=sys.stderr)
 
 
 def evaluate_command(args):

@@ -37,7 +37,9 @@ Validation and testing also log each expert's gate weight averaged over the imag
 block and over all blocks (log file and TensorBoard ``gates/<dataset>/...``), the same per degradation
 label when the dataset gives labels (``gates/<dataset>/<label>/...``), and write a figure
 (``<visualization>/gates/<dataset>_<iter>.png`` in training, ``<results>/gates_<dataset>.png`` in
-``basicsr test``; one panel per label) with its numbers as JSON beside it (see :mod:`.gate_stats`).
+``basicsr test``; one panel per label) with its numbers as JSON beside it (see :mod:`.gate_stats`). With a
+per-pixel gate (``SpatialGate``) they also write the routing maps of the first :data:`ROUTING_MAPS` images
+(which expert wins where, :mod:`gmmoe_arch.evaluation.routing_map`) into ``<that stem>_routing/<image>.png``.
 """
 
 import logging
@@ -59,6 +61,8 @@ from ..options import is_number
 from ..registry import qualified, register
 from .gate_stats import GateStats, save_gate_figure, save_gate_json
 from .resume_options import resume_with_options
+
+ROUTING_MAPS = 3  # validation images per dataset whose routing maps are written (per-pixel gates)
 
 AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 DEFAULT_BALANCE = {'type': qualified('GateBalanceLoss'), 'loss_weight': 0.01}  # ours, whoever holds the plain name
@@ -115,6 +119,8 @@ class GMMoEModel(SRModel):
         self.label_map = None
         self._expert_names = None
         self._gate_stats = None
+        self._routing = None
+        self.lq_paths = None
         if opt['network_g'].get('gate_top_k') is not None and opt.get('dist') and opt.get('is_train', True):
             # unselected experts get no gradient; BasicSR's model_to_device reads this before wrapping in DDP
             opt['find_unused_parameters'] = True
@@ -171,6 +177,7 @@ class GMMoEModel(SRModel):
         self.labels = None if labels is None else [str(x) for x in labels]
         label_map = data.get('label_map')
         self.label_map = None if label_map is None else label_map.to(self.device)
+        self.lq_paths = data.get('lq_path')
 
     def _gate_targets(self):
         """What ``l_gate`` supervises with: the label map when the batch has one (padded as the network pads
@@ -410,14 +417,30 @@ class GMMoEModel(SRModel):
             super().test()
         if self._gate_stats is not None:
             self._gate_stats.add(gates, self.labels)
+            self._keep_routing_map(gates, net)
+
+    def _keep_routing_map(self, gates, net):
+        """Keep the batch's first image and its full-resolution routing weights for a routing map, while
+        fewer than :data:`ROUTING_MAPS` are kept and the gate is a per-pixel one."""
+        from ..evaluation.data import to_uint8
+        from ..evaluation.routing_map import at_image_size, full_resolution
+
+        if len(self._routing) >= ROUTING_MAPS or not any(g.dim() == 4 for g in gates.values()):
+            return
+        paths = self.lq_paths
+        name = os.path.splitext(os.path.basename(paths[0] if isinstance(paths, list) else paths or ''))[0]
+        img = to_uint8(self.lq[0].detach().float().cpu())
+        multiple = getattr(self.get_bare_model(net), 'padder_size', 1)
+        weights = at_image_size(gates, img.shape[:2], multiple, full_resolution(gates))
+        self._routing.append((name or f'image{len(self._routing)}', img, weights))
 
     def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
-        self._gate_stats = GateStats()
+        self._gate_stats, self._routing = GateStats(), []
         try:
             super().nondist_validation(dataloader, current_iter, tb_logger, save_img)
             self._log_gates(dataloader.dataset.opt['name'], current_iter, tb_logger)
         finally:
-            self._gate_stats = None
+            self._gate_stats, self._routing = None, None
 
     def gate_means(self, label=None):
         """Mean gate weights of the running validation, over all images or those with ``label``:
@@ -440,6 +463,19 @@ class GMMoEModel(SRModel):
         if not self.opt['is_train'] and paths.get('results_root'):
             return os.path.join(paths['results_root'], f'gates_{dataset_name}')
         return None
+
+    def _save_routing_maps(self, folder, experts):
+        """Write the kept routing maps into ``folder``; the log line saying where (or why not)."""
+        from ..evaluation.routing_map import save_routing_map
+        from ..inference.errors import EnhanceError
+
+        try:
+            os.makedirs(folder, exist_ok=True)
+            for name, img, weights in self._routing:
+                save_routing_map(os.path.join(folder, f'{name}.png'), img, weights, experts)
+        except (OSError, EnhanceError) as exc:  # a diagnostic, as the gate figure
+            return f'Routing maps not written to {folder}: {exc}'
+        return f'Routing maps: {folder} ({len(self._routing)} image(s))'
 
     def _log_gates(self, dataset_name, current_iter, tb_logger):
         stats = self._gate_stats
@@ -469,6 +505,8 @@ class GMMoEModel(SRModel):
                 lines.append(f'Gate figure: {stem}.png (numbers in {stem}.json)')
             except OSError as exc:  # a diagnostic: training goes on without it
                 lines.append(f'Gate figure and statistics not written to {stem}.png/.json: {exc}')
+            if self._routing:
+                lines.append(self._save_routing_maps(stem + '_routing', experts))
         get_root_logger().info('\n'.join(lines))
         if tb_logger:
             for label in [None] + stats.labels:

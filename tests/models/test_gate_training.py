@@ -359,3 +359,28 @@ def test_a_label_map_in_the_batch_supervises_a_spatial_gate_per_pixel(tmp_path):
     unlabelled = {'lq': odd['lq'], 'gt': odd['gt'], 'label_map': torch.full((2, 14, 14), names().index('rain'))}
     value, _ = l_gate(unlabelled)
     assert math.isfinite(value) and value > 0
+
+
+def test_validation_writes_routing_maps_for_a_per_pixel_gate_only(tmp_path):
+    loader = torch.utils.data.DataLoader(LabelledSet(['rain', 'haze', 'lowlight', 'rain']), batch_size=1)
+    spatial = build_model(make_opt(tmp_path, dict(W8, gate='SpatialGate')))
+    with captured_log() as log:
+        spatial.validation(loader, 5, None, save_img=False)
+    folder = tmp_path / 'visualization' / 'gates' / 'mix_val_5_routing'
+    assert sorted(os.listdir(folder)) == ['img0.png', 'img1.png', 'img2.png']  # ROUTING_MAPS images
+    picture = cv2.imread(str(folder / 'img0.png'))
+    lq = LabelledSet(['rain'])[0]['lq']
+    assert picture.shape[0] > lq.shape[1] and picture.shape[1] > 3 * lq.shape[2]  # input, mean, blocks; legend
+    assert f'Routing maps: {folder} (3 image(s))' in log.getvalue()
+    per_image = build_model(make_opt(tmp_path / 'image', W8))
+    per_image.validation(loader, 5, None, save_img=False)
+    assert not (tmp_path / 'image' / 'visualization' / 'gates' / 'mix_val_5_routing').exists()
+
+
+def test_unwritable_routing_map_folder_is_reported_and_validation_goes_on(tmp_path):
+    model = build_model(make_opt(tmp_path, dict(W8, gate='SpatialGate')))
+    (tmp_path / 'visualization').write_text('a file where the folder should be')
+    loader = torch.utils.data.DataLoader(LabelledSet(['rain']), batch_size=1)
+    with captured_log() as log:
+        model.validation(loader, 3, None, save_img=False)
+    assert 'Routing maps not written to' in log.getvalue() and 'psnr' in model.metric_results
