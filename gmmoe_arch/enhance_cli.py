@@ -160,8 +160,8 @@ def add_evaluate_parser(sub, full):
 
 
 def gates_text(path, gates, experts):
-    """``gates[image][block] = [w...]`` as the text of ``path``: JSON (``{"experts", "images"}``) for
-    ``.json``, else CSV (a row per image and block)."""
+    """``gates[image][block] = [w...]`` (per-pixel gates: their means over the image) as the text of ``path``:
+    JSON (``{"experts", "images"}``) for ``.json``, else CSV (a row per image and block)."""
     if path.lower().endswith('.json'):
         return json.dumps({'experts': experts, 'images': gates}, indent=1)
     text = io.StringIO(newline='')

@@ -233,3 +233,29 @@ def test_export_subcommand_shares_the_network_options_and_dispatches(monkeypatch
         main(['enhance', '--help'])
     help_text = capsys.readouterr().out
     assert '--weights' in help_text and '--max-image-pixels' in help_text
+
+
+def test_gates_json_of_a_spatial_gate_network_holds_per_image_mean_weights(photos, tmp_path):
+    """A SpatialGate checkpoint loads without --opt (the gate is read off its keys) and ``--gates`` writes each
+    image's per-block weights averaged over the pixels: n numbers per block that sum to one."""
+    import torch
+
+    from gmmoe_arch import GMMoE, record_gates
+
+    torch.manual_seed(0)
+    net = GMMoE(width=8, enc_blk_nums=[1, 1], middle_blk_num=1, dec_blk_nums=[1, 1], gate={'type': 'SpatialGate'})
+    torch.save({'params': net.state_dict()}, tmp_path / 'spatial.pth')
+    gates = tmp_path / 'g.json'
+    image = photos / 'a.png'
+    args = ['enhance', str(image), '-o', str(tmp_path / 'out'), '--gates', str(gates), '--no-progress']
+    assert main(args + ['--weights', str(tmp_path / 'spatial.pth')]) == 0
+    data = json.loads(gates.read_text())
+    blocks = data['images']['a.png']
+    assert data['experts'] == ['ColourExpert', 'DetailExpert', 'FeatureExpert'] and len(blocks) == 5
+    rgb = cv2.cvtColor(cv2.imread(str(image)), cv2.COLOR_BGR2RGB)
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad(), record_gates(net.eval()) as recorded:
+        net(x)
+    for path, weights in blocks.items():
+        assert len(weights) == 3 and abs(sum(weights) - 1) < 1e-6
+        np.testing.assert_allclose(weights, recorded[path].mean((2, 3))[0].numpy(), atol=1e-5)

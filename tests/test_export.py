@@ -204,3 +204,16 @@ def test_unwritable_output_is_refused_before_loading_and_tracing(tmp_path, small
     assert capsys.readouterr().err == (
         f'gmmoe export: error: -o {disk / "m.onnx"}: folder {disk}: cannot write in {disk} (Read-only file system)\n'
     )
+
+
+def test_a_spatial_gate_network_exports_dense_and_matches_pytorch(tmp_path):
+    """SpatialGate (per-pixel weights, LayerNorm'd global context, learnable temperature): the ONNX model
+    onnxruntime runs gives PyTorch's output at small, odd and larger sizes."""
+    from gmmoe_arch.export import export_onnx
+
+    torch.manual_seed(0)
+    net = GMMoE(width=8, enc_blk_nums=[1, 1], middle_blk_num=1, dec_blk_nums=[1, 1], gate={'type': 'SpatialGate'})
+    net = activate_branches(net, norm_jitter=0.1).eval()
+    path = export_onnx(net, str(tmp_path / 'spatial.onnx'))
+    diffs = check_onnx(net, path, [(1, 1), (37, 53), (96, 80)])
+    assert all(d <= FP32_TOLERANCE for d in diffs.values()), diffs

@@ -1,4 +1,4 @@
-"""GM-MoE experts and the gate, and the registry that YAMLs pick experts from.
+"""GM-MoE experts and the registry that YAMLs pick experts from (the gates are in :mod:`.gates`).
 
 An expert maps ``(B, C, H, W) -> (B, C, H, W)`` and is built as ``Expert(channels, **kwargs)``.
 Register your own (e.g. for deraining) from any package::
@@ -276,27 +276,6 @@ class FeatureExpert(FastPath, nn.Module):
         else:
             y = conv_add(x * s, weight, bias, u)
         return conv_add(simple_gate(conv(layer_norm_nchw(y, self.norm2), *w[self.conv4])), *w.conv5_gamma, y)
-
-
-class Gate(nn.Module):
-    """Per-image softmax gate: ``(B, C, H, W) -> (B, n_experts)`` weights that sum to one.
-
-    Global average pool (:func:`.pooling.global_mean`), Linear C -> C/4, ReLU, Linear C/4 -> n (no
-    biases), softmax of the logits divided by ``temperature`` (released: 3).
-    """
-
-    def __init__(self, channels, n_experts, temperature=3.0):
-        super().__init__()
-        if temperature <= 0:
-            raise ValueError(f'gate_temperature must be > 0, got {temperature}')
-        hidden = max(1, channels // 4)
-        self.mlp = nn.Sequential(
-            nn.Linear(channels, hidden, bias=False), nn.ReLU(inplace=True), nn.Linear(hidden, n_experts, bias=False)
-        )
-        self.temperature = float(temperature)
-
-    def forward(self, u):
-        return torch.softmax(self.mlp(global_mean(u).flatten(1)) / self.temperature, dim=1)
 
 
 def build_expert(spec, channels):

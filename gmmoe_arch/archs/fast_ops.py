@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .cpu_kernels import cpu_kernels_apply
+from .routing import expert_factor
 from .torch_private import onednn_conv, onednn_conv_add
 
 
@@ -221,15 +222,16 @@ def _mul_into(own, times, plus=None):
 
 
 def weighted_sum(weights, terms, in_place):
-    """``sum_i weights[:, i] * terms_i`` for ``(B, n)`` ``weights`` and ``n`` ``(B, C, H, W)`` terms, drawn
-    from the iterable ``terms`` one at a time (so only one is alive at once).
+    """``sum_i weights[:, i] * terms_i`` for ``(B, n)`` or ``(B, n, H, W)`` ``weights`` (see
+    :func:`.routing.expert_factor`) and ``n`` ``(B, C, H, W)`` terms, drawn from the iterable ``terms`` one at
+    a time (so only one is alive at once).
 
     ``in_place`` (the fast path): without grad each product is accumulated into the first one, a
     buffer allocated here; else ``total + w_i * term_i`` as written.
     """
     total = None
     for i, term in enumerate(terms):
-        w = weights[:, i, None, None, None]
+        w = expert_factor(weights, i)
         if total is None:
             total = w * term
         elif in_place and _writable(total, w, term):

@@ -21,8 +21,8 @@ from torch.utils.checkpoint import checkpoint as checkpoint_fn
 
 from ..options import is_integer
 from ..registry import register
-from . import released_layout
-from .experts import RELEASED_EXPERTS, Gate, build_expert, channel_mean_max
+from . import released_layout, routing
+from .experts import RELEASED_EXPERTS, build_expert, channel_mean_max
 from .fast_ops import (
     channel_max,
     channel_mean,
@@ -35,6 +35,7 @@ from .fast_ops import (
     weighted_sum,
 )
 from .fast_path import FastPath, PathSwitch, uses_fast_path
+from .gates import Gate, build_gate
 from .pooling import hooks_active
 
 CHECKPOINT_LEVELS = {False: None, True: 'block', 'block': 'block', 'expert': 'expert'}
@@ -63,12 +64,13 @@ def take_images(x, index):
 def add_expert_output(total, u, weight, out, index, in_place):
     """``total`` plus ``weight * out`` on the images ``index`` (None: all) of the block input ``u``.
 
-    ``weight``: ``(b,)`` one weight per image of ``out`` ``(b, C, H, W)``; ``total``: None for the first
+    ``weight``: the expert's weights on the images of ``out`` ``(b, C, H, W)``, broadcastable onto it
+    (:func:`.routing.expert_factor`: ``(b, 1, 1, 1)`` or ``(b, 1, H, W)``); ``total``: None for the first
     expert run (then a new tensor is returned) or what this function returned before, which ``in_place``
     (the fast path) without grad accumulates into. Under autocast experts may return different dtypes:
     the sum takes the promoted one, as the dense sum does.
     """
-    term = weight[:, None, None, None] * out
+    term = weight * out
     if total is None:
         return term if index is None else torch.zeros_like(u, dtype=term.dtype).index_add_(0, index, term)
     dtype = torch.promote_types(total.dtype, term.dtype)
@@ -119,23 +121,29 @@ class SFEB(FastPath, nn.Module):
 class ExpertBlock(PathSwitch, nn.Module):
     """Gated mixture of experts: ``sum_i gate(u)[:, i] * expert_i(u)``, ``(B, C, H, W)`` in and out.
 
-    With ``top_k`` (GMMoE's ``gate_top_k``) each image mixes only ``k`` of the experts, picked from
-    the gate's dense weights by :meth:`route` (the gate itself, and so :func:`record_gates`, stays
-    dense), and the other experts are not computed for it (see :meth:`forward`).
+    The gate (``network_g.gate``, :mod:`.gates`; default the released one) gives per-image ``(B, n)`` or
+    per-pixel ``(B, n, H, W)`` weights, read through :mod:`.routing`. With ``top_k`` (GMMoE's ``gate_top_k``)
+    each image (per-pixel gate: each pixel) mixes only ``k`` of the experts, picked from the gate's dense
+    weights by :meth:`route` (the gate itself, and so :func:`record_gates`, stays dense), and an expert that
+    no image (pixel of an image) picked is not computed for it (see :meth:`forward`).
 
     State-dict names follow the released checkpoints (the table in :mod:`.released_layout`): an expert
     at its released position (colour 0, detail 1, feature 2) is saved as ``Expert1.*`` / ``Expert2.*`` /
-    directly under the block, the gate as ``GateNetwork.*``; other experts keep ``experts.<i>.*``.
+    directly under the block, the released gate as ``GateNetwork.*``; other experts keep ``experts.<i>.*``,
+    other gates ``gate.*``.
     Loading also accepts (and drops) the released ``conv6`` weights, which the released forward never used.
     """
 
-    def __init__(self, channels, experts=RELEASED_EXPERTS, gate_temperature=3.0, checkpoint_experts=False, top_k=None):
+    def __init__(
+        self, channels, experts=RELEASED_EXPERTS, gate_temperature=3.0, checkpoint_experts=False, top_k=None, gate=None
+    ):
         super().__init__()
         if not experts:
             raise ValueError('network_g.experts: at least one expert is needed')
         self.experts = nn.ModuleList(build_expert(spec, channels) for spec in experts)
-        self.gate = Gate(channels, len(self.experts), gate_temperature)
-        self._released = released_layout.saved_prefixes([type(e).__name__ for e in self.experts])
+        self.gate = build_gate(gate, channels, len(self.experts), gate_temperature)
+        names = [type(e).__name__ for e in self.experts]
+        self._released = released_layout.saved_prefixes(names, released_gate=type(self.gate) is Gate)
         self.register_state_dict_post_hook(ExpertBlock._to_released_names)
         self.register_load_state_dict_pre_hook(ExpertBlock._from_released_names)
         self.checkpoint_experts = checkpoint_experts  # GMMoE's ``checkpoint: expert``
@@ -150,56 +158,38 @@ class ExpertBlock(PathSwitch, nn.Module):
         and one expert's output alive at a time); the two paths differ only in that the fast one
         accumulates the sum in place (into a buffer it allocated itself).
 
-        Top-k: expert ``i`` runs once, on the images that picked it (``u`` itself when all did, else
-        those images gathered), and its weighted output is added to theirs; an expert no image picked is
-        not called. Exception: while a :func:`.pooling.pooling_hook` is active (the tiled enhancer's
-        statistics, which number the global means in call order), every expert runs on every image, so
-        that each tile pools the same sites whichever experts it picked; only the picked ones enter the
-        output.
+        Top-k: expert ``i`` runs once, on the images that picked it (per-pixel gate: at any pixel; ``u``
+        itself when all did, else those images gathered), and its weighted output is added to theirs (zero
+        weight at the pixels that did not pick it); an expert no image picked is not called. Exception:
+        while a :func:`.pooling.pooling_hook` is active (the tiled enhancer's statistics, which number the
+        global means in call order), every expert runs on every image, so that each tile pools the same
+        sites whichever experts it picked; only the picked ones enter the output.
         """
         weights = self.gate(u)
         in_place = self.takes_fast_path(u)
         if self.top_k is None:
             return weighted_sum(weights, (self.expert(i, u) for i in range(len(self.experts))), in_place)
         chosen, mix = self.route(weights)
-        sparse = torch.zeros_like(weights).scatter(1, chosen, mix)  # (B, n): zero for experts not picked
+        sparse = routing.scatter_picks(weights, chosen, mix)  # zero for experts not picked
         if hooks_active():
             return weighted_sum(sparse, (self.expert(i, u) for i in range(len(self.experts))), in_place)
-        picks = chosen.tolist()
+        used = routing.used_experts(chosen, len(self.experts))
         total = None
         for i in range(len(self.experts)):
-            rows = [b for b, row in enumerate(picks) if i in row]
-            if len(rows) == len(picks):
-                total = add_expert_output(total, u, sparse[:, i], self.expert(i, u), None, in_place)
+            rows = [b for b, row in enumerate(used) if row[i]]
+            if len(rows) == len(used):
+                total = add_expert_output(total, u, routing.expert_factor(sparse, i), self.expert(i, u), None, in_place)
             elif rows:
                 index = torch.tensor(rows, device=u.device)
                 out = self.expert(i, take_images(u, index))
-                total = add_expert_output(total, u, sparse[index, i], out, index, in_place)
+                factor = routing.expert_factor(sparse.index_select(0, index), i)
+                total = add_expert_output(total, u, factor, out, index, in_place)
         return total
 
     def route(self, weights):
-        """The experts each image runs and their weights: ``(B, n)`` dense gate weights ->
-        ``(B, k)`` expert indices and ``(B, k)`` mixing weights that sum to one per image.
-
-        Inference (eval mode or no grad): the ``k`` largest weights, renormalised over the ``k``.
-        Training (train mode with grad): ``k`` experts sampled without replacement in proportion to
-        their weights (Gumbel top-k: the log-weights plus Gumbel noise, the ``k`` largest), so every
-        expert keeps being picked, and learning, in proportion to its weight. The renormalised weights
-        are then multiplied by ``m / m.detach()``, ``m`` the picked weights' sum: the value is unchanged,
-        but the gate also gets a gradient for how useful the picked experts' output was (with ``k = 1``
-        the renormalised weight is exactly 1, and without this factor no gradient would reach the gate
-        through the output). The noise is drawn from torch's generator of ``weights``' device, so a
-        checkpointed block (which restores the generator) recomputes the same picks.
-        """
-        scores = weights.detach().log()
-        sampling = self.training and torch.is_grad_enabled()
-        if sampling:
-            scores = scores - torch.empty_like(scores).exponential_().log()  # + Gumbel(0, 1) noise
-        chosen = scores.topk(self.top_k, dim=1).indices
-        picked = weights.gather(1, chosen)
-        mass = picked.sum(1, keepdim=True)
-        mix = picked / mass
-        return chosen, mix * (mass / mass.detach()) if sampling else mix
+        """The experts each image (per-pixel gate: each pixel) runs and their weights: :func:`.routing.top_k`
+        of the dense gate weights, sampled in training (train mode with grad), the ``k`` largest otherwise."""
+        return routing.top_k(weights, self.top_k, self.training and torch.is_grad_enabled())
 
     def _to_released_names(self, state_dict, prefix, local_metadata):
         for key in [k for k in state_dict if k.startswith(prefix)]:
@@ -257,7 +247,10 @@ class GMMoE(nn.Module):
         middle_blk_num (int): expert blocks at the lowest resolution.
         experts (list): expert names or ``{type: Name, **kwargs}`` dicts from ``EXPERT_REGISTRY``
             (default: the released colour, detail and feature experts, in that order).
-        gate_temperature (float): softmax temperature of every gate (released: 3).
+        gate_temperature (float): softmax temperature of the released gate (released: 3).
+        gate (str | dict | None): every block's gate, a name or ``{type: Name, **options}`` from
+            ``GATE_REGISTRY`` (:mod:`.gates`: ``Gate``, ``AdaptiveGate``, ``SpatialGate``, or your own);
+            None (default): the released gate, saved as ``GateNetwork.*``.
         preset (str | None): ``'paper'`` or ``'released'`` fills the size arguments left unset.
         fast (bool | str): ``'auto'`` (default): the fast path on CPU, the straightforward one elsewhere;
             ``true`` / ``false``: always the fast / the straightforward path.
@@ -285,6 +278,7 @@ class GMMoE(nn.Module):
         fast: Union[bool, str] = 'auto',
         checkpoint: Union[bool, str] = False,
         gate_top_k: Optional[int] = None,
+        gate: Union[str, dict, None] = None,
     ) -> None:
         super().__init__()
         if not any(checkpoint is k or (isinstance(k, str) and checkpoint == k) for k in CHECKPOINT_LEVELS):
@@ -307,7 +301,10 @@ class GMMoE(nn.Module):
 
         def blocks(channels, n):
             return nn.Sequential(
-                *[ExpertBlock(channels, experts, gate_temperature, self.checkpoint == 'expert') for _ in range(n)]
+                *[
+                    ExpertBlock(channels, experts, gate_temperature, self.checkpoint == 'expert', gate=gate)
+                    for _ in range(n)
+                ]
             )
 
         self.intro = nn.Conv2d(img_channel, width, 3, padding=1)
@@ -434,11 +431,11 @@ def expert_names(net):
 def record_gates(net: nn.Module, keep_grad: bool = False) -> Iterator[dict[str, Tensor]]:
     """Record every expert block's gate weights during forward passes.
 
-    ``with record_gates(net) as gates: net(x)`` leaves ``gates[path]`` = the ``(B, n_experts)``
-    softmax weights of the last forward (dense: before any top-k selection), keyed by the block's
-    state-dict prefix (``encoders.0.0``, ``middle_blks.0``, ``decoders.3.0``; a DDP/DataParallel
-    wrapper's ``module.`` is left out). ``keep_grad=True`` keeps them attached to the graph, for
-    losses on the gate (gate supervision, load balancing); else they are detached.
+    ``with record_gates(net) as gates: net(x)`` leaves ``gates[path]`` = the ``(B, n_experts)`` (per-pixel
+    gates: ``(B, n_experts, H, W)``, see :mod:`.routing`) weights of the last forward (dense: before any
+    top-k selection), keyed by the block's state-dict prefix (``encoders.0.0``, ``middle_blks.0``,
+    ``decoders.3.0``; a DDP/DataParallel wrapper's ``module.`` is left out). ``keep_grad=True`` keeps them
+    attached to the graph, for losses on the gate (gate supervision, load balancing); else they are detached.
     """
     gates, handles = {}, []
     bare = net.module if isinstance(getattr(net, 'module', None), nn.Module) else net

@@ -8,7 +8,8 @@ expert block (``encoders.0.0.``, ``middle_blks.3.``, ...) unless said otherwise.
 * :data:`EXPERTS`: an expert at its released position is saved under its released prefix (``Expert1.*``,
   ``Expert2.*``, or inline directly under the block); a checkpoint holds it where a key starts with its
   ``marker``. Every other expert is saved as ``experts.<i>.*``.
-* :data:`GATE`: the gate's ``gate.mlp.*`` is saved as ``GateNetwork.*``.
+* :data:`GATE`: the released gate's ``gate.mlp.*`` is saved as ``GateNetwork.*``; other gates (``network_g.gate``)
+  keep ``gate.*`` (:data:`OWN_GATE`).
 * :data:`UNUSED`: ``conv6.*``, weights the released forward never used; loading drops them.
 * :data:`REQUIRED_KEYS`: full keys every GM-MoE checkpoint has, of any size and experts (the stem and the
   SFEB; not a gate: ``middle_blk_num: 0`` is a valid network), and NAFNet, whose blocks GM-MoE's feature
@@ -37,7 +38,7 @@ EXPERTS = (
     ReleasedExpert(2, 'FeatureExpert', '', 'conv11.'),
 )
 OWN_EXPERTS = 'experts.'  # ours: the block's nn.ModuleList of experts
-OWN_GATE = 'gate.'  # ours: the Gate module, whose ``mlp`` is saved as GATE
+OWN_GATE = 'gate.'  # ours: the gate module; the released Gate's ``mlp`` is saved as GATE
 GATE = 'GateNetwork.'
 GATE_IN = GATE + '0.weight'  # (C / 4, C): C, the block's width
 GATE_OUT = GATE + '2.weight'  # (n_experts, C / 4)
@@ -58,16 +59,18 @@ class NotGMMoECheckpointError(ValueError):
     """A state dict without the keys every GM-MoE checkpoint has; the message names them."""
 
 
-def saved_prefixes(experts: Sequence[str]) -> dict[str, str]:
+def saved_prefixes(experts: Sequence[str], released_gate: bool = True) -> dict[str, str]:
     """``{our prefix: saved prefix}`` for a block of the experts named ``experts`` (class names, in order):
-    each expert at its released position, and the gate. Prefixes not in it are saved as they are."""
+    each expert at its released position, and the gate if it is the released one (``released_gate``; other
+    gates keep ``gate.*``). Prefixes not in it are saved as they are."""
     released = {e.position: e for e in EXPERTS}
     names = {
         f'{OWN_EXPERTS}{i}.': released[i].prefix
         for i, name in enumerate(experts)
         if i in released and released[i].expert == name
     }
-    names[OWN_GATE + 'mlp.'] = GATE
+    if released_gate:
+        names[OWN_GATE + 'mlp.'] = GATE
     return names
 
 

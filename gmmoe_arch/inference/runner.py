@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ..archs.gmmoe_arch import record_gates
 from ..archs.pooling import pooling_hook
+from ..archs.routing import per_image
 from .errors import EnhanceError
 from .statistics import ImageStatistics
 from .tiling import DEFAULT_MAX_PIXELS, DEFAULT_OVERLAP, RowBlender, TilePlan, Tiling
@@ -86,7 +87,8 @@ def _sweep(
         inject: ``{site: mean}`` used instead of each tile's own global means (None: none).
         add_output: ``add_output(y0, y1, x0, x1, pred)`` receives each tile's ``(1, 3, h, w)`` float32 CPU
             output multiplied by its blending share, in the order :meth:`TilePlan.tiles` yields them.
-        gates: filled with each expert block's gate weights, weighted by the output pixels each tile owns.
+        gates: filled with each expert block's gate weights (per-pixel gates: their mean over the tile,
+            :func:`~gmmoe_arch.archs.routing.per_image`), weighted by the output pixels each tile owns.
     """
     pad = getattr(net, 'padder_size', 1)
     stats = ImageStatistics(inject, record)
@@ -102,7 +104,7 @@ def _sweep(
             if gates is not None:
                 weight = float(share.sum(dtype=np.float64)) / (plan.h * plan.w)
                 for path, g in tile_gates.items():
-                    gates[path] = gates.get(path, 0) + weight * g[0].double().cpu().numpy()
+                    gates[path] = gates.get(path, 0) + weight * per_image(g)[0].double().cpu().numpy()
     return stats
 
 

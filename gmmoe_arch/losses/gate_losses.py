@@ -1,11 +1,12 @@
 """Losses on the gates of GM-MoE's expert blocks: routing supervision by degradation label, load balancing.
 
-Both take the dense gate weights of every expert block, ``{block path: (B, n_experts)}`` as
-``record_gates(net, keep_grad=True)`` records them, and return a scalar tensor in float32.
+Both take the dense gate weights of every expert block, ``{block path: (B, n_experts)}`` (per-image gates)
+or ``(B, n_experts, H, W)`` (per-pixel gates) as ``record_gates(net, keep_grad=True)`` records them, read
+through :mod:`gmmoe_arch.archs.routing`, and return a scalar tensor in float32.
 
-* :class:`GateRoutingLoss` (``train.gate_opt``): teaches the gate to route each image to the experts of
-  its degradation label. ``loss_weight * mean over blocks and labelled images of -log(sum of the
-  weights of the label's target experts)``.
+* :class:`GateRoutingLoss` (``train.gate_opt``): teaches the gate to route each image, or each pixel of a
+  per-pixel label map, to the experts of its degradation label. ``loss_weight * mean over blocks of the
+  mean over labelled images (pixels) of -log(sum of the weights of the label's target experts)``.
 * :class:`GateBalanceLoss` (``train.balance_opt``): keeps every expert in use under top-k routing, the
   squared coefficient of variation of the experts' importance (Shazeer et al. 2017), averaged over blocks.
 """
@@ -15,63 +16,62 @@ from basicsr.utils import get_root_logger
 from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
 
+from ..archs import routing
+from ..archs.routing import per_image, per_pixel
+from ..data.degradations import names as degradation_names
 from ..registry import register
 
 OPTION = 'train.gate_opt'
 EXPERTS_OPTION = f'{OPTION}.experts'
 
 
-def _stacked(gates):
-    """``{path: (B, n)}`` -> ``(blocks, B, n)`` float32 tensor; ValueError on an empty dict or mixed shapes."""
-    if not gates:
-        raise ValueError('no gate weights were recorded: the network has no expert blocks')
-    shapes = {tuple(w.shape) for w in gates.values()}
-    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
-        raise ValueError(f'gate weights must all be (B, n_experts), got shapes {sorted(shapes)}')
-    return torch.stack([w.float() for w in gates.values()])
-
-
 def parse_expert_mapping(experts, where=EXPERTS_OPTION):
-    """``{label: Name or [names]}`` -> ``{label: [names]}``; ValueError naming ``<where>[.label]``."""
-    if not isinstance(experts, dict) or not experts:
-        raise ValueError(
-            f'{where}: expected a mapping from degradation label to expert name(s), '
-            f'e.g. {{lowlight: ColourExpert, rain: RainExpert, haze: HazeExpert}}; got {experts!r}'
-        )
-    mapping = {}
-    for label, names in experts.items():
-        names = [names] if isinstance(names, str) else names
-        if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) and n for n in names):
-            raise ValueError(f'{where}.{label}: expected an expert name or a list of names, got {names!r}')
-        mapping[str(label)] = list(names)
-    return mapping
+    """:func:`.routing.parse_expert_mapping`, naming ``train.gate_opt.experts`` by default."""
+    return routing.parse_expert_mapping(experts, where)
 
 
 def target_indices(mapping, expert_names, where=EXPERTS_OPTION):
-    """``{label: [names]}`` -> ``{label: [indices into expert_names]}`` (every expert of that class).
+    """:func:`.routing.target_indices`, naming ``train.gate_opt.experts`` by default."""
+    return routing.target_indices(mapping, expert_names, where)
 
-    Raises ValueError naming ``<where>.<label>`` and the network's experts for a name the
-    network does not have."""
-    indices = {}
-    for label, names in mapping.items():
-        unknown = [n for n in names if n not in expert_names]
-        if unknown:
-            raise ValueError(
-                f'{where}.{label}: the network has no expert {", ".join(unknown)}; '
-                f'its experts (network_g.experts) are {", ".join(expert_names) or "none"}'
-            )
-        indices[label] = [i for i, name in enumerate(expert_names) if name in names]
-    return indices
+
+def _check_recorded(gates):
+    if not gates:
+        raise ValueError('no gate weights were recorded: the network has no expert blocks')
+
+
+def _image_weights(gates):
+    """``{path: (B, n) or (B, n, H, W)}`` -> ``(blocks, B, n)`` float32 per-image weights
+    (:func:`.routing.per_image`); ValueError on an empty dict or mixed shapes."""
+    _check_recorded(gates)
+    weights = [per_image(w.float()) for w in gates.values()]
+    shapes = {tuple(w.shape) for w in weights}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise ValueError(f'gate weights must all be (B, n) or (B, n, H, W) for one B and n, got {sorted(shapes)}')
+    return torch.stack(weights)
+
+
+def _check_label_map(label_map, batch):
+    if label_map.dtype != torch.long or label_map.dim() != 3 or label_map.shape[0] != batch:
+        raise ValueError(
+            f'GateRoutingLoss: label_map must be a (B, H, W) long tensor of degradation indices for a batch of '
+            f'{batch} image(s), got {tuple(label_map.shape)} {label_map.dtype}'
+        )
 
 
 @register(LOSS_REGISTRY)
 class GateRoutingLoss(nn.Module):
-    """Gate supervision by degradation label.
+    """Gate supervision by degradation label, per image or per pixel.
 
-    ``loss_weight * mean_{blocks, labelled images} -log(clamp(sum_{e in targets(label)} w_e, eps))``,
-    with ``w`` the dense softmax weights of each block. Images whose label is not a key of ``experts``
-    are left out of the mean (each such label is logged once); a batch with none of the mapped labels
-    gives a loss of zero.
+    ``loss_weight * mean_blocks mean_{labelled sites} -log(clamp(sum_{e in targets(label)} w_e, eps))``,
+    with ``w`` the dense weights of each block. Labels are one string per image, or a ``(B, H, W)`` label
+    map (``data['label_map']``: degradation indices; the model pads it as the network pads its input,
+    :func:`~gmmoe_arch.archs.routing.pad_label_map`). The sites: the labelled images for string labels and a
+    per-image gate; every pixel of a per-pixel gate (string labels: the image's label at each pixel; a
+    map: resized to the block's resolution by nearest neighbour); every pixel of the map for a per-image
+    gate (the image's weights at each pixel, so the loss weighs the degradations by their area). Sites
+    whose label is not a key of ``experts`` are left out (each such label is logged once); a batch with
+    none of the mapped labels gives a loss of zero.
 
     Args:
         loss_weight (float): scale of the loss.
@@ -97,26 +97,41 @@ class GateRoutingLoss(nn.Module):
         return self._resolved[1]
 
     def forward(self, gates, expert_names, labels):
-        """``gates``: ``{path: (B, n)}``; ``expert_names``: n class names; ``labels``: B strings -> scalar."""
+        """``gates``: ``{path: (B, n) or (B, n, H, W)}``; ``expert_names``: n class names; ``labels``: B strings,
+        or a ``(B, H, W)`` long label map of degradation indices (``gmmoe_arch.data.degradations.names()``
+        order; -1 or any other index outside the table: unlabelled pixel) -> scalar."""
         indices = self.check(expert_names)
-        weights = _stacked(gates)
-        if len(labels) != weights.shape[1]:
-            raise ValueError(f'GateRoutingLoss: {len(labels)} label(s) for a batch of {weights.shape[1]} image(s)')
-        mask = torch.zeros(weights.shape[1:], dtype=weights.dtype, device=weights.device)
-        for b, label in enumerate(labels):
-            if label in indices:
-                mask[b, indices[label]] = 1
-            elif label not in self._unmapped_logged:
+        _check_recorded(gates)
+        batch = next(iter(gates.values())).shape[0]
+        if isinstance(labels, torch.Tensor):
+            _check_label_map(labels, batch)
+            table = degradation_names()
+            self._log_unmapped(table[i] for i in labels.unique().tolist() if 0 <= i < len(table))
+        elif len(labels) != batch:
+            raise ValueError(f'GateRoutingLoss: {len(labels)} label(s) for a batch of {batch} image(s)')
+        else:
+            self._log_unmapped(labels)
+        per_block = []
+        for w in gates.values():
+            size = w.shape[-2:] if w.dim() == 4 else None  # per-image weights meet the map at full resolution
+            w = per_pixel(w.float())
+            mask = routing.label_mask(labels, indices, len(expert_names), size, degradation_names()).to(w.device)
+            target = (w * mask).sum(1)
+            labelled = (mask.sum(1) > 0).expand_as(target)
+            if labelled.any():
+                per_block.append(-torch.log(target[labelled].clamp(min=self.eps)).mean())
+        if not per_block:
+            return sum(w.sum() for w in gates.values()) * 0
+        return self.loss_weight * torch.stack(per_block).mean()
+
+    def _log_unmapped(self, labels):
+        for label in dict.fromkeys(labels):
+            if label not in self.mapping and label not in self._unmapped_logged:
                 self._unmapped_logged.add(label)
                 get_root_logger().warning(
                     f'{OPTION}: images labelled "{label}" have no target experts in {OPTION}.experts '
                     f'({", ".join(self.mapping)}); the gate loss leaves them out'
                 )
-        labelled = mask.sum(1) > 0
-        if not labelled.any():
-            return weights.sum() * 0
-        target = (weights * mask).sum(2)[:, labelled]
-        return self.loss_weight * -torch.log(target.clamp(min=self.eps)).mean()
 
 
 @register(LOSS_REGISTRY)
@@ -139,7 +154,7 @@ class GateBalanceLoss(nn.Module):
         self.eps = float(eps)
 
     def forward(self, gates):
-        """``gates``: ``{path: (B, n)}`` -> scalar."""
-        importance = _stacked(gates).sum(1)
+        """``gates``: ``{path: (B, n) or (B, n, H, W)}`` (per-pixel weights: their pixel means) -> scalar."""
+        importance = _image_weights(gates).sum(1)
         cv_squared = importance.var(1, correction=0) / (importance.mean(1).pow(2) + self.eps)
         return self.loss_weight * cv_squared.mean()

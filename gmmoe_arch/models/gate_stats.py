@@ -22,8 +22,9 @@ Public API (GMMoEModel's validation uses it; scripts may too)::
     save_gate_json(stats, 'gates.json', names, mapping, dataset='val', iter=1000)
 
 ``mapping`` is ``train.gate_opt.experts``' form: degradation label -> expert class name or list of names.
-The predicted label of an image is the label whose target experts get the highest summed weight in its
-gate vector (ties go to the label first in ``mapping``).
+Per-pixel gate weights count as their mean over the pixels. The predicted label of an image is the label
+whose target experts get the highest summed weight in its gate vector (ties go to the label first in
+``mapping``); the label functions live in :mod:`gmmoe_arch.archs.routing` and are re-exported here.
 """
 
 import json
@@ -33,8 +34,15 @@ import cv2
 import numpy as np
 import torch
 
+from ..archs.routing import (  # noqa: F401  (predict_labels, routing_accuracy: part of this module's API)
+    accuracy,
+    mapped_predictions,
+    parse_expert_mapping,
+    per_image,
+    predict_labels,
+    routing_accuracy,
+)
 from ..data.degradations import names as degradation_names
-from ..losses.gate_losses import parse_expert_mapping, target_indices
 
 ALL = None  # the key of the all-images group (labels are strings)
 
@@ -49,11 +57,12 @@ class GateStats:
         self._labels = []
 
     def add(self, gates, labels=None):
-        """Add one batch: ``gates`` ``{block path: (B, n_experts)}`` (as ``record_gates`` gives), ``labels``
+        """Add one batch: ``gates`` ``{block path: (B, n_experts) or (B, n_experts, H, W)}`` (as ``record_gates``
+        gives; per-pixel weights count as their mean over the pixels, :func:`.routing.per_image`), ``labels``
         ``B`` strings or None (the images then count for ``all`` only)."""
         if not gates:
             return
-        weights = {path: w.detach().to('cpu', torch.float64) for path, w in gates.items()}
+        weights = {path: per_image(w.detach().to('cpu', torch.float64)) for path, w in gates.items()}
         batch = next(iter(weights.values())).shape[0]
         if labels is not None and len(labels) != batch:
             raise ValueError(f'GateStats.add: {len(labels)} label(s) for a batch of {batch} image(s)')
@@ -125,65 +134,18 @@ class GateStats:
         }
         if mapping is not None:
             vectors, labels = self.vectors()
-            pairs = _mapped_predictions(vectors, labels, expert_names, mapping)
+            pairs = mapped_predictions(vectors, labels, expert_names, mapping)
             if pairs:
                 out['routing'] = {
                     'mapping': parse_expert_mapping(mapping, 'mapping'),
                     'images': len(pairs),
-                    'accuracy': _accuracy(pairs),
+                    'accuracy': accuracy(pairs),
                     'per_label': {
-                        label: _accuracy([(p, t) for p, t in pairs if t == label])
+                        label: accuracy([(p, t) for p, t in pairs if t == label])
                         for label in dict.fromkeys(t for _, t in pairs)
                     },
                 }
         return out
-
-
-def _label_scores(gate_vectors, expert_names, mapping):
-    """``(N, n_experts)`` -> ``(list of mapped labels, (N, n_labels) summed target weights)``."""
-    parsed = parse_expert_mapping(mapping, 'mapping')
-    indices = target_indices(parsed, list(expert_names), 'mapping')
-    vectors = torch.as_tensor(np.asarray(gate_vectors, dtype=np.float64))
-    if vectors.numel() == 0:
-        vectors = vectors.reshape(0, len(expert_names))
-    if vectors.dim() != 2 or vectors.shape[1] != len(expert_names):
-        raise ValueError(
-            f'gate vectors must be (N, {len(expert_names)}) for experts {", ".join(expert_names)}, '
-            f'got {tuple(vectors.shape)}'
-        )
-    scores = torch.stack([vectors[:, idx].sum(1) for idx in indices.values()], dim=1)
-    return list(indices), scores
-
-
-def predict_labels(gate_vectors, expert_names, mapping):
-    """The degradation label read off each image's gate vector.
-
-    ``gate_vectors``: ``(N, n_experts)`` (tensor or array; e.g. mean weights over the blocks from
-    :meth:`GateStats.vectors`), ``expert_names``: the n class names, ``mapping``: label -> expert name(s).
-    Returns N labels: for each image, the label whose target experts get the highest summed weight."""
-    labels, scores = _label_scores(gate_vectors, expert_names, mapping)
-    return [labels[i] for i in scores.argmax(1).tolist()] if len(scores) else []
-
-
-def _mapped_predictions(gate_vectors, labels, expert_names, mapping):
-    """``[(predicted, true label)]`` for the images whose label is a key of ``mapping``."""
-    if len(labels) != len(gate_vectors):
-        raise ValueError(f'routing_accuracy: {len(labels)} label(s) for {len(gate_vectors)} gate vector(s)')
-    predicted = predict_labels(gate_vectors, expert_names, mapping)
-    return [(p, t) for p, t in zip(predicted, labels) if t in mapping]
-
-
-def _accuracy(pairs):
-    return sum(p == t for p, t in pairs) / len(pairs)
-
-
-def routing_accuracy(gate_vectors, labels, expert_names, mapping):
-    """Fraction of the images whose label is a key of ``mapping`` for which :func:`predict_labels` gives
-    that label; ValueError when no image has such a label."""
-    pairs = _mapped_predictions(gate_vectors, labels, expert_names, mapping)
-    if not pairs:
-        raise ValueError(f'routing_accuracy: no image has a label of the mapping ({", ".join(mapping)})')
-    return _accuracy(pairs)
 
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX

@@ -24,7 +24,8 @@ The network's structure (hundreds of lines) goes to the log file only; the conso
 Routing options (see ``docs/training.md``):
 
 * ``gate_opt``: ``{type: GateRoutingLoss, loss_weight: w, experts: {label: ExpertName or [names]}}`` adds
-  ``l_gate``, gate supervision by the training batches' degradation labels (``data['label']``); off
+  ``l_gate``, gate supervision by the training batches' degradation labels (``data['label']``, one per
+  image, or ``data['label_map']``, ``(B, H, W)`` degradation indices per pixel, used when present); off
   when absent. The training dataset must give labels.
 * ``balance_opt``: a load-balancing loss on the gates, ``l_balance``. With ``network_g.gate_top_k`` set it
   defaults to ``{type: GateBalanceLoss, loss_weight: 0.01}``; ``false`` turns it off; given without top-k,
@@ -52,6 +53,7 @@ from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import LOSS_REGISTRY, MODEL_REGISTRY
 
 from ..archs.gmmoe_arch import expert_names, record_gates
+from ..archs.routing import pad_label_map
 from ..losses.gate_losses import EXPERTS_OPTION, GateBalanceLoss, GateRoutingLoss
 from ..options import is_number
 from ..registry import qualified, register
@@ -110,6 +112,7 @@ class GMMoEModel(SRModel):
         self.cri_gate = None
         self.cri_balance = None
         self.labels = None
+        self.label_map = None
         self._expert_names = None
         self._gate_stats = None
         if opt['network_g'].get('gate_top_k') is not None and opt.get('dist') and opt.get('is_train', True):
@@ -159,20 +162,30 @@ class GMMoEModel(SRModel):
             raise ValueError(f'{option}: {spec["type"]} rejected its options {spec!r}: {exc}') from exc
 
     def feed_data(self, data):
-        """SRModel's, plus ``data['label']`` (one degradation label per image) kept as ``self.labels``."""
+        """SRModel's, plus ``data['label']`` (one degradation label per image) kept as ``self.labels`` and
+        ``data['label_map']`` (``(B, H, W)`` long degradation indices, the lq's size) as ``self.label_map``."""
         super().feed_data(data)
         labels = data.get('label')
         if isinstance(labels, str):
             labels = [labels]
         self.labels = None if labels is None else [str(x) for x in labels]
+        label_map = data.get('label_map')
+        self.label_map = None if label_map is None else label_map.to(self.device)
+
+    def _gate_targets(self):
+        """What ``l_gate`` supervises with: the label map when the batch has one (padded as the network pads
+        its input, so that each block's resolution sees it on its own grid), else the per-image labels."""
+        if self.label_map is None:
+            return self.labels
+        return pad_label_map(self.label_map, getattr(self.get_bare_model(self.net_g), 'padder_size', 1))
 
     def _no_labels_error(self):
         name = self.opt.get('datasets', {}).get('train', {}).get('name', 'train')
         return ValueError(
             f'train.gate_opt needs degradation labels, but the training dataset (datasets.train, "{name}") gives '
-            "none: its samples have no 'label'. Label its pairs (datasets.train.label for a one-degradation set, "
-            '"label=NAME" fields in its meta_info, as `datasets_lmdb synth --degradation mixed` writes them) '
-            'or remove train.gate_opt'
+            "none: its samples have no 'label' (nor 'label_map'). Label its pairs (datasets.train.label for a "
+            'one-degradation set, "label=NAME" fields in its meta_info, as `datasets_lmdb synth --degradation mixed` '
+            'writes them) or remove train.gate_opt'
         )
 
     def _setup_amp(self, use_amp, amp_dtype):
@@ -330,7 +343,7 @@ class GMMoEModel(SRModel):
     def _gate_losses(self, gates, l_total, loss_dict):
         """Add ``l_gate`` / ``l_balance`` on the recorded gate weights to the total and the loss dict."""
         if self.cri_gate is not None:
-            loss_dict['l_gate'] = self.cri_gate(gates, self._expert_names, self.labels)
+            loss_dict['l_gate'] = self.cri_gate(gates, self._expert_names, self._gate_targets())
             l_total = l_total + loss_dict['l_gate']
         if self.cri_balance is not None:
             loss_dict['l_balance'] = self.cri_balance(gates)
@@ -338,7 +351,7 @@ class GMMoEModel(SRModel):
         return l_total
 
     def optimize_parameters(self, current_iter):
-        if self.cri_gate is not None and self.labels is None:
+        if self.cri_gate is not None and self.labels is None and self.label_map is None:
             raise self._no_labels_error()
         self.optimizer_g.zero_grad(set_to_none=True)
         amp = self.amp_dtype is not None

@@ -10,7 +10,7 @@ from basicsr.losses import build_loss
 from basicsr.utils import get_root_logger
 
 import gmmoe_arch  # noqa: F401,I001  (first: applies the basicsr compat patches, fills the registries)
-from gmmoe_arch.archs.experts import Gate
+from gmmoe_arch.archs.gates import Gate
 from gmmoe_arch.losses.gate_losses import GateBalanceLoss, GateRoutingLoss
 
 NAMES = ['ColourExpert', 'DetailExpert', 'FeatureExpert']
@@ -110,3 +110,66 @@ def test_balance_loss_gradient_evens_out_importance():
     value = GateBalanceLoss(loss_weight=1.0)({'b': torch.softmax(logits, 1)})
     value.backward()
     assert logits.grad[:, 0].sum() > 0 and logits.grad[:, 2].sum() < 0  # descent lowers the favourite
+
+
+def degradation_index(name):
+    from gmmoe_arch.data.degradations import names
+
+    return names().index(name)
+
+
+MAP_EXPERTS = {'lowlight': 'ColourExpert', 'rain': ['DetailExpert', 'FeatureExpert']}
+
+
+def test_label_map_with_a_per_pixel_gate_by_hand():
+    """Each block's per-pixel weights meet the label map resized to its resolution (nearest); unmapped and -1
+    pixels are left out; the blocks' means are averaged."""
+    low, rain, haze = (degradation_index(n) for n in ('lowlight', 'rain', 'haze'))
+    label_map = torch.tensor(
+        [[[low, low, rain, rain], [low, low, rain, rain], [haze, haze, -1, -1], [low, low, -1, -1]]]
+    )
+    g = torch.Generator().manual_seed(0)
+    full = torch.rand(1, 3, 4, 4, generator=g).softmax(1)
+    half = torch.rand(1, 3, 2, 2, generator=g).softmax(1)
+    loss = GateRoutingLoss(experts=MAP_EXPERTS)
+    value = loss({'a': full, 'b': half}, NAMES, label_map)
+    terms_full = [full[0, 0, y, x] for y in (0, 1, 3) for x in (0, 1)] + [
+        full[0, 1:, y, x].sum() for y in (0, 1) for x in (2, 3)
+    ]
+    terms_half = [half[0, 0, 0, 0], half[0, 1:, 0, 1].sum()]  # (1, 0) is haze, (1, 1) is -1
+    expected = (-torch.log(torch.stack(terms_full)).mean() - torch.log(torch.stack(terms_half)).mean()) / 2
+    assert value.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_label_map_with_a_per_image_gate_weighs_the_images_weights_by_area():
+    low, rain = degradation_index('lowlight'), degradation_index('rain')
+    label_map = torch.full((2, 4, 4), low)
+    label_map[0, :, :1] = rain  # image 0: a quarter rain
+    w = weights([[0.5, 0.3, 0.2], [0.7, 0.1, 0.2]])
+    value = GateRoutingLoss(experts=MAP_EXPERTS)({'a': w}, NAMES, label_map)
+    expected = -(4 * math.log(0.5) + 12 * math.log(0.5) + 16 * math.log(0.7)) / 32
+    assert value.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_string_labels_with_a_per_pixel_gate_supervise_every_pixel():
+    w = torch.rand(2, 3, 3, 3, generator=torch.Generator().manual_seed(1)).softmax(1).requires_grad_()
+    value = GateRoutingLoss(experts=MAP_EXPERTS)({'a': w}, NAMES, ['rain', 'snow'])
+    expected = -torch.log(w[0, 1:].sum(0)).mean()
+    assert value.item() == pytest.approx(expected.item(), rel=1e-6)
+    value.backward()
+    assert w.grad[0].abs().sum() > 0 and w.grad[1].abs().sum() == 0
+
+
+@pytest.mark.parametrize(
+    'label_map',
+    [torch.zeros(2, 4, 4), torch.zeros(3, 4, 4, dtype=torch.long), torch.zeros(2, 1, 4, 4, dtype=torch.long)],
+)
+def test_a_malformed_label_map_is_named(label_map):
+    with pytest.raises(ValueError, match=r'GateRoutingLoss: label_map must be a \(B, H, W\) long tensor'):
+        GateRoutingLoss(experts=MAP_EXPERTS)({'a': weights([[0.2, 0.3, 0.5]] * 2)}, NAMES, label_map)
+
+
+def test_balance_loss_reads_per_pixel_weights_as_their_pixel_means():
+    w = torch.rand(4, 3, 5, 5, generator=torch.Generator().manual_seed(2)).softmax(1)
+    loss = GateBalanceLoss(loss_weight=1.0)
+    assert loss({'a': w}).item() == pytest.approx(loss({'a': w.mean((2, 3))}).item(), rel=1e-6)

@@ -4,6 +4,7 @@ per-label gate statistics of validation and testing (log table, TensorBoard, fig
 import io
 import json
 import logging
+import math
 import os
 from contextlib import contextmanager
 
@@ -327,3 +328,34 @@ def test_gate_losses_under_bf16_autocast(tmp_path):
     model.optimize_parameters(1)
     assert 1.0 < model.log_dict['l_gate'] < 1.2 and 0 <= model.log_dict['l_balance'] < 0.01
     assert all(p.dtype == torch.float32 for p in model.net_g.parameters())
+
+
+def test_a_label_map_in_the_batch_supervises_a_spatial_gate_per_pixel(tmp_path):
+    """``data['label_map']`` (degradation indices per pixel) is used instead of the per-image labels: a map
+    that is one label everywhere gives the loss of that label per image; another map another loss; a size the
+    network pads works (the map is padded with 'unlabelled')."""
+    from gmmoe_arch.data.degradations import names
+
+    network = dict(W8, gate={'type': 'SpatialGate'})
+    data = labelled_batch(['lowlight', 'rain', 'haze'])
+    index = torch.tensor([names().index(label) for label in data['label']])
+    uniform = index[:, None, None].expand(3, 16, 16).clone()
+    mixed = uniform.clone()
+    mixed[:, :, :8] = names().index('rain')
+
+    def l_gate(batch):
+        torch.manual_seed(0)
+        model = build_model(make_opt(tmp_path, network, gate_opt=GATE_OPT))
+        model.feed_data(batch)
+        model.optimize_parameters(1)
+        return model.log_dict['l_gate'], model
+
+    by_label, _ = l_gate(data)
+    by_map, model = l_gate({**data, 'label_map': uniform})
+    other, _ = l_gate({**data, 'label_map': mixed})
+    assert by_map == pytest.approx(by_label, rel=1e-5) and abs(other - by_label) > 1e-4
+    assert model.net_g.middle_blks[0].gate.context.weight.grad is not None
+    odd = labelled_batch(['rain', 'haze'], size=14)
+    unlabelled = {'lq': odd['lq'], 'gt': odd['gt'], 'label_map': torch.full((2, 14, 14), names().index('rain'))}
+    value, _ = l_gate(unlabelled)
+    assert math.isfinite(value) and value > 0
