@@ -229,7 +229,7 @@ class ExpertBlock(PathSwitch, nn.Module):
         scores = routing.noisy_scores(weights, self.noise, self.noise_std)
         if self.load_sink is not None:
             sink, key = self.load_sink
-            sink[key] = routing.pick_probability(weights, scores, self.top_k, self.noise, self.noise_std)
+            sink[key] = (weights, scores, self.top_k, self.noise, self.noise_std)  # computed by record_loads
         return routing.pick(weights, scores, self.top_k, True)
 
     def _to_released_names(self, state_dict, prefix, local_metadata):
@@ -538,18 +538,22 @@ def record_loads(net: nn.Module) -> Iterator[dict[str, Tensor]]:
     ``with record_loads(net) as loads: net(x)`` leaves ``loads[path]`` = the ``(B, n_experts)`` (per-pixel
     gates: ``(B, n_experts, H, W)``) probabilities that each expert is picked under the block's noise
     (:func:`.routing.pick_probability`), attached to the graph, for the blocks that routed top-k with sampling
-    (train mode with grad); keyed as :func:`record_gates` keys the gates.
+    (train mode with grad); keyed as :func:`record_gates` keys the gates. The blocks leave their weights and
+    noisy scores; the probabilities are computed when the ``with`` block ends (so read ``loads`` after it), outside
+    the blocks, which keeps activation checkpointing's recomputation identical to the forward.
     """
-    loads = {}
+    loads, picks = {}, {}
     bare = net.module if isinstance(getattr(net, 'module', None), nn.Module) else net
     blocks = [(path, m) for path, m in bare.named_modules() if isinstance(m, ExpertBlock)]
     for path, module in blocks:
-        module.load_sink = (loads, path)
+        module.load_sink = (picks, path)
     try:
         yield loads
     finally:
         for _, module in blocks:
             module.load_sink = None
+    # after the forward, outside any checkpointed block: a recomputed block then saves what it saved the first time
+    loads.update((path, routing.pick_probability(*pick)) for path, pick in picks.items())
 
 
 @contextmanager

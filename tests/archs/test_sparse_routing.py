@@ -191,3 +191,21 @@ def test_gumbel_load_is_the_probability_of_an_exponential_race():
     p = routing.pick_probability(w, scores, 1, routing.GUMBEL)[0]
     expected = [1 - math.exp(-0.5 * math.exp(-0.4)), 1 - math.exp(-0.3 * math.exp(-0.1))]
     torch.testing.assert_close(p[:2], torch.tensor(expected), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('checkpoint', [True, 'expert'])
+def test_checkpointing_recomputes_the_same_noisy_picks_and_gradients(checkpoint):
+    """Gaussian picks and shared experts under activation checkpointing: the recomputed blocks draw the same
+    noise (torch restores the generator), so the gradients, load losses included, equal those without."""
+    x = distinct_images()
+    grads = []
+    for level in (False, checkpoint):
+        net = shared_net(gate_top_k=1, gate_noise='gaussian', checkpoint=level).train()
+        torch.manual_seed(5)
+        with record_loads(net) as loads:
+            out = net(x)
+        (out.square().mean() + sum(v.sum() for v in loads.values())).backward()
+        grads.append({k: p.grad.clone() for k, p in net.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and any('.shared.' in k for k in grads[0])
+    for key in grads[0]:
+        torch.testing.assert_close(grads[1][key], grads[0][key], rtol=1e-4, atol=1e-6)
