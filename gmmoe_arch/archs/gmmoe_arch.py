@@ -162,7 +162,7 @@ class ExpertBlock(PathSwitch, nn.Module):
         self.checkpoint_experts = checkpoint_experts  # GMMoE's ``checkpoint: expert``
         self.top_k = top_k  # GMMoE's ``gate_top_k`` (checked there); None: dense
         self.noise, self.noise_std = noise, float(noise_std)  # GMMoE's ``gate_noise`` (checked there)
-        self.load_sink = None  # (dict, key) while :func:`record_loads` records this block's pick probabilities
+        self.load_sink = None  # (dict, key) while :func:`record_loads` records: route() leaves its picks there
 
     def expert(self, i, u):
         """Expert ``i`` on ``u``, checkpointed on its own under ``checkpoint: expert``."""
