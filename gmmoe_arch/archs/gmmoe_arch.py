@@ -19,7 +19,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as checkpoint_fn
 
-from ..options import is_integer
+from ..options import is_integer, is_number
 from ..registry import register
 from . import released_layout, routing
 from .experts import RELEASED_EXPERTS, build_expert, channel_mean_max
@@ -135,12 +135,25 @@ class ExpertBlock(PathSwitch, nn.Module):
     """
 
     def __init__(
-        self, channels, experts=RELEASED_EXPERTS, gate_temperature=3.0, checkpoint_experts=False, top_k=None, gate=None
+        self,
+        channels,
+        experts=RELEASED_EXPERTS,
+        gate_temperature=3.0,
+        checkpoint_experts=False,
+        top_k=None,
+        gate=None,
+        shared=(),
+        shared_weight=0.5,
+        noise=routing.GUMBEL,
+        noise_std=1.0,
     ):
         super().__init__()
         if not experts:
             raise ValueError('network_g.experts: at least one expert is needed')
+        self.channels = channels
         self.experts = nn.ModuleList(build_expert(spec, channels) for spec in experts)
+        self.shared = nn.ModuleList(build_expert(spec, channels) for spec in shared)  # saved as ``shared.<j>.*``
+        self.shared_weight = float(shared_weight)
         self.gate = build_gate(gate, channels, len(self.experts), gate_temperature)
         names = [type(e).__name__ for e in self.experts]
         self._released = released_layout.saved_prefixes(names, released_gate=type(self.gate) is Gate)
@@ -148,6 +161,8 @@ class ExpertBlock(PathSwitch, nn.Module):
         self.register_load_state_dict_pre_hook(ExpertBlock._from_released_names)
         self.checkpoint_experts = checkpoint_experts  # GMMoE's ``checkpoint: expert``
         self.top_k = top_k  # GMMoE's ``gate_top_k`` (checked there); None: dense
+        self.noise, self.noise_std = noise, float(noise_std)  # GMMoE's ``gate_noise`` (checked there)
+        self.load_sink = None  # (dict, key) while :func:`record_loads` records: route() leaves its picks there
 
     def expert(self, i, u):
         """Expert ``i`` on ``u``, checkpointed on its own under ``checkpoint: expert``."""
@@ -164,15 +179,21 @@ class ExpertBlock(PathSwitch, nn.Module):
         while a :func:`.pooling.pooling_hook` is active (the tiled enhancer's statistics, which number the
         global means in call order), every expert runs on every image, so that each tile pools the same
         sites whichever experts it picked; only the picked ones enter the output.
+
+        Shared experts (``network_g.shared_experts``) run on every image after the routed ones: the output
+        is ``(1 - s) * routed mix + s * mean of the shared experts``, ``s`` = ``shared_weight`` (see
+        :meth:`mix_shared`); without shared experts nothing of this runs.
         """
         weights = self.gate(u)
         in_place = self.takes_fast_path(u)
         if self.top_k is None:
-            return weighted_sum(weights, (self.expert(i, u) for i in range(len(self.experts))), in_place)
+            total = weighted_sum(weights, (self.expert(i, u) for i in range(len(self.experts))), in_place)
+            return self.mix_shared(total, u, in_place) if len(self.shared) else total
         chosen, mix = self.route(weights)
         sparse = routing.scatter_picks(weights, chosen, mix)  # zero for experts not picked
         if hooks_active():
-            return weighted_sum(sparse, (self.expert(i, u) for i in range(len(self.experts))), in_place)
+            total = weighted_sum(sparse, (self.expert(i, u) for i in range(len(self.experts))), in_place)
+            return self.mix_shared(total, u, in_place) if len(self.shared) else total
         used = routing.used_experts(chosen, len(self.experts))
         total = None
         for i in range(len(self.experts)):
@@ -184,12 +205,32 @@ class ExpertBlock(PathSwitch, nn.Module):
                 out = self.expert(i, take_images(u, index))
                 factor = routing.expert_factor(sparse.index_select(0, index), i)
                 total = add_expert_output(total, u, factor, out, index, in_place)
+        return self.mix_shared(total, u, in_place) if len(self.shared) else total
+
+    def mix_shared(self, routed, u, in_place):
+        """``(1 - s) * routed + (s / S) * sum_j shared_j(u)``: a convex mix, whatever ``k``, of the routed
+        experts' mix and the ``S`` shared experts, each run on every image."""
+        total = add_expert_output(None, u, 1 - self.shared_weight, routed, None, in_place)
+        share = self.shared_weight / len(self.shared)
+        for expert in self.shared:
+            total = add_expert_output(
+                total, u, share, maybe_checkpoint(expert, u, self.checkpoint_experts), None, in_place
+            )
         return total
 
     def route(self, weights):
         """The experts each image (per-pixel gate: each pixel) runs and their weights: :func:`.routing.top_k`
-        of the dense gate weights, sampled in training (train mode with grad), the ``k`` largest otherwise."""
-        return routing.top_k(weights, self.top_k, self.training and torch.is_grad_enabled())
+        of the dense gate weights, sampled in training (train mode with grad, noise ``gate_noise``), the ``k``
+        largest otherwise. While :func:`record_loads` records, a sampled route also leaves the experts' pick
+        probabilities (:func:`.routing.pick_probability`) for the load loss."""
+        sampling = self.training and torch.is_grad_enabled()
+        if not sampling:
+            return routing.top_k(weights, self.top_k, False)
+        scores = routing.noisy_scores(weights, self.noise, self.noise_std)
+        if self.load_sink is not None:
+            sink, key = self.load_sink
+            sink[key] = (weights, scores, self.top_k, self.noise, self.noise_std)  # computed by record_loads
+        return routing.pick(weights, scores, self.top_k, True)
 
     def _to_released_names(self, state_dict, prefix, local_metadata):
         for key in [k for k in state_dict if k.startswith(prefix)]:
@@ -206,7 +247,7 @@ class ExpertBlock(PathSwitch, nn.Module):
             if rest.startswith(released_layout.UNUSED):
                 del state_dict[key]
                 continue
-            if rest.startswith((released_layout.OWN_EXPERTS, released_layout.OWN_GATE)):
+            if rest.startswith((released_layout.OWN_EXPERTS, released_layout.OWN_GATE, released_layout.SHARED)):
                 continue
             for ours, theirs in self._released.items():
                 if theirs and rest.startswith(theirs):
@@ -215,6 +256,34 @@ class ExpertBlock(PathSwitch, nn.Module):
             else:
                 if inline:
                     state_dict[prefix + inline[0] + rest] = state_dict.pop(key)
+
+
+def parse_shared(shared_experts, shared_weight):
+    """``network_g.shared_experts`` as a list of expert specs (names or dicts, as ``experts``), checked with
+    ``shared_weight``; ValueError naming the option."""
+    if shared_experts is None:
+        shared_experts = []
+    if not isinstance(shared_experts, (list, tuple)):
+        raise ValueError(
+            f'network_g.shared_experts: expected a list of expert names or {{type: Name, ...}} dicts, '
+            f'e.g. [FeatureExpert]; got {shared_experts!r}'
+        )
+    if not (is_number(shared_weight) and 0 < shared_weight < 1):
+        raise ValueError(f'network_g.shared_weight must be a number between 0 and 1 (exclusive), got {shared_weight!r}')
+    return list(shared_experts)
+
+
+def parse_noise(spec):
+    """``network_g.gate_noise`` -> ``(noise, std)``: ``gumbel`` (default), ``gaussian``, ``none``, or
+    ``{type: gaussian, std: s}``; ValueError naming the option."""
+    options = dict(spec) if isinstance(spec, dict) else {'type': spec}
+    noise, std = options.pop('type', None), options.pop('std', 1.0)
+    if noise not in routing.NOISES or options or not (is_number(std) and std > 0):
+        raise ValueError(
+            f'network_g.gate_noise: expected {", ".join(routing.NOISES)} or {{type: gaussian, std: 1.0}} '
+            f'(std > 0), got {spec!r}'
+        )
+    return noise, float(std)
 
 
 @register(ARCH_REGISTRY)
@@ -263,6 +332,13 @@ class GMMoE(nn.Module):
             in training the ``k`` are sampled, and DDP needs ``find_unused_parameters``, which
             ``GMMoEModel`` sets);
             None (default): every expert, as released. Same parameters either way.
+        gate_noise (str | dict): the noise of the top-k picks in training (:func:`.routing.top_k`): ``gumbel``
+            (default: sampled in proportion to the weights), ``gaussian`` or ``{type: gaussian, std: s}``
+            (Shazeer et al.'s noisy top-k, fixed std, default 1), ``none`` (the ``k`` largest, as at inference).
+        shared_experts (list): experts (names or dicts, as ``experts``) that every image runs in every block
+            beside the routed ones, saved as ``shared.<j>.*``; default none (no extra op).
+        shared_weight (float): their share of the block's output, ``(1 - s) * routed mix + s * mean of the
+            shared`` (default 0.5; see :meth:`ExpertBlock.mix_shared`).
     """
 
     def __init__(
@@ -279,6 +355,9 @@ class GMMoE(nn.Module):
         checkpoint: Union[bool, str] = False,
         gate_top_k: Optional[int] = None,
         gate: Union[str, dict, None] = None,
+        shared_experts: Sequence[Union[str, dict]] = (),
+        shared_weight: float = 0.5,
+        gate_noise: Union[str, dict] = routing.GUMBEL,
     ) -> None:
         super().__init__()
         if not any(checkpoint is k or (isinstance(k, str) and checkpoint == k) for k in CHECKPOINT_LEVELS):
@@ -298,11 +377,23 @@ class GMMoE(nn.Module):
             )
 
         self.checkpoint = CHECKPOINT_LEVELS[checkpoint]
+        shared = parse_shared(shared_experts, shared_weight)
+        noise, noise_std = parse_noise(gate_noise)
 
         def blocks(channels, n):
             return nn.Sequential(
                 *[
-                    ExpertBlock(channels, experts, gate_temperature, self.checkpoint == 'expert', gate=gate)
+                    ExpertBlock(
+                        channels,
+                        experts,
+                        gate_temperature,
+                        self.checkpoint == 'expert',
+                        gate=gate,
+                        shared=shared,
+                        shared_weight=shared_weight,
+                        noise=noise,
+                        noise_std=noise_std,
+                    )
                     for _ in range(n)
                 ]
             )
@@ -336,6 +427,19 @@ class GMMoE(nn.Module):
         for module in self.modules():
             if isinstance(module, ExpertBlock):
                 module.top_k = k
+        return self
+
+    def set_gate_temperature(self, temperature):
+        """Set the softmax temperature of every block's gate (the released :class:`.gates.Gate`'s
+        ``temperature``; ``train.gate_schedule``); returns self. ValueError for gates without a fixed one."""
+        for module in self.modules():
+            if isinstance(module, ExpertBlock):
+                if not isinstance(getattr(module.gate, 'temperature', None), float):
+                    raise ValueError(
+                        f'train.gate_schedule.temperature: the gate {type(module.gate).__name__} has no fixed '
+                        'temperature (only the released Gate has; others learn theirs)'
+                    )
+                module.gate.temperature = float(temperature)
         return self
 
     def set_fast(self, enabled=True):
@@ -425,6 +529,31 @@ def activate_branches(net, std=0.5, norm_jitter=0.0):
 def expert_names(net):
     """Class names of the experts of ``net``'s first expert block (every block has the same experts)."""
     return next(([type(e).__name__ for e in m.experts] for m in net.modules() if isinstance(m, ExpertBlock)), [])
+
+
+@contextmanager
+def record_loads(net: nn.Module) -> Iterator[dict[str, Tensor]]:
+    """Record every top-k block's smooth load during training forward passes (Shazeer et al.'s load loss).
+
+    ``with record_loads(net) as loads: net(x)`` leaves ``loads[path]`` = the ``(B, n_experts)`` (per-pixel
+    gates: ``(B, n_experts, H, W)``) probabilities that each expert is picked under the block's noise
+    (:func:`.routing.pick_probability`), attached to the graph, for the blocks that routed top-k with sampling
+    (train mode with grad); keyed as :func:`record_gates` keys the gates. The blocks leave their weights and
+    noisy scores; the probabilities are computed when the ``with`` block ends (so read ``loads`` after it), outside
+    the blocks, which keeps activation checkpointing's recomputation identical to the forward.
+    """
+    loads, picks = {}, {}
+    bare = net.module if isinstance(getattr(net, 'module', None), nn.Module) else net
+    blocks = [(path, m) for path, m in bare.named_modules() if isinstance(m, ExpertBlock)]
+    for path, module in blocks:
+        module.load_sink = (picks, path)
+    try:
+        yield loads
+    finally:
+        for _, module in blocks:
+            module.load_sink = None
+    # after the forward, outside any checkpointed block: a recomputed block then saves what it saved the first time
+    loads.update((path, routing.pick_probability(*pick)) for path, pick in picks.items())
 
 
 @contextmanager

@@ -10,6 +10,8 @@ expert block (``encoders.0.0.``, ``middle_blks.3.``, ...) unless said otherwise.
   ``marker``. Every other expert is saved as ``experts.<i>.*``.
 * :data:`GATE`: the released gate's ``gate.mlp.*`` is saved as ``GateNetwork.*``; other gates (``network_g.gate``)
   keep ``gate.*`` (:data:`OWN_GATE`).
+* :data:`SHARED`: shared experts (``network_g.shared_experts``) are saved as ``shared.<j>.*``, a name no
+  released key starts with.
 * :data:`UNUSED`: ``conv6.*``, weights the released forward never used; loading drops them.
 * :data:`REQUIRED_KEYS`: full keys every GM-MoE checkpoint has, of any size and experts (the stem and the
   SFEB; not a gate: ``middle_blk_num: 0`` is a valid network), and NAFNet, whose blocks GM-MoE's feature
@@ -39,6 +41,7 @@ EXPERTS = (
 )
 OWN_EXPERTS = 'experts.'  # ours: the block's nn.ModuleList of experts
 OWN_GATE = 'gate.'  # ours: the gate module; the released Gate's ``mlp`` is saved as GATE
+SHARED = 'shared.'  # ours: shared experts (``network_g.shared_experts``), which no released checkpoint has
 GATE = 'GateNetwork.'
 GATE_IN = GATE + '0.weight'  # (C / 4, C): C, the block's width
 GATE_OUT = GATE + '2.weight'  # (n_experts, C / 4)

@@ -5,7 +5,8 @@ image; :data:`PER_PIXEL` weights are ``(B, n, H, W)``, one vector per pixel of t
 non-negative and sum to one over dimension 1. Everything that reads gate weights goes through here:
 
 * mixing: :func:`expert_factor` (expert ``i``'s weight, broadcastable onto its ``(B, C, H, W)`` output);
-* top-k: :func:`top_k` (the picks per image or per pixel), :func:`scatter_picks`, :func:`used_experts`;
+* top-k: :func:`top_k` (the picks per image or per pixel; :func:`noisy_scores` and :func:`pick`), :func:`scatter_picks`,
+  :func:`used_experts`, :func:`pick_probability` (the smooth load of Shazeer et al.'s load loss);
 * statistics: :func:`per_image` (``(B, n)`` for either kind, the pixel mean of per-pixel weights),
   :func:`per_pixel` (``(B, n, H, W)`` or ``(B, n, 1, 1)``);
 * labels: :func:`parse_expert_mapping` / :func:`target_indices` (degradation label -> experts),
@@ -40,29 +41,73 @@ def per_pixel(weights: Tensor) -> Tensor:
     return weights[:, :, None, None] if weights.dim() == 2 else weights
 
 
-def top_k(weights: Tensor, k: int, sampling: bool) -> tuple[Tensor, Tensor]:
+GUMBEL = 'gumbel'
+GAUSSIAN = 'gaussian'
+NO_NOISE = 'none'
+NOISES = (GUMBEL, GAUSSIAN, NO_NOISE)
+
+
+def top_k(weights: Tensor, k: int, sampling: bool, noise: str = GUMBEL, std: float = 1.0) -> tuple[Tensor, Tensor]:
     """The experts each image (per-image weights) or each pixel (per-pixel weights) mixes and their weights:
     ``(B, n[, H, W])`` -> ``(B, k[, H, W])`` expert indices and ``(B, k[, H, W])`` weights that sum to one
     over dimension 1.
 
     ``sampling=False`` (inference): the ``k`` largest weights, renormalised over the ``k``. ``sampling=True``
-    (training): ``k`` experts sampled without replacement in proportion to their weights (Gumbel top-k: the
-    log-weights plus Gumbel noise, the ``k`` largest), so that every expert keeps being picked, and
-    learning, in proportion to its weight. The renormalised weights are then multiplied by
+    (training): the ``k`` largest of :func:`noisy_scores` (``noise``: :data:`GUMBEL`, the default, samples
+    ``k`` experts without replacement in proportion to their weights; :data:`GAUSSIAN` is Shazeer et al.'s
+    noisy top-k with a fixed ``std``; :data:`NO_NOISE` picks as at inference), so that every expert keeps
+    being picked, and learning. The renormalised weights are then multiplied by
     ``m / m.detach()``, ``m`` the picked weights' sum: the value is unchanged, but the gate also gets a
     gradient for how useful the picked experts' output was (with ``k = 1`` the renormalised weight is
     exactly 1, and without this factor no gradient would reach the gate through the output). The noise is
     drawn from torch's generator of ``weights``' device, so a checkpointed block (which restores the
     generator) recomputes the same picks.
     """
+    scores = noisy_scores(weights, noise if sampling else NO_NOISE, std)
+    return pick(weights, scores, k, sampling)
+
+
+def noisy_scores(weights: Tensor, noise: str, std: float = 1.0) -> Tensor:
+    """The detached log-weights (the gate's logits / temperature, up to a constant per image or pixel) plus
+    ``noise``: :data:`GUMBEL` (0, 1) noise, :data:`GAUSSIAN` N(0, ``std``^2) noise, or none."""
     scores = weights.detach().log()
-    if sampling:
-        scores = scores - torch.empty_like(scores).exponential_().log()  # + Gumbel(0, 1) noise
+    if noise == GUMBEL:
+        return scores - torch.empty_like(scores).exponential_().log()
+    if noise == GAUSSIAN:
+        return scores + std * torch.randn_like(scores)
+    return scores
+
+
+def pick(weights: Tensor, scores: Tensor, k: int, sampling: bool) -> tuple[Tensor, Tensor]:
+    """The ``k`` largest ``scores`` and their ``weights`` renormalised (see :func:`top_k`; ``sampling``: with
+    the gradient factor ``m / m.detach()``)."""
     chosen = scores.topk(k, dim=1).indices
     picked = weights.gather(1, chosen)
     mass = picked.sum(1, keepdim=True)
     mix = picked / mass
     return chosen, mix * (mass / mass.detach()) if sampling else mix
+
+
+def pick_probability(weights: Tensor, scores: Tensor, k: int, noise: str, std: float = 1.0) -> Tensor:
+    """Shazeer et al.'s smooth load: the probability that each expert is among the ``k`` picks when its own
+    noise is drawn again, the others' kept; ``(B, n[, H, W])``, differentiable in ``weights``.
+
+    For expert ``i`` the threshold ``t_i`` is the ``k``-th largest noisy score of the other experts (the
+    ``k+1``-th of all when ``i`` was picked, else the ``k``-th); ``P_i = P(log w_i + noise > t_i)``: the normal
+    CDF ``Phi((log w_i - t_i) / std)`` for :data:`GAUSSIAN` noise, ``1 - exp(-exp(log w_i - t_i))`` for
+    :data:`GUMBEL`. With ``k`` equal to the number of experts every expert is always picked (ones)."""
+    n = weights.shape[1]
+    if k >= n:
+        return torch.ones_like(weights)
+    if noise not in (GUMBEL, GAUSSIAN):
+        raise ValueError(f'the load of the experts needs noisy routing (gumbel or gaussian), got noise {noise!r}')
+    top = scores.detach().topk(k + 1, dim=1).values
+    kth, next_kth = top.narrow(1, k - 1, 1), top.narrow(1, k, 1)
+    picked = scores.detach() >= kth
+    margin = weights.float().clamp(min=1e-20).log() - torch.where(picked, next_kth, kth).float()
+    if noise == GAUSSIAN:
+        return torch.special.ndtr(margin / std)
+    return -torch.expm1(-margin.exp())
 
 
 def scatter_picks(weights: Tensor, chosen: Tensor, mix: Tensor) -> Tensor:

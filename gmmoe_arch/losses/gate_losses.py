@@ -9,12 +9,19 @@ through :mod:`gmmoe_arch.archs.routing`, and return a scalar tensor in float32.
   mean over labelled images (pixels) of -log(sum of the weights of the label's target experts)``.
 * :class:`GateBalanceLoss` (``train.balance_opt``): keeps every expert in use under top-k routing, the
   squared coefficient of variation of the experts' importance (Shazeer et al. 2017), averaged over blocks.
+  Its subclasses, selectable in the same option (one loss or a list of them):
+  :class:`GateLoadLoss`, Shazeer's load loss on the smooth probability that each expert is picked
+  (``record_loads``), and :class:`CostWeightedBalanceLoss`, the importance weighted by each expert's cost
+  (MoCE-IR's idea: cheap experts may take more of the traffic).
 """
+
+import copy
 
 import torch
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from ..archs import routing
 from ..archs.routing import per_image, per_pixel
@@ -153,8 +160,103 @@ class GateBalanceLoss(nn.Module):
         self.loss_weight = float(loss_weight)
         self.eps = float(eps)
 
-    def forward(self, gates):
-        """``gates``: ``{path: (B, n) or (B, n, H, W)}`` (per-pixel weights: their pixel means) -> scalar."""
+    def bind(self, net):
+        """Read what the loss needs of the network ``net`` (bare, not wrapped) before training; returns self.
+        The importance needs nothing."""
+        return self
+
+    def forward(self, gates, loads=None):
+        """``gates``: ``{path: (B, n) or (B, n, H, W)}`` (per-pixel weights: their pixel means) -> scalar.
+        ``loads`` (``record_loads``) is read by :class:`GateLoadLoss` only."""
+        return self.loss_weight * _cv_squared(_image_weights(gates).sum(1), self.eps).mean()
+
+
+def _cv_squared(values, eps):
+    """``(blocks, n)`` -> ``(blocks,)``: ``var / mean^2`` over the experts (population variance)."""
+    return values.var(1, correction=0) / (values.mean(1).pow(2) + eps)
+
+
+@register(LOSS_REGISTRY)
+class GateLoadLoss(GateBalanceLoss):
+    """Shazeer et al.'s load loss: ``loss_weight * mean over blocks of CV(L)^2``, ``L_i = sum_b P[b, i]``.
+
+    ``P[b, i]`` is the smooth probability that image ``b`` (per-pixel gates: the mean over its pixels) picks
+    expert ``i`` under the block's training noise, the others' noise kept
+    (:func:`~gmmoe_arch.archs.routing.pick_probability`, recorded by ``record_loads`` in top-k blocks that
+    sample). Where importance balances the summed weights, load balances how often each expert is picked,
+    which is what its compute follows under top-k. Zero when no block sampled top-k picks (dense training).
+
+    Args:
+        loss_weight (float): scale of the loss (Shazeer et al.: 0.1 for each of importance and load).
+        eps (float): added to ``mean(L)^2``.
+    """
+
+    def forward(self, gates, loads=None):
+        if not loads:
+            return sum(w.sum() for w in gates.values()) * 0 if gates else torch.zeros(())
+        return self.loss_weight * _cv_squared(_image_weights(loads).sum(1), self.eps).mean()
+
+
+@register(LOSS_REGISTRY)
+class CostWeightedBalanceLoss(GateBalanceLoss):
+    """Importance weighted by cost (MoCE-IR's complexity-aware balancing): ``CV(c * I)^2`` per block.
+
+    ``I_i`` is expert ``i``'s batch-summed weight (as :class:`GateBalanceLoss`), ``c_i`` its cost relative to
+    the block's mean cost, measured from the module by :meth:`bind`: ``cost: flops`` (default), the
+    floating-point operations per pixel of one forward (``torch.utils.flop_counter`` on a 32x32 input at the
+    block's width), or ``cost: params``, its parameter count. The loss is zero when every expert carries the
+    same share of the compute, ``I_i`` proportional to ``1 / c_i``: a cheap expert may take more images than a
+    costly one, which lowers the mean cost of top-k routing.
+
+    Args:
+        loss_weight (float): scale of the loss.
+        cost (str): ``flops`` or ``params``.
+        eps (float): added to the squared mean.
+    """
+
+    COSTS = ('flops', 'params')
+
+    def __init__(self, loss_weight=0.01, cost='flops', eps=1e-10):
+        super().__init__(loss_weight, eps)
+        if cost not in self.COSTS:
+            raise ValueError(f'CostWeightedBalanceLoss: cost must be {" or ".join(self.COSTS)}, got {cost!r}')
+        self.cost = cost
+        self.costs = None
+
+    def bind(self, net):
+        """Measure each block's expert costs, ``{block path: (n,) relative costs}`` (mean one)."""
+        self.costs = {path: costs / costs.mean() for path, costs in expert_costs(net, self.cost).items()}
+        return self
+
+    def forward(self, gates, loads=None):
+        if self.costs is None:
+            raise ValueError('CostWeightedBalanceLoss: call bind(net) first (GMMoEModel does), to measure the costs')
         importance = _image_weights(gates).sum(1)
-        cv_squared = importance.var(1, correction=0) / (importance.mean(1).pow(2) + self.eps)
-        return self.loss_weight * cv_squared.mean()
+        costs = torch.stack([self.costs[path] for path in gates]).to(importance.device)
+        return self.loss_weight * _cv_squared(importance * costs, self.eps).mean()
+
+
+def expert_costs(net, cost='flops', side=32):
+    """``{block path: (n,) float tensor}``: each routed expert's cost in every expert block of ``net``,
+    ``flops`` per pixel (measured on a ``side`` x ``side`` input of the block's width) or ``params``."""
+    from ..archs.gmmoe_arch import ExpertBlock  # the archs import the losses' package indirectly
+
+    costs = {}
+    for path, block in net.named_modules():
+        if isinstance(block, ExpertBlock):
+            costs[path] = torch.tensor(
+                [_cost(e, block.channels, cost, side) for e in block.experts], dtype=torch.float64
+            )
+    return costs
+
+
+def _cost(expert, channels, cost, side):
+    if cost == 'params':
+        return float(sum(p.numel() for p in expert.parameters()))
+    probe = copy.deepcopy(expert).float().cpu().eval()
+    for module in probe.modules():  # the straightforward path: the fast one's fused kernels are not all counted
+        if hasattr(module, 'fast'):
+            module.fast = False
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        probe(torch.zeros(1, channels, side, side))
+    return max(float(counter.get_total_flops()), 1.0) / (side * side)

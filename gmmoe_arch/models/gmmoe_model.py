@@ -27,11 +27,20 @@ Routing options (see ``docs/training.md``):
   ``l_gate``, gate supervision by the training batches' degradation labels (``data['label']``, one per
   image, or ``data['label_map']``, ``(B, H, W)`` degradation indices per pixel, used when present); off
   when absent. The training dataset must give labels.
-* ``balance_opt``: a load-balancing loss on the gates, ``l_balance``. With ``network_g.gate_top_k`` set it
-  defaults to ``{type: GateBalanceLoss, loss_weight: 0.01}``; ``false`` turns it off; given without top-k,
-  it is used as given. With top-k under DDP, ``find_unused_parameters`` is set for the wrapper.
+* ``balance_opt``: a load-balancing loss on the gates, ``l_balance``, or a list of them (summed), each a
+  ``GateBalanceLoss`` or subclass: ``GateLoadLoss`` (Shazeer's load), ``CostWeightedBalanceLoss``. With
+  ``network_g.gate_top_k`` or ``gate_schedule`` set it defaults to ``{type: GateBalanceLoss, loss_weight: 0.01}``;
+  ``false`` turns it off; given without top-k, it is used as given. With top-k under DDP,
+  ``find_unused_parameters`` is set for the wrapper.
+* ``gate_schedule``: ``{top_k: [k0, k1], temperature: [t0, t1], start_iter: s, end_iter: e}`` (either of
+  ``top_k`` / ``temperature``), dense-to-sparse fine-tuning: before every iteration the network's
+  ``gate_top_k`` and the released gate's temperature are set to the values at that iteration, linear from
+  the first at ``start_iter`` to the second at ``end_iter`` and held after (``k`` rounded; ``k`` equal to
+  the number of experts: dense). A function of the iteration only, so a resumed training picks it up; see
+  :class:`GateSchedule`.
 
-Both run the training forward under ``record_gates(net, keep_grad=True)``; without them nothing is recorded.
+Both run the training forward under ``record_gates(net, keep_grad=True)`` (and ``record_loads`` for
+``GateLoadLoss``); without them nothing is recorded.
 
 Validation and testing also log each expert's gate weight averaged over the images, per expert
 block and over all blocks (log file and TensorBoard ``gates/<dataset>/...``), the same per degradation
@@ -54,11 +63,12 @@ from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import LOSS_REGISTRY, MODEL_REGISTRY
 
-from ..archs.gmmoe_arch import expert_names, record_gates
+from ..archs.gmmoe_arch import expert_names, record_gates, record_loads
 from ..archs.routing import pad_label_map
-from ..losses.gate_losses import EXPERTS_OPTION, GateBalanceLoss, GateRoutingLoss
+from ..losses.gate_losses import EXPERTS_OPTION, GateBalanceLoss, GateLoadLoss, GateRoutingLoss
 from ..options import is_number
 from ..registry import qualified, register
+from .gate_schedule import GateSchedule
 from .gate_stats import GateStats, save_gate_figure, save_gate_json
 from .resume_options import resume_with_options
 
@@ -67,7 +77,7 @@ ROUTING_MAPS = 3  # validation images per dataset whose routing maps are written
 AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 DEFAULT_BALANCE = {'type': qualified('GateBalanceLoss'), 'loss_weight': 0.01}  # ours, whoever holds the plain name
 GATE_EXAMPLE = '{type: GateRoutingLoss, loss_weight: 0.1, experts: {rain: RainExpert, ...}}'
-BALANCE_EXAMPLE = '{type: GateBalanceLoss, loss_weight: 0.01}, true or false'
+BALANCE_EXAMPLE = '{type: GateBalanceLoss, loss_weight: 0.01}, a list of such, true or false'
 
 
 class TrainingDivergedError(RuntimeError):
@@ -114,14 +124,16 @@ class GMMoEModel(SRModel):
         self.amp_dtype = None
         self.grad_clip = None
         self.cri_gate = None
-        self.cri_balance = None
+        self.cri_balance = []
+        self.gate_schedule = None
         self.labels = None
         self.label_map = None
         self._expert_names = None
         self._gate_stats = None
         self._routing = None
         self.lq_paths = None
-        if opt['network_g'].get('gate_top_k') is not None and opt.get('dist') and opt.get('is_train', True):
+        sparse = opt['network_g'].get('gate_top_k') is not None or (opt.get('train') or {}).get('gate_schedule')
+        if sparse and opt.get('dist') and opt.get('is_train', True):
             # unselected experts get no gradient; BasicSR's model_to_device reads this before wrapping in DDP
             opt['find_unused_parameters'] = True
             get_root_logger().info('network_g.gate_top_k under DDP: find_unused_parameters set to true')
@@ -133,6 +145,10 @@ class GMMoEModel(SRModel):
         self._setup_amp(train_opt.get('use_amp', False), train_opt.get('amp_dtype', 'bf16'))
         self._setup_compile(train_opt.get('compile', False))
         self._setup_gate_losses(train_opt)
+        if train_opt.get('gate_schedule') is not None:
+            bare = self.get_bare_model(self.net_g)
+            self.gate_schedule = GateSchedule.from_option(train_opt['gate_schedule'], len(self._expert_names))
+            self.gate_schedule.apply(bare, 0)  # checks the network takes it before the first iteration
         super().init_training_settings()
 
     def _setup_gate_losses(self, train_opt):
@@ -143,12 +159,22 @@ class GMMoEModel(SRModel):
             self.cri_gate = self._build_gate_loss('train.gate_opt', gate_opt, GATE_EXAMPLE, GateRoutingLoss)
             self.cri_gate.check(self._expert_names)
         balance_opt = train_opt.get('balance_opt')
-        top_k = self.opt['network_g'].get('gate_top_k') is not None
+        top_k = self.opt['network_g'].get('gate_top_k') is not None or train_opt.get('gate_schedule') is not None
         if balance_opt is True or (balance_opt is None and top_k):
             balance_opt = dict(DEFAULT_BALANCE)
             get_root_logger().info(f'Load balancing of the gates on by default: train.balance_opt {balance_opt}')
         if balance_opt:
-            self.cri_balance = self._build_gate_loss('train.balance_opt', balance_opt, BALANCE_EXAMPLE, GateBalanceLoss)
+            specs = balance_opt if isinstance(balance_opt, list) else [balance_opt]
+            bare = self.get_bare_model(self.net_g)
+            self.cri_balance = [
+                self._build_gate_loss(
+                    f'train.balance_opt[{i}]' if isinstance(balance_opt, list) else 'train.balance_opt',
+                    spec,
+                    BALANCE_EXAMPLE,
+                    GateBalanceLoss,
+                ).bind(bare)
+                for i, spec in enumerate(specs)
+            ]
 
     def _build_gate_loss(self, option, spec, example, kind):
         """A ``kind`` (or subclass) loss from ``LOSS_REGISTRY`` by its ``spec``; mistakes are ValueErrors naming
@@ -347,30 +373,34 @@ class GMMoEModel(SRModel):
             f'{os.path.join(self.opt["path"].get("training_states", ""), f"{max(iters)}.state")}).'
         )
 
-    def _gate_losses(self, gates, l_total, loss_dict):
-        """Add ``l_gate`` / ``l_balance`` on the recorded gate weights to the total and the loss dict."""
+    def _gate_losses(self, gates, loads, l_total, loss_dict):
+        """Add ``l_gate`` / ``l_balance`` on the recorded gate weights (and loads) to the total and the loss dict."""
         if self.cri_gate is not None:
             loss_dict['l_gate'] = self.cri_gate(gates, self._expert_names, self._gate_targets())
             l_total = l_total + loss_dict['l_gate']
-        if self.cri_balance is not None:
-            loss_dict['l_balance'] = self.cri_balance(gates)
+        if self.cri_balance:
+            loss_dict['l_balance'] = sum(loss(gates, loads) for loss in self.cri_balance)
             l_total = l_total + loss_dict['l_balance']
         return l_total
 
     def optimize_parameters(self, current_iter):
         if self.cri_gate is not None and self.labels is None and self.label_map is None:
             raise self._no_labels_error()
+        if self.gate_schedule is not None:
+            self.gate_schedule.apply(self.get_bare_model(self.net_g), current_iter)
         self.optimizer_g.zero_grad(set_to_none=True)
         amp = self.amp_dtype is not None
-        on_gates = self.cri_gate is not None or self.cri_balance is not None
+        on_gates = self.cri_gate is not None or bool(self.cri_balance)
+        on_loads = any(isinstance(loss, GateLoadLoss) for loss in self.cri_balance)
         with (
             record_gates(self.net_g, keep_grad=True) if on_gates else nullcontext({}) as gates,
+            record_loads(self.net_g) if on_loads else nullcontext({}) as loads,
             torch.autocast(self.device.type, dtype=self.amp_dtype if amp else torch.float32, enabled=amp),
         ):
             self.output = self.net_g(self.lq)
         l_total, loss_dict = self._losses()
         if on_gates:
-            l_total = self._gate_losses(gates, l_total, loss_dict)
+            l_total = self._gate_losses(gates, loads, l_total, loss_dict)
         self._check_finite(l_total, loss_dict, current_iter)
         self.grad_scaler.scale(l_total).backward()
         if self.grad_clip:

@@ -146,7 +146,7 @@ def test_gates_are_recorded_only_with_a_gate_loss(tmp_path, monkeypatch):
     model = build_model(make_opt(tmp_path))
     model.feed_data(labelled_batch(LABELS))
     model.optimize_parameters(1)
-    assert calls == [] and model.cri_gate is None and model.cri_balance is None
+    assert calls == [] and model.cri_gate is None and model.cri_balance == []
     model = build_model(make_opt(tmp_path, balance_opt={'type': 'GateBalanceLoss', 'loss_weight': 0.5}))
     model.feed_data(labelled_batch(LABELS))
     model.optimize_parameters(1)
@@ -191,14 +191,14 @@ def test_top_k_turns_balancing_on_and_ddp_finds_unused_parameters(tmp_path, monk
         net = dict(W8, type='TopKTestNet', gate_top_k=1)
         with captured_log() as log:
             model = build_model(make_opt(tmp_path, net))
-        assert model.cri_balance is not None and model.cri_balance.loss_weight == 0.01
+        assert [loss.loss_weight for loss in model.cri_balance] == [0.01]
         assert 'Load balancing of the gates on by default' in log.getvalue()
         model.feed_data(labelled_batch(LABELS))
         model.optimize_parameters(1)
         assert model.log_dict['l_balance'] > 0
-        assert build_model(make_opt(tmp_path, net, balance_opt=False)).cri_balance is None
+        assert build_model(make_opt(tmp_path, net, balance_opt=False)).cri_balance == []
         custom = build_model(make_opt(tmp_path, net, balance_opt={'type': 'GateBalanceLoss', 'loss_weight': 0.2}))
-        assert custom.cri_balance.loss_weight == 0.2
+        assert [loss.loss_weight for loss in custom.cri_balance] == [0.2]
 
         seen = []
         monkeypatch.setattr(
