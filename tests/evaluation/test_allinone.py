@@ -334,3 +334,10 @@ def test_timing_inputs_and_median_times_per_degradation():
     # one warm-up pass per network and input, then every repeat runs each network once on each input
     assert calls.count('b') == calls.count('c') == 2 + 2 * 3 and len(calls) == 16
     assert all(sorted(calls[i : i + 4]) == ['b', 'b', 'c', 'c'] for i in range(0, 16, 4))
+
+
+@pytest.mark.parametrize('argv', [['--seeds', '10', '11'], ['--bench', '--seeds', '10', '10']])
+def test_seeds_the_run_cannot_take_are_a_usage_error(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        load_script().main(argv)
+    assert exit_.value.code == 2 and '--seeds: ' in capsys.readouterr().err
