@@ -1,5 +1,6 @@
 """The all-in-one demo's pieces (``scripts/allinone.py`` drives them): the data it builds, the held-out sets, the
-option files of the bench variants, the timing of top-1 against dense inference, the table and the targets.
+option files of the bench variants, the timing of top-1 against dense inference, the table, the demo's claims and
+the issue's targets, and the bench's seed files and their combination (mean and spread over seeds).
 
 One GM-MoE for low light, rain and haze: a mixed training set (each pair one degradation, labelled) and one
 held-out test set per degradation, from scikit-image's bundled photographs (``datasets_lmdb.synth``); the bench
@@ -7,8 +8,10 @@ variants (a)-(f) are derived from the demo's option file (see :data:`VARIANTS`).
 """
 
 import copy
+import glob
 import json
 import os
+import re
 
 import cv2
 import numpy as np
@@ -24,11 +27,25 @@ from ..enhance import load_network
 from . import data as ev_data
 from . import report as ev_report
 from . import targets as ev_targets
+from .errors import EvaluationError
 
 TARGET_OVER_BASELINE_DB = 3.0
 TARGET_ROUTING = 0.9
+TARGET_SPEEDUP = 2.0  # top-1 at least twice as fast as dense
+TARGET_TOP1_COST_DB = -0.5  # and within 0.5 dB of it on every degradation
 TIMING_SIZE = (400, 600)  # (H, W)
-VERSION = 1
+VERSION = 2  # 2: the ``haze`` label's depth no longer follows brightness (version 1 sets were ``haze_bright``)
+#: the synthesis behind the ``haze`` label, by name in :data:`gmmoe_arch.data.degradations.TABLE`
+HAZE_MODELS = {
+    'haze': 'scene depth drawn independent of the image, RESIDE beta and airlight ranges',
+    'haze_bright': "depth half the image's blurred brightness, the dark channel prior's own cue",
+}
+#: the demo's claims (a miss is a regression), each met with margin by every 700-iteration run of (d) in
+#: docs/allinone.md: PSNR over the input per degradation (dB), low light strictly above gamma correction (dB; the
+#: 2026-12-04 run on the ``haze`` data: +1.84), supervised routing accuracy (chance: 1/3) and the low-light images'
+#: own routing (one-hot from 700 iterations on)
+DEMO_CLAIMS = {'over_input': {'lowlight': 6.0, 'rain': 1.5, 'haze': 2.0}, 'over_gamma': 0.0, 'routing': 0.6}
+BENCH_FILE = re.compile(r'seed(\d+)\.json')
 
 #: bench variant -> (title, network_g overrides, gate supervision, trained or the weights of another variant)
 VARIANTS = {
@@ -55,7 +72,20 @@ def data_settings(seed=0, per_image=6, test_per_image=3, train_side=400, test_si
         'test_side': test_side,
         'train_photos': list(demo.TRAIN_PHOTOS),
         'test_photos': list(demo.VAL_PHOTOS),
+        'haze': 'haze',
     }
+
+
+def haze_model(settings):
+    """The haze synthesis a report's data ``settings`` used (version 1 data, which do not say, used
+    ``haze_bright``)."""
+    return settings.get('haze', 'haze_bright')
+
+
+def haze_line(report):
+    """One sentence naming the haze synthesis of ``report``'s data (``report['data']['settings']``)."""
+    name = haze_model(report['data']['settings'])
+    return f'Haze synthesis: `{name}` ({HAZE_MODELS.get(name, "see docs/data.md")}).'
 
 
 def make_data(data_dir, progress=True, **kwargs):
@@ -130,6 +160,30 @@ def median_times(nets, inputs, repeats=7):
     return {key: {label: medians[key, label] for label in inputs} for key in nets}
 
 
+def timing_record(times, scores, dense, top1, repeats, names=('(b)', '(c)')):
+    """``report['timing']`` of ``median_times``' ``times`` for the networks ``dense`` and ``top1`` (keys of
+    ``times`` and of ``scores``, ``{key: {label: scores}}``), shown as ``names`` (None: as "dense" and "top-1")."""
+    labels = list(times[dense])
+    dense_s, top1_s = sum(times[dense].values()), sum(times[top1].values())
+    return {
+        'size': list(TIMING_SIZE),
+        'threads': torch.get_num_threads(),
+        'repeats': repeats,
+        'names': None if names is None else list(names),
+        'dense_s': dense_s / len(labels),
+        'top1_s': top1_s / len(labels),
+        'ratio': top1_s / dense_s,
+        'ratio_per_label': {lb: times[top1][lb] / times[dense][lb] for lb in labels},
+        'psnr_change': {lb: scores[top1][lb]['psnr'] - scores[dense][lb]['psnr'] for lb in scores[dense]},
+    }
+
+
+def routing_by_label(result, mapping):
+    """``{label: share of its images routed to its expert}`` of a :class:`~gmmoe_arch.evaluation.NetworkResult`
+    (empty when not measurable)."""
+    return result.stats.to_dict(result.experts, mapping).get('routing', {}).get('per_label', {})
+
+
 def variant_options(base, key, iters=None, seed=None):
     """The option dict of trained bench variant ``key`` (``a``, ``b``, ``d``, ``f``) derived from the demo's
     ``base``, for ``iters`` iterations from ``seed`` when given (see :func:`run_options`)."""
@@ -180,15 +234,18 @@ def write_options(opt, folder, phase='train'):
 
 def results_table(results):
     """The Markdown of the results (:func:`gmmoe_arch.evaluation.markdown`) and, with ``--bench``, the timing."""
-    text = ev_report.markdown(results, targets=False)
+    text = f'{haze_line(results)}\n\n{ev_report.markdown(results, targets=False)}'
     timing = results.get('timing')
     if not timing:
         return text
+    names = timing.get('names', ('(b)', '(c)'))  # reports before the names were stored are the bench's
+    dense, top1 = ('dense ' + names[0], 'top-1 ' + names[1]) if names else ('dense', 'top-1')
+    ratio = f'{names[1]}/{names[0]}' if names else 'top-1/dense'
     return (
         f'{text}\n\nInference at {timing["size"][1]}x{timing["size"][0]} on one held-out image per degradation '
         f'({timing["threads"]} thread(s), median of {timing["repeats"]} interleaved runs, mean over the '
-        f'degradations): dense (b) {timing["dense_s"] * 1000:.0f} ms, top-1 (c) {timing["top1_s"] * 1000:.0f} '
-        f'ms, ratio (c)/(b) {timing["ratio"]:.2f} ('
+        f'degradations): {dense} {timing["dense_s"] * 1000:.0f} ms, {top1} {timing["top1_s"] * 1000:.0f} '
+        f'ms, ratio {ratio} {timing["ratio"]:.2f} ('
         + ', '.join(f'{lb} {r:.2f}' for lb, r in timing.get('ratio_per_label', {}).items())
         + ')'
         + (
@@ -197,21 +254,185 @@ def results_table(results):
             if 'trained_ratio' in timing
             else ''
         )
-        + '. PSNR of (c) minus (b): '
+        + f'. PSNR of {top1} minus {dense}: '
         + ', '.join(f'{lb} {change:+.2f} dB' for lb, change in timing['psnr_change'].items())
         + '.'
     )
 
 
-def targets(results, supervised_key, candidates, mapping, dense_key=None):
-    """The issue's targets as data (:mod:`gmmoe_arch.evaluation.targets`): every degradation above its input and
-    3 dB above its best classical baseline in one of the ``candidates`` networks; routing accuracy >= 90% for
-    ``supervised_key``; with ``dense_key``, that network's gate gives ``RainExpert`` more weight on rain images,
-    and ``HazeExpert`` on hazy ones, than on the other degradations (``mapping``: label -> expert)."""
-    checks = ev_targets.gain_over_input(results, candidates, 0.0, strict=True)
-    checks += ev_targets.gain_over_best_baseline(results, candidates, TARGET_OVER_BASELINE_DB)
+def bench_targets(results, supervised_key, candidates, mapping, dense_key=None):
+    """The issue's targets as data (:mod:`gmmoe_arch.evaluation.targets`): every degradation 3 dB above its best
+    classical baseline in one of the ``candidates`` networks; routing accuracy >= 90% for ``supervised_key``;
+    top-1 at least twice as fast as dense and within 0.5 dB of it (``results['timing']``; n/a without); with
+    ``dense_key``, that network's gate gives ``RainExpert`` more weight on rain images, and ``HazeExpert`` on hazy
+    ones, than on the other degradations (``mapping``: label -> expert)."""
+    checks = ev_targets.gain_over_best_baseline(results, candidates, TARGET_OVER_BASELINE_DB)
     checks += ev_targets.routing_at_least(results, supervised_key, TARGET_ROUTING)
+    checks += ev_targets.speedup_at_least(results, TARGET_SPEEDUP)
+    checks += ev_targets.top1_cost_at_least(results, TARGET_TOP1_COST_DB)
     if dense_key is not None:
         for label in ('rain', 'haze'):
             checks += ev_targets.expert_preferred(results, dense_key, label, mapping[label])
     return checks
+
+
+def demo_claims(results, key, claims=DEMO_CLAIMS):
+    """What the demo's short budget shows for network ``key`` (:data:`DEMO_CLAIMS`): each degradation above its
+    input by its margin, low light above gamma correction, routing above chance and every low-light image routed
+    to its expert."""
+    checks = []
+    for target in ev_targets.gain_over_input(results, key):
+        label = target.name.split(':')[0]
+        checks.append(ev_targets.Target(target.name, target.value, claims['over_input'][label]))
+    gamma = results['baselines']['lowlight']['gamma correction']['psnr']
+    low = results['networks'][key]['scores']['lowlight']['psnr'] - gamma
+    checks.append(ev_targets.Target('lowlight: PSNR over gamma correction', low, claims['over_gamma'], strict=True))
+    checks += ev_targets.routing_at_least(results, key, claims['routing'])
+    checks += ev_targets.routing_of_label_at_least(results, key, 'lowlight', 1.0)
+    return checks
+
+
+def seed_report_path(folder, seed):
+    """Where the bench writes the report of training seed ``seed``: ``<folder>/seed<seed>.json``."""
+    return os.path.join(folder, f'seed{seed}.json')
+
+
+def load_seed_reports(folder):
+    """``{seed: report}`` of every ``seed<N>.json`` in ``folder``, by seed; :class:`EvaluationError` naming a
+    file that is not a bench report, or when there is none."""
+    reports = {}
+    for path in sorted(glob.glob(os.path.join(folder, 'seed*.json'))):
+        match = BENCH_FILE.fullmatch(os.path.basename(path))
+        if not match:
+            continue
+        try:
+            with open(path, encoding='utf-8') as f:
+                report = json.load(f)
+        except (OSError, ValueError) as e:
+            raise EvaluationError(f'{path}: not a bench report of scripts/allinone.py ({e})') from None
+        if not isinstance(report, dict) or 'networks' not in report or 'settings' not in report.get('data', {}):
+            raise EvaluationError(f'{path}: not a bench report of scripts/allinone.py (no networks or data settings)')
+        reports[int(match.group(1))] = report
+    if not reports:
+        raise EvaluationError(f'{folder}: no seed<N>.json bench reports to combine')
+    return dict(sorted(reports.items()))
+
+
+def spread(values):
+    """``{'mean', 'std', 'n'}`` of the measured ``values`` (None skipped; std: the sample standard deviation,
+    None for fewer than two); None when nothing was measured."""
+    values = [float(v) for v in values if v is not None]
+    if not values:
+        return None
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else None
+    return {'mean': float(np.mean(values)), 'std': std, 'n': len(values)}
+
+
+def combine(reports):
+    """Mean and spread over the seeds (``{seed: report}``, :func:`load_seed_reports`) of every figure: the input's,
+    the baselines' and each network's scores per degradation, routing accuracy (overall and per label), the
+    timing ratio, and for each target the seeds that met it. The seeds must share their data settings
+    (:class:`EvaluationError` naming the seed that differs)."""
+    first_seed, first = next(iter(reports.items()))
+    for seed, report in reports.items():
+        if report['data']['settings'] != first['data']['settings']:
+            raise EvaluationError(
+                f'seed {seed}: its data settings differ from those of seed {first_seed}; combine runs on the same data'
+            )
+    labels = list(first['input'])
+    metrics = first['metrics']
+
+    def scores(get):
+        return {lb: {m: spread(get(r, lb, m) for r in reports.values()) for m in metrics} for lb in labels}
+
+    networks = {}
+    for key in dict.fromkeys(k for r in reports.values() for k in r['networks']):
+        entries = [r['networks'].get(key) for r in reports.values()]
+        present = [e for e in entries if e is not None]
+        networks[key] = {
+            'title': present[0]['title'],
+            'scores': scores(
+                lambda r, lb, m, key=key: r['networks'][key]['scores'][lb][m] if key in r['networks'] else None
+            ),
+            'routing_accuracy': spread(e.get('routing_accuracy') for e in present),
+            'routing_by_label': {
+                lb: spread((e.get('routing_by_label') or {}).get(lb) for e in present) for lb in labels
+            },
+        }
+    baselines = {
+        lb: {
+            name: {m: spread(r['baselines'][lb][name][m] for r in reports.values()) for m in metrics}
+            for name in first['baselines'][lb]
+        }
+        for lb in labels
+    }
+    targets = {}
+    for report in reports.values():
+        for t in report.get('targets', []):
+            entry = targets.setdefault(
+                t['name'], {'values': [], 'met': 0, 'threshold': t['threshold'], 'unit': t['unit']}
+            )
+            entry['values'].append(t['value'])
+            entry['met'] += bool(t['met'])
+    return {
+        'seeds': list(reports),
+        'settings': first['data']['settings'],
+        'haze': haze_model(first['data']['settings']),
+        'metrics': metrics,
+        'input': scores(lambda r, lb, m: r['input'][lb][m]),
+        'baselines': baselines,
+        'networks': networks,
+        'timing_ratio': spread(r.get('timing', {}).get('ratio') for r in reports.values()),
+        'targets': {
+            name: {'value': spread(e.pop('values')), **e, 'seeds': len(reports)} for name, e in targets.items()
+        },
+    }
+
+
+def _cell(s, digits=2, percent=False):
+    """``mean ± std (n)`` of a :func:`spread` (empty for None)."""
+    if s is None:
+        return ''
+    fmt = (lambda x: f'{x * 100:.{digits}f}%') if percent else (lambda x: f'{x:.{digits}f}')
+    std = '' if s['std'] is None else f' ± {fmt(s["std"])}'
+    return f'{fmt(s["mean"])}{std} (n={s["n"]})'
+
+
+def combined_markdown(combined):
+    """The Markdown of :func:`combine`: PSNR and SSIM per method and degradation, routing accuracy, the timing
+    ratio and how many seeds met each target, every figure as mean ± sample std (n = seeds measured)."""
+    labels = list(combined['input'])
+    seeds = ', '.join(map(str, combined['seeds']))
+    lines = [
+        f'Training seeds {seeds}; every figure mean ± sample standard deviation over the seeds (n: seeds measured). '
+        f'Haze synthesis: `{combined["haze"]}` ({HAZE_MODELS.get(combined["haze"], "see docs/data.md")}).',
+    ]
+    rows = [('input', combined['input'], None, {})]
+    for lb, table in combined['baselines'].items():
+        rows += [(name, {lb: s}, None, {}) for name, s in table.items()]
+    rows += [
+        (n['title'], n['scores'], n['routing_accuracy'], n['routing_by_label']) for n in combined['networks'].values()
+    ]
+    for metric, digits in (('psnr', 2), ('ssim', 4)):
+        if metric not in combined['metrics']:
+            continue
+        lines += ['', f'{ev_report.HEADINGS[metric]} per degradation:', '']
+        lines += ['| method | ' + ' | '.join(labels) + ' | routing accuracy |', '|---' * (len(labels) + 2) + '|']
+        for name, by_label_, routing, _ in rows:
+            cells = [_cell(by_label_[lb][metric], digits) if lb in by_label_ else '' for lb in labels]
+            lines.append(f'| {name} | ' + ' | '.join(cells) + f' | {_cell(routing, 0, percent=True)} |')
+    routed = [(name, by) for name, _, _, by in rows if any(v is not None for v in by.values())]
+    if routed:
+        lines += ['', 'Routing accuracy per degradation:', '']
+        lines += ['| method | ' + ' | '.join(labels) + ' |', '|---' * (len(labels) + 1) + '|']
+        lines += [
+            f'| {name} | ' + ' | '.join(_cell(by[lb], 0, percent=True) for lb in labels) + ' |' for name, by in routed
+        ]
+    if combined['timing_ratio']:
+        lines += ['', f'Top-1 time over dense time at 600x400: {_cell(combined["timing_ratio"])}.']
+    if combined['targets']:
+        lines += ['', 'Targets, per seed:', '']
+        for name, t in combined['targets'].items():
+            value = _cell(t['value'], 0 if t['unit'] == '%' else 2, percent=t['unit'] == '%')
+            lines.append(f'- {name}: met in {t["met"]} of {t["seeds"]} seeds; value {value or "n/a"}')
+    return '\n'.join(lines)

@@ -1,7 +1,8 @@
 """Targets checked against a report (:mod:`.report`) and returned as data: one :class:`Target` per check.
 
 Each check names the network(s) it reads; with several, the best of them counts (e.g. "some variant reaches
-3 dB over the baseline"). :func:`verdict` turns a list of targets into ``(met, one line)``.
+3 dB over the baseline"). :func:`verdict` turns a list of targets into ``(met, one line)``; :func:`split_verdict`
+does so for a driver that checks some targets as claims (a miss is a regression) and reports the others.
 """
 
 from dataclasses import asdict, dataclass
@@ -30,7 +31,11 @@ class Target:
         return f'{self.name}: {shown} (target {">" if self.strict else ">="} {self._format(self.threshold)})'
 
     def _format(self, x):
-        return f'{x:.0%}' if self.unit == '%' else f'{x:+.2f} {self.unit}'
+        if self.unit == '%':
+            return f'{x:.0%}'
+        if self.unit == 'x':
+            return f'{x:.2f}x'
+        return f'{x:+.2f} {self.unit}'
 
     def to_dict(self):
         return dict(asdict(self), met=self.met, text=self.text())
@@ -69,6 +74,29 @@ def routing_at_least(report, network, minimum):
     return [Target(f'{title}: routing accuracy', report['networks'][network]['routing_accuracy'], minimum, unit='%')]
 
 
+def routing_of_label_at_least(report, network, label, minimum):
+    """The share of ``label``'s images that ``network`` routes to ``label``'s expert (``routing_by_label`` of its
+    entry; None when not measured) against ``minimum`` (a fraction)."""
+    entry = report['networks'][network]
+    value = (entry.get('routing_by_label') or {}).get(label)
+    return [Target(f'{entry["title"]}: routing accuracy on {label}', value, minimum, unit='%')]
+
+
+def speedup_at_least(report, minimum):
+    """``report['timing']``'s dense time over its top-1 time (None without a timing) against ``minimum``."""
+    timing = report.get('timing')
+    value = timing['dense_s'] / timing['top1_s'] if timing else None
+    return [Target('top-1 speed-up over dense', value, minimum, unit='x')]
+
+
+def top1_cost_at_least(report, min_db):
+    """The worst degradation's PSNR of top-1 minus dense (``report['timing']['psnr_change']``) against ``min_db``
+    (negative: the loss allowed)."""
+    timing = report.get('timing')
+    value = min(timing['psnr_change'].values()) if timing else None
+    return [Target('top-1 PSNR minus dense, worst degradation', value, min_db)]
+
+
 def expert_preferred(report, network, label, expert):
     """``network``'s gate weighs ``expert`` more on ``label`` images than on any other label's: the margin
     over the next label (in mean gate weight) must be positive."""
@@ -85,3 +113,12 @@ def verdict(targets):
     if missed:
         return False, 'TARGETS MISSED: ' + '; '.join(missed)
     return True, f'targets met ({len(targets)} checked)'
+
+
+def split_verdict(claims, targets, where):
+    """``(every claim met, line)``: the claims' count met (the missed ones named) and the targets' count met,
+    pointing to ``where`` for the targets this run does not settle."""
+    met = sum(t.met for t in claims)
+    missed = [t.text() for t in claims if not t.met]
+    head = f'demo claims met ({met}/{len(claims)})' if not missed else 'DEMO CLAIMS MISSED: ' + '; '.join(missed)
+    return not missed, f'{head}; bench targets met {sum(t.met for t in targets)}/{len(targets)}, see {where}'
