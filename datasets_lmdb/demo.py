@@ -134,15 +134,11 @@ def build(out, seed=0, variants=6, train_side=400, val_side=320, progress=False)
     return record
 
 
-def build_regions(out, seed=0, per_image=6, test_per_image=3, train_side=400, test_side=320, progress=False):
-    """``out/train`` and ``out/test``: ``datasets_lmdb synth --degradation regions`` sets (with ``lmdb/``) of the
-    training photographs and of the held-out ones (:data:`VAL_PHOTOS`, which no demo trains on: the split of
-    this demo and of ``scripts/allinone.py``), at the all-in-one demo's sizes; returns the ``regions.json``
-    record (settings, pair counts). Built once per settings, as :func:`build`."""
-    from .synth import synthesize_images
-
-    settings = {
-        'version': VERSION,
+def split_settings(version, seed, per_image, test_per_image, train_side, test_side):
+    """The settings a synthesised training/held-out set is built from (training photographs: :data:`TRAIN_PHOTOS`,
+    held out: :data:`VAL_PHOTOS`); a stored record with the same settings is reused."""
+    return {
+        'version': version,
         'seed': seed,
         'per_image': per_image,
         'test_per_image': test_per_image,
@@ -151,6 +147,16 @@ def build_regions(out, seed=0, per_image=6, test_per_image=3, train_side=400, te
         'train_photos': list(TRAIN_PHOTOS),
         'test_photos': list(VAL_PHOTOS),
     }
+
+
+def build_regions(out, seed=0, per_image=6, test_per_image=3, train_side=400, test_side=320, progress=False):
+    """``out/train`` and ``out/test``: ``datasets_lmdb synth --degradation regions`` sets (with ``lmdb/``) of the
+    training photographs and of the held-out ones (:data:`VAL_PHOTOS`, which no demo trains on: the split of
+    this demo and of ``scripts/allinone.py``), at the all-in-one demo's sizes; returns the ``regions.json``
+    record (settings, pair counts). Built once per settings, as :func:`build`."""
+    from .synth import synthesize_images
+
+    settings = split_settings(VERSION, seed, per_image, test_per_image, train_side, test_side)
     record_path = os.path.join(out, 'regions.json')
     record = reusable_record(record_path, settings)
     if record is not None:

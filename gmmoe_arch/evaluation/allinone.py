@@ -63,17 +63,7 @@ def data_settings(seed=0, per_image=6, test_per_image=3, train_side=400, test_si
     """What the data are built from; a stored ``allinone.json`` with the same settings is reused."""
     from datasets_lmdb import demo
 
-    return {
-        'version': VERSION,
-        'seed': seed,
-        'per_image': per_image,
-        'test_per_image': test_per_image,
-        'train_side': train_side,
-        'test_side': test_side,
-        'train_photos': list(demo.TRAIN_PHOTOS),
-        'test_photos': list(demo.VAL_PHOTOS),
-        'haze': 'haze',
-    }
+    return {**demo.split_settings(VERSION, seed, per_image, test_per_image, train_side, test_side), 'haze': 'haze'}
 
 
 def haze_model(settings):
