@@ -10,8 +10,10 @@ import sys
 import uuid
 from pathlib import Path
 
+import torch
+
 import gmmoe_arch  # noqa: F401  (first: applies the basicsr compat patches before any basicsr import)
-from gmmoe_arch.archs.gmmoe_arch import activate_branches  # noqa: F401,E402  (the tests import it from here)
+from gmmoe_arch.archs.gmmoe_arch import ExpertBlock, activate_branches  # noqa: F401,E402  (the tests import it from here)
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = Path(__file__).resolve().parent / 'reference'
@@ -339,3 +341,30 @@ def enospc_writes(folder, limit=0):
         yield written
     finally:
         builtins.open, os.open, os.write, os.close = real_open, real_os_open, real_write, real_close
+
+
+def distinct_images(h=24, w=20):
+    """Three images as different as images get (black, white, red-and-blue noise), which trained-looking gates
+    (``activate_branches``) route to different experts in some blocks."""
+    x = torch.stack(
+        [torch.zeros(3, h, w), torch.ones(3, h, w), torch.rand(3, h, w, generator=torch.Generator().manual_seed(0))]
+    )
+    x[2, 0], x[2, 1] = 1, 0
+    return x
+
+
+def block_inputs_outputs(net, x):
+    """``{block: (input, output)}`` of every :class:`ExpertBlock` of ``net`` on ``x`` (no grad)."""
+    seen = {}
+
+    def keep(module, inputs, output):
+        seen[module] = (inputs[0].clone(), output.clone())
+
+    handles = [m.register_forward_hook(keep) for m in net.modules() if isinstance(m, ExpertBlock)]
+    try:
+        with torch.no_grad():
+            net(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen

@@ -11,7 +11,7 @@ from gmmoe_arch import GMMoE
 from gmmoe_arch.archs import routing
 from gmmoe_arch.archs.gmmoe_arch import ExpertBlock, record_loads
 
-from helpers import activate_branches
+from helpers import activate_branches, block_inputs_outputs, distinct_images
 
 SMALL = dict(width=8, enc_blk_nums=[1, 1], middle_blk_num=1, dec_blk_nums=[1, 1])
 ROUTED = ['ColourExpert', 'DetailExpert', 'RainExpert', 'HazeExpert']
@@ -25,14 +25,6 @@ def shared_net(seed=0, **kwargs):
             if '.gate.' in name or 'GateNetwork' in name:
                 p.normal_(0, 1.0)
     return net
-
-
-def distinct_images(h=24, w=20):
-    x = torch.stack(
-        [torch.zeros(3, h, w), torch.ones(3, h, w), torch.rand(3, h, w, generator=torch.Generator().manual_seed(0))]
-    )
-    x[2, 0], x[2, 1] = 1, 0
-    return x
 
 
 def blocks(net):
@@ -62,16 +54,8 @@ def test_top_1_plus_one_shared_runs_exactly_two_experts_per_block_per_image(fast
 @pytest.mark.parametrize('top_k', [None, 1, 2])
 def test_the_block_output_is_the_convex_mix_of_routed_and_shared(fast, top_k):
     net = shared_net(gate_top_k=top_k, shared_weight=0.3).eval().set_fast(fast)
-    seen = {}
-
-    def keep(module, inputs, output):
-        seen[module] = (inputs[0].clone(), output.clone())
-
-    handles = [m.register_forward_hook(keep) for _, m in blocks(net)]
+    seen = block_inputs_outputs(net, distinct_images())
     with torch.no_grad():
-        net(distinct_images())
-        for h in handles:
-            h.remove()
         for block, (u, out) in seen.items():
             w = block.gate(u)
             for b in range(3):

@@ -17,7 +17,7 @@ from gmmoe_arch.inference.loading import load_network
 from gmmoe_arch.inference.runner import RunOptions, enhance_image, enhance_tensor
 from gmmoe_arch.inference.tiling import Tiling
 
-from helpers import activate_branches
+from helpers import activate_branches, block_inputs_outputs, distinct_images
 
 FIVE = ['ColourExpert', 'DetailExpert', 'FeatureExpert', 'RainExpert', 'HazeExpert']
 SMALL = dict(width=8, enc_blk_nums=[1, 1], middle_blk_num=1, dec_blk_nums=[1, 1])
@@ -42,16 +42,6 @@ def images(b, h=24, w=20, seed=1):
     g = torch.Generator().manual_seed(seed)
     cast = torch.rand(b, 3, 1, 1, generator=g) * 2
     return (torch.rand(b, 3, h, w, generator=g) * cast).clamp(0, 1)
-
-
-def distinct_images(h=24, w=20):
-    """Three images as different as images get (black, white, red-and-blue noise), which the gates of
-    :func:`routed_net` route to different experts in some blocks."""
-    x = torch.stack(
-        [torch.zeros(3, h, w), torch.ones(3, h, w), torch.rand(3, h, w, generator=torch.Generator().manual_seed(0))]
-    )
-    x[2, 0], x[2, 1] = 1, 0
-    return x
 
 
 def block_paths(net):
@@ -92,16 +82,8 @@ def test_top_1_runs_each_image_through_exactly_its_own_expert(fast, batch):
 @pytest.mark.parametrize('fast', [True, False])
 def test_top_k_equals_the_renormalised_mix_of_the_k_best_experts(fast):
     net = routed_net(gate_top_k=2).eval().set_fast(fast)
-    seen = {}
-
-    def keep(module, inputs, output):
-        seen[module] = (inputs[0].clone(), output.clone())
-
-    handles = [m.register_forward_hook(keep) for m in net.modules() if isinstance(m, ExpertBlock)]
+    seen = block_inputs_outputs(net, distinct_images())
     with torch.no_grad():
-        net(distinct_images())
-        for h in handles:
-            h.remove()
         for block, (u, out) in seen.items():
             w = block.gate(u)
             for b in range(3):
