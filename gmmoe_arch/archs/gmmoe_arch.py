@@ -184,16 +184,19 @@ class ExpertBlock(PathSwitch, nn.Module):
         is ``(1 - s) * routed mix + s * mean of the shared experts``, ``s`` = ``shared_weight`` (see
         :meth:`mix_shared`); without shared experts nothing of this runs.
         """
-        weights = self.gate(u)
         in_place = self.takes_fast_path(u)
+        total = self.routed_mix(u, in_place)
+        return self.mix_shared(total, u, in_place) if len(self.shared) else total
+
+    def routed_mix(self, u, in_place):
+        """The gate's mix of the routed experts on ``u`` (dense, or top-k as :meth:`forward` describes)."""
+        weights = self.gate(u)
         if self.top_k is None:
-            total = weighted_sum(weights, (self.expert(i, u) for i in range(len(self.experts))), in_place)
-            return self.mix_shared(total, u, in_place) if len(self.shared) else total
+            return weighted_sum(weights, (self.expert(i, u) for i in range(len(self.experts))), in_place)
         chosen, mix = self.route(weights)
         sparse = routing.scatter_picks(weights, chosen, mix)  # zero for experts not picked
         if hooks_active():
-            total = weighted_sum(sparse, (self.expert(i, u) for i in range(len(self.experts))), in_place)
-            return self.mix_shared(total, u, in_place) if len(self.shared) else total
+            return weighted_sum(sparse, (self.expert(i, u) for i in range(len(self.experts))), in_place)
         used = routing.used_experts(chosen, len(self.experts))
         total = None
         for i in range(len(self.experts)):
@@ -205,7 +208,7 @@ class ExpertBlock(PathSwitch, nn.Module):
                 out = self.expert(i, take_images(u, index))
                 factor = routing.expert_factor(sparse.index_select(0, index), i)
                 total = add_expert_output(total, u, factor, out, index, in_place)
-        return self.mix_shared(total, u, in_place) if len(self.shared) else total
+        return total
 
     def mix_shared(self, routed, u, in_place):
         """``(1 - s) * routed + (s / S) * sum_j shared_j(u)``: a convex mix, whatever ``k``, of the routed
