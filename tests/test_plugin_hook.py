@@ -28,7 +28,7 @@ KINDS = ['regular', 'editable']
 GMMOE_NAMES = {  # every name GM-MoE registers, by BasicSR registry
     'ARCH_REGISTRY': ['GMMoE', 'OURNet24'],
     'DATASET_REGISTRY': ['LLIEPairedDataset', 'MixedPairedDataset'],
-    'LOSS_REGISTRY': ['PSNRLoss', 'GateRoutingLoss', 'GateBalanceLoss'],
+    'LOSS_REGISTRY': ['PSNRLoss', 'GateRoutingLoss', 'GateBalanceLoss', 'GateLoadLoss', 'CostWeightedBalanceLoss'],
     'METRIC_REGISTRY': ['calculate_psnr_gt_mean', 'calculate_psnr_released', 'calculate_ssim_released'],
     'MODEL_REGISTRY': ['GMMoEModel'],
 }
@@ -182,7 +182,7 @@ def test_plain_import_basicsr_patches_registers_nothing_and_a_miss_loads_plugins
     assert result['functional_tensor'] == 'missing torchvision.transforms.functional_tensor'
     assert result['tiny'] == 'tinyplug'
     assert result['after'] == sorted(n for names in GMMOE_NAMES.values() for n in names)
-    assert result['qualified'] == ['GateBalanceLoss_gmmoe', 'GateRoutingLoss_gmmoe', 'PSNRLoss_gmmoe']
+    assert result['qualified'] == sorted(f'{n}_gmmoe' for n in GMMOE_NAMES['LOSS_REGISTRY'])
     assert "KeyError \"No object named 'NoSuchNet'" in result['miss'] and 'tinyplug' in result['miss']
     assert result['loader'] == 'SourceFileLoader'
     assert 'basicsr plug-in "brokenplug"' in done.stderr and 'brokenplug_no_such_module' in done.stderr
