@@ -34,6 +34,7 @@ from .fast_ops import (
 from .fast_path import FastPath
 from .pooling import GlobalMean, global_mean
 from .released_layout import EXPERTS as RELEASED_LAYOUT
+from .specs import resolve
 
 EXPERT_REGISTRY = Registry('expert')
 
@@ -280,14 +281,6 @@ class FeatureExpert(FastPath, nn.Module):
 
 def build_expert(spec, channels):
     """Build an expert from a registry name or a ``{type: Name, **kwargs}`` dict."""
-    if isinstance(spec, str):
-        name, kwargs = spec, {}
-    elif isinstance(spec, dict) and 'type' in spec:
-        kwargs = dict(spec)
-        name = kwargs.pop('type')
-    else:
-        raise ValueError(f'network_g.experts: each entry must be an expert name or a dict with "type", got {spec!r}')
-    if name not in EXPERT_REGISTRY:
-        known = ', '.join(sorted(name for name, _ in EXPERT_REGISTRY))
-        raise KeyError(f'network_g.experts: unknown expert "{name}"; registered: {known}')
-    return EXPERT_REGISTRY.get(name)(channels, **kwargs)
+    malformed = f'network_g.experts: each entry must be an expert name or a dict with "type", got {spec!r}'
+    cls, kwargs = resolve(EXPERT_REGISTRY, spec, 'network_g.experts', 'expert', malformed)
+    return cls(channels, **kwargs)

@@ -27,6 +27,7 @@ from torch import nn
 
 from .pooling import global_mean
 from .routing import KINDS, PER_IMAGE, PER_PIXEL
+from .specs import resolve
 
 GATE_REGISTRY = Registry('gate')
 RELEASED_GATE = 'Gate'
@@ -146,21 +147,9 @@ def build_gate(spec, channels, n_experts, temperature=3.0):
 
     Raises ValueError / KeyError naming ``network_g.gate`` for a malformed spec, an unknown name, a gate
     without a valid ``kind``, or ``gate_temperature`` set beside a gate it does not apply to."""
-    if spec is None:
-        name, options = RELEASED_GATE, {}
-    elif isinstance(spec, str):
-        name, options = spec, {}
-    elif isinstance(spec, dict) and isinstance(spec.get('type'), str):
-        options = dict(spec)
-        name = options.pop('type')
-    else:
-        raise ValueError(
-            f'{OPTION}: expected a gate name or a dict with "type", e.g. {{type: AdaptiveGate}}; got {spec!r}'
-        )
-    if name not in GATE_REGISTRY:
-        known = ', '.join(sorted(n for n, _ in GATE_REGISTRY))
-        raise KeyError(f'{OPTION}: unknown gate "{name}"; registered: {known}')
-    cls = GATE_REGISTRY.get(name)
+    malformed = f'{OPTION}: expected a gate name or a dict with "type", e.g. {{type: AdaptiveGate}}; got {spec!r}'
+    cls, options = resolve(GATE_REGISTRY, RELEASED_GATE if spec is None else spec, OPTION, 'gate', malformed)
+    name = cls.__name__
     if cls is Gate:
         options.setdefault('temperature', temperature)
     elif temperature != 3.0:
